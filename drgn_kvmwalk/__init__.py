@@ -1,0 +1,18 @@
+"""drgn-kvmwalk: read KVM's x86 shadow page tables (EPT, NPT, shadow paging)
+from a live kernel, a vmcore or a QEMU guest, with drgn.
+
+The pure layers (:mod:`.spte`, :mod:`.walk`) need no drgn; importing the
+package pulls in the drgn-facing helpers too when drgn is installed.
+"""
+
+from .errors import *  # noqa: F401,F403
+from .spte import *  # noqa: F401,F403
+from .walk import *  # noqa: F401,F403
+
+try:
+    from .kvm import *  # noqa: F401,F403
+    from .mmu import *  # noqa: F401,F403
+except ImportError:  # drgn is not installed: the pure layers still work
+    pass
+
+__version__ = "0.1.0"

@@ -1,0 +1,207 @@
+"""VMs, vCPUs and memslots of a KVM host, as plain records.
+
+Models ``struct kvm`` and ``struct kvm_vcpu`` (include/linux/kvm_host.h) and
+the global ``vm_list`` of virt/kvm/kvm_main.c.  Needs the debug info of
+kvm.ko (or of vmlinux when KVM is built in).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, List, NamedTuple, Optional
+
+from drgn import Object, Program, cast
+from drgn.helpers.linux.list import list_for_each_entry
+from drgn.helpers.linux.module import find_module
+from drgn.helpers.linux.pid import for_each_task
+from drgn.helpers.linux.rbtree import rbtree_inorder_for_each_entry
+from drgn.helpers.linux.xarray import xa_for_each
+
+from .errors import MissingDebugInfo, NoKvm, NoSuchVcpu, NoSuchVm
+
+__all__ = [
+    "Memslot",
+    "Vm",
+    "find_vcpu",
+    "find_vm",
+    "for_each_memslot",
+    "for_each_vcpu",
+    "for_each_vm",
+    "kvm_debug_info_hint",
+    "vm_pid",
+]
+
+
+class Vm(NamedTuple):
+    """One VM: ``kvm`` is the ``struct kvm *``; ``pid`` the creating process."""
+
+    kvm: Object
+    pid: int
+
+
+class Memslot(NamedTuple):
+    as_id: int
+    id: int
+    base_gfn: int
+    npages: int
+    hva: int  # userspace_addr
+    flags: int
+
+
+def kvm_debug_info_hint(prog: Program) -> str:
+    """Which file to load with ``-s`` for kvm.ko, and which package has it."""
+    try:
+        release = prog["UTS_RELEASE"].string_().decode()
+    except (KeyError, LookupError):
+        release = "$(uname -r)"
+    return (f"load it with -s /usr/lib/debug/lib/modules/{release}/kernel/arch/x86/kvm/kvm.ko "
+            f"(Debian: linux-image-{release}-dbg; Ubuntu: linux-image-{release}-dbgsym; "
+            "Fedora/RHEL: kernel-debuginfo)")
+
+
+def _vm_list(prog: Program) -> Object:
+    try:
+        return prog["vm_list"]
+    except KeyError:
+        pass
+    # No kvm.ko debug info: find out whether the module is there at all.
+    try:
+        loaded = bool(find_module(prog, "kvm"))
+    except (KeyError, LookupError) as e:
+        raise MissingDebugInfo(f"no debug info for vmlinux ({e})") from None
+    if not loaded:
+        raise NoKvm("the kvm module is not loaded: this host runs no KVM VMs")
+    raise MissingDebugInfo("kvm.ko is loaded but its debug info is not: "
+                           + kvm_debug_info_hint(prog))
+
+
+def vm_pid(kvm: Object) -> int:
+    """The pid of the process that created the VM.
+
+    :param kvm: ``struct kvm *``
+    """
+    # kvm->userspace_pid is set by kvm_uevent_notify_change() and can stay 0
+    # when its allocation failed; stats_id ("kvm-<pid>", since v5.14) and the
+    # owner of kvm->mm are the fall-backs.
+    pid = kvm.userspace_pid.value_()
+    if pid:
+        return int(pid)
+    try:
+        m = re.match(rb"kvm-(\d+)", kvm.stats_id.string_())
+    except AttributeError:
+        m = None
+    if m:
+        return int(m.group(1))
+    mm = kvm.mm.value_()
+    for task in for_each_task(kvm.prog_):
+        if task.mm.value_() == mm and task.pid == task.tgid:
+            return int(task.tgid)
+    return 0
+
+
+def for_each_vm(prog: Program) -> Iterator[Vm]:
+    """All VMs on ``vm_list``.
+
+    :raises NoKvm: kvm is not loaded
+    :raises MissingDebugInfo: kvm.ko is loaded without debug info
+    """
+    head = _vm_list(prog)
+    for kvm in list_for_each_entry("struct kvm", head.address_of_(), "vm_list"):
+        yield Vm(kvm, vm_pid(kvm))
+
+
+def find_vm(prog: Program, pid: Optional[int]) -> Vm:
+    """The VM created by ``pid``, or the only VM when ``pid`` is None.
+
+    :raises NoSuchVm: with the list of VMs, when none or several match
+    """
+    vms = list(for_each_vm(prog))
+    if not vms:
+        raise NoKvm("kvm is loaded but no VM exists")
+    if pid is None:
+        if len(vms) == 1:
+            return vms[0]
+        raise NoSuchVm(f"{len(vms)} VMs exist; choose one with --vm PID: "
+                       + _describe_vms(vms))
+    matches = [vm for vm in vms if vm.pid == pid]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NoSuchVm(f"process {pid} has no VM; VMs: " + _describe_vms(vms))
+    raise NoSuchVm(f"process {pid} has {len(matches)} VMs (struct kvm at "
+                   + ", ".join(hex(vm.kvm.value_()) for vm in matches)
+                   + "); this tool cannot tell them apart yet")
+
+
+def _describe_vms(vms: List[Vm]) -> str:
+    return ", ".join(f"pid {vm.pid} ({_count_vcpus(vm.kvm)} vCPUs)" for vm in vms)
+
+
+def _count_vcpus(kvm: Object) -> int:
+    return int(kvm.online_vcpus.counter.value_())
+
+
+def for_each_vcpu(kvm: Object) -> Iterator[Object]:
+    """The VM's online vCPUs (``kvm_for_each_vcpu``), as ``struct kvm_vcpu *``.
+
+    :param kvm: ``struct kvm *``
+    """
+    online = _count_vcpus(kvm)
+    try:
+        # Since Linux kernel commit c5b077549136 ("KVM: Convert the kvm->vcpus
+        # array to a xarray") (in v5.17), vCPUs are in kvm->vcpu_array.
+        array = kvm.vcpu_array
+    except AttributeError:
+        for i in range(online):
+            yield kvm.vcpus[i]
+        return
+    for index, entry in xa_for_each(array.address_of_()):
+        if index < online:
+            yield cast("struct kvm_vcpu *", entry)
+
+
+def find_vcpu(kvm: Object, vcpu_id: int) -> Object:
+    """The vCPU whose ``vcpu_id`` is ``vcpu_id``.
+
+    :param kvm: ``struct kvm *``
+    :raises NoSuchVcpu: with the list of vCPU ids
+    """
+    ids = []
+    for vcpu in for_each_vcpu(kvm):
+        vid = int(vcpu.vcpu_id.value_())
+        if vid == vcpu_id:
+            return vcpu
+        ids.append(vid)
+    have = ", ".join(map(str, sorted(ids))) or "none"
+    raise NoSuchVcpu(f"the VM has no vCPU {vcpu_id}; its vCPUs: {have}")
+
+
+def for_each_memslot(kvm: Object) -> Iterator[Memslot]:
+    """Memslots of every address space, ordered by (as_id, base_gfn).
+
+    :param kvm: ``struct kvm *``
+    """
+    for as_id in range(kvm.memslots.type_.length or 0):
+        slots = kvm.memslots[as_id]
+        if not slots:
+            continue
+        try:
+            # Since Linux kernel commit a54d806688fe ("KVM: Keep memslots in
+            # tree-based structures instead of array-based ones") (in v5.17),
+            # slots live in trees indexed by the active node.
+            node_idx = slots.node_idx.value_()
+        except AttributeError:
+            found = [slots.memslots[i] for i in range(slots.used_slots.value_())]
+            found.sort(key=lambda s: s.base_gfn.value_())
+            for slot in found:
+                yield _memslot(as_id, slot)
+            continue
+        for slot in rbtree_inorder_for_each_entry(
+                "struct kvm_memory_slot", slots.gfn_tree.address_of_(),
+                f"gfn_node[{node_idx}]"):
+            yield _memslot(as_id, slot)
+
+
+def _memslot(as_id: int, slot: Object) -> Memslot:
+    return Memslot(as_id, int(slot.id), int(slot.base_gfn), int(slot.npages),
+                   int(slot.userspace_addr), int(slot.flags))

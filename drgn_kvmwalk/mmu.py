@@ -1,0 +1,220 @@
+"""A vCPU's MMU root and the host's SPTE format, read from the kernel.
+
+Models ``struct kvm_mmu`` (arch/x86/include/asm/kvm_host.h) and the SPTE mask
+variables of arch/x86/kvm/mmu/spte.c, and gives the pure walk of
+:mod:`drgn_kvmwalk.walk` what it starts from: a :class:`~drgn_kvmwalk.walk.Root`,
+a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from drgn import FaultError, Object, Program
+from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
+
+from .errors import KvmWalkError, MissingDebugInfo, NoRoot
+from .kvm import kvm_debug_info_hint
+from .spte import MMIO_GEN_LAYOUT_5_13, PAGE_SIZE, SpteFormat
+from .walk import PhysMemError, Root
+
+__all__ = [
+    "DrgnPhysMem",
+    "MmuInfo",
+    "mmu_info",
+    "mmu_root",
+    "spte_format",
+    "vcpu_mmu",
+]
+
+INVALID_PAGE = (1 << 64) - 1
+
+
+class DrgnPhysMem:
+    """Host physical memory of a drgn :class:`~drgn.Program` (live, vmcore or QMP)."""
+
+    def __init__(self, prog: Program) -> None:
+        self.prog = prog
+
+    def read(self, address: int, size: int) -> bytes:
+        try:
+            return self.prog.read(address, size, True)
+        except FaultError:
+            raise PhysMemError(address) from None
+
+
+class MmuInfo(NamedTuple):
+    """A vCPU's current MMU: ``mmu`` is the ``struct kvm_mmu *``.
+
+    ``kind`` is "tdp" when the root translates GPAs with EPT/NPT, "shadow" when
+    it shadows the guest's own page tables (GVAs); ``tdp_mmu`` tells whether
+    the root belongs to the TDP MMU (else to the legacy shadow MMU).
+    """
+
+    mmu: Object
+    root: Root
+    kind: str
+    tdp_mmu: bool
+
+
+def vcpu_mmu(vcpu: Object) -> Object:
+    """``vcpu->arch.mmu`` as a ``struct kvm_mmu *``.
+
+    :param vcpu: ``struct kvm_vcpu *``
+    """
+    mmu = vcpu.arch.mmu
+    # Since Linux kernel commit 44dd3ffa7bb3 ("x86/kvm/mmu: make vcpu->mmu a
+    # pointer to the current MMU") (in v4.20), arch.mmu points at root_mmu or
+    # guest_mmu; before, it was the one embedded struct kvm_mmu.
+    if mmu.type_.kind.name == "STRUCT":
+        return mmu.address_of_()
+    return mmu
+
+
+def _int(obj: Object) -> int:
+    return int(obj.value_())
+
+
+def mmu_root(mmu: Object) -> Root:
+    """The current root of ``mmu`` as ``shadow_walk_init_using_root()`` sees it.
+
+    :param mmu: ``struct kvm_mmu *``
+    :raises NoRoot: the MMU has no valid root
+    """
+    prog = mmu.prog_
+    try:
+        # Since Linux kernel commits a972e29c1d6c ("KVM: x86/mmu: replace
+        # shadow_root_level with root_role.level"), 347a0d0ded16 ("KVM: x86/mmu:
+        # replace direct_map with root_role.direct") and 4d25502aa12e ("KVM:
+        # x86/mmu: replace root_level with cpu_role.base.level") (in v5.19).
+        level = _int(mmu.root_role.level)
+        direct = bool(_int(mmu.root_role.direct))
+        cpu_level = _int(mmu.cpu_role.base.level)
+    except AttributeError:
+        level = _int(mmu.shadow_root_level)
+        direct = bool(_int(mmu.direct_map))
+        cpu_level = _int(mmu.root_level)
+    try:
+        # Since Linux kernel commit b9e5603c2a3a ("KVM: x86: use struct
+        # kvm_mmu_root_info for mmu->root") (in v5.18).
+        hpa = _int(mmu.root.hpa)
+    except AttributeError:
+        hpa = _int(mmu.root_hpa)
+    if hpa == INVALID_PAGE or level == 0:
+        raise NoRoot("the vCPU's MMU has no valid root (the vCPU has not run, or its "
+                     "root is being reloaded)")
+    pae_root = mmu.pae_root.value_()
+    pae_root_hpa = int(virt_to_phys(prog, pae_root)) if pae_root else None
+    return Root(hpa, level, direct, cpu_level, pae_root_hpa)
+
+
+def _tdp_enabled(prog: Program) -> bool:
+    return bool(prog["tdp_enabled"].value_())
+
+
+def _is_tdp_mmu_root(prog: Program, hpa: int) -> bool:
+    """to_shadow_page(hpa)->tdp_mmu_page: page_private() of the root's page is
+    its struct kvm_mmu_page.  PAE-style special roots have no shadow page."""
+    try:
+        private = _int(pfn_to_page(prog, hpa >> 12).private)
+        if not private:
+            return False
+        sp = Object(prog, "struct kvm_mmu_page *", private)
+        return bool(sp.tdp_mmu_page.value_())
+    except (AttributeError, LookupError, FaultError):
+        return False
+
+
+def mmu_info(vcpu: Object) -> MmuInfo:
+    """The vCPU's current MMU, its root, and what kind of MMU it is.
+
+    :param vcpu: ``struct kvm_vcpu *``
+    :raises NoRoot: no valid root
+    """
+    mmu = vcpu_mmu(vcpu)
+    root = mmu_root(mmu)
+    prog = vcpu.prog_
+    kind = "tdp" if root.direct and _tdp_enabled(prog) else "shadow"
+    return MmuInfo(mmu, root, kind, _is_tdp_mmu_root(prog, root.hpa))
+
+
+def _var(prog: Program, name: str) -> int:
+    return int(prog[name].value_())
+
+
+def spte_format(prog: Program, kvm: Object) -> SpteFormat:
+    """The SPTE format in force, from the kernel's own mask variables.
+
+    :param kvm: ``struct kvm *`` (kernels since v6.10 keep a per-VM MMIO value)
+    :raises MissingDebugInfo: the kvm.ko variables cannot be found
+    """
+    key = "drgn_kvmwalk.spte_globals"
+    globs = prog.cache.get(key)
+    if globs is None:
+        globs = _spte_globals(prog)
+        prog.cache[key] = globs
+    fields = dict(globs)
+    mmio_value_global = fields.pop("mmio_value_global")
+    try:
+        # Since Linux kernel commit 949019b98289 ("KVM: x86/mmu: Track shadow
+        # MMIO value on a per-VM basis") (in v6.10), is_mmio_spte() compares
+        # with the VM's copy.
+        mmio_value = _int(kvm.arch.shadow_mmio_value)
+    except AttributeError:
+        mmio_value = mmio_value_global
+    return SpteFormat(mmio_value=mmio_value, **fields)
+
+
+def _spte_globals(prog: Program) -> dict:
+    try:
+        x_mask = _var(prog, "shadow_x_mask")
+        fields = dict(
+            ept=x_mask != 0,
+            present_mask=_var(prog, "shadow_present_mask"),
+            user_mask=_var(prog, "shadow_user_mask"),
+            x_mask=x_mask,
+            nx_mask=_var(prog, "shadow_nx_mask"),
+            accessed_mask=_var(prog, "shadow_accessed_mask"),
+            dirty_mask=_var(prog, "shadow_dirty_mask"),
+            acc_track_mask=_var(prog, "shadow_acc_track_mask"),
+            mmio_mask=_var(prog, "shadow_mmio_mask"),
+            mmio_access_mask=_var(prog, "shadow_mmio_access_mask"),
+            nonpresent_or_rsvd_mask=_var(prog, "shadow_nonpresent_or_rsvd_mask"),
+            nonpresent_or_rsvd_lower_gfn_mask=_var(
+                prog, "shadow_nonpresent_or_rsvd_lower_gfn_mask"),
+            mmio_value_global=_var(prog, "shadow_mmio_value"),
+        )
+    except KeyError as e:
+        raise MissingDebugInfo(f"kvm.ko variable {e} not found: "
+                               + kvm_debug_info_hint(prog)) from None
+    try:
+        # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
+        # Host-writable and MMU-writable bit locations dynamic") and
+        # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
+        # shadow/MMU-present SPTEs") (both in v5.13), the writable bits are
+        # variables and bit 11 means "present".  The first is the probe for both.
+        fields["host_writable_mask"] = _var(prog, "shadow_host_writable_mask")
+        fields["mmu_writable_mask"] = _var(prog, "shadow_mmu_writable_mask")
+    except KeyError:
+        raise KvmWalkError("this kernel predates the v5.13 SPTE layout (no "
+                           "shadow_host_writable_mask), which is not supported yet") from None
+    try:
+        # Since v5.19 the memory-encryption bits OR'ed into SPTEs are
+        # shadow_me_value; before, shadow_me_mask was both mask and value.
+        fields["me_value"] = _var(prog, "shadow_me_value")
+    except KeyError:
+        fields["me_value"] = _var(prog, "shadow_me_mask")
+    try:
+        fields["mmio_caching"] = bool(_var(prog, "enable_mmio_caching"))
+    except KeyError:
+        # Without the switch, caching is on exactly when there is a value.
+        fields["mmio_caching"] = fields["mmio_value_global"] != 0
+    try:
+        # SPTE_BASE_ADDR_MASK is physical_mask & PAGE_MASK with
+        # CONFIG_DYNAMIC_PHYSICAL_MASK (which x86-64 always selects).
+        physical_mask = _var(prog, "physical_mask")
+    except KeyError:
+        physical_mask = (1 << 52) - 1
+    fields["base_addr_mask"] = physical_mask & ~(PAGE_SIZE - 1)
+    fields["mmio_gen"] = MMIO_GEN_LAYOUT_5_13
+    return fields

@@ -1,0 +1,1050 @@
+// SPDX-License-Identifier: MIT
+/*
+ * l2vmm.c - a tiny VMM on raw /dev/kvm ioctls, used by drgn-kvmwalk's VM
+ * tests.  It runs inside a (nested) KVM host, creates one guest with two
+ * vCPUs and its own 4-level page tables, lets the guest write a distinct tag
+ * into a set of pages through the guest's page tables, verifies the tags from
+ * the host side, records ground truth (GVA -> GPA -> HVA -> host PFN) as JSON
+ * and then keeps the VM alive (vCPUs halted) until told to stop, so that
+ * drgn-kvmwalk can walk KVM's shadow / TDP page tables for this process.
+ *
+ * Build: gcc -O2 -Wall -Wextra -o l2vmm l2vmm.c -lpthread
+ * See l2vmm-notes.md for the memory layout, tag scheme, JSON schema, options
+ * and exit codes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ */
+/* Exit codes                                                          */
+/* ------------------------------------------------------------------ */
+#define EXIT_OK       0 /* stopped by SIGTERM/SIGINT/stop file after READY */
+#define EXIT_ERR      1 /* any runtime failure (ioctl, bad exit, bad tag...) */
+#define EXIT_USAGE    2 /* bad command line */
+#define EXIT_TIMEOUT  3 /* --timeout expired */
+
+/* ------------------------------------------------------------------ */
+/* Fixed layout                                                        */
+/* ------------------------------------------------------------------ */
+#define PAGE_SIZE         0x1000ULL
+#define PAGE_SHIFT        12
+#define MIB               (1024ULL * 1024ULL)
+
+#define NR_VCPUS          2
+
+/* slot 0: GPA 0, 2 MiB: code, stacks, tag tables, slot-0 tagged pages, PTs */
+#define SLOT0_GPA         0x0ULL
+#define SLOT0_SIZE        (2 * MIB)
+#define CODE_GPA          0x1000ULL
+#define STACK_GPA(v)      (0x10000ULL + (uint64_t)(v) * 0x4000ULL) /* 16K each */
+#define STACK_SIZE        0x4000ULL
+#define TAGTAB_GPA(v)     (0x20000ULL + (uint64_t)(v) * 0x4000ULL) /* 16K each */
+#define TAGTAB_SIZE       0x4000ULL
+#define LOWTAG_GPA(v, j)  (0x80000ULL + (uint64_t)(v) * 0x10000ULL + (uint64_t)(j) * PAGE_SIZE)
+#define LOWTAGS_PER_VCPU  4
+#define PTPOOL_GPA        0x100000ULL /* guest page-table pages, bump-allocated */
+#define PTPOOL_END        0x200000ULL
+
+/* slot 1: GPA 1 GiB, 4 MiB: data pages */
+#define SLOT1_GPA         0x40000000ULL
+#define SLOT1_SIZE        (4 * MIB)
+#define SLOT1_PAGES       (SLOT1_SIZE / PAGE_SIZE)
+
+/* data GVAs */
+#define DATA_GVA_BASE     0x00007f0000000000ULL
+#define DATA_GVA_STRIDE   0x100000ULL /* per vCPU -> at most 256 pages each */
+#define DATA_GVA(v, i)    (DATA_GVA_BASE + (uint64_t)(v) * DATA_GVA_STRIDE + (uint64_t)(i) * PAGE_SIZE)
+#define MAX_PAGES_PER_VCPU ((int)(DATA_GVA_STRIDE / PAGE_SIZE))
+
+/* tag scheme */
+#define TAG_MAGIC         0x4b564d5700000000ULL /* "KVMW" in the top 32 bits */
+#define MAKE_TAG(v, idx, slot) \
+	(TAG_MAGIC | ((uint64_t)(v) << 24) | ((uint64_t)(idx) << 4) | (uint64_t)(slot))
+
+/* scrambled slot-1 page number for (vcpu, i): bijection on 0..1023 */
+#define SCRAMBLE_MUL      397ULL /* odd -> bijective modulo 2^10 */
+#define SCRAMBLE_ADD      123ULL
+
+/* x86 bits */
+#define CR0_PE  (1ULL << 0)
+#define CR0_MP  (1ULL << 1)
+#define CR0_ET  (1ULL << 4)
+#define CR0_NE  (1ULL << 5)
+#define CR0_WP  (1ULL << 16)
+#define CR0_AM  (1ULL << 18)
+#define CR0_PG  (1ULL << 31)
+#define CR4_PAE (1ULL << 5)
+#define EFER_LME (1ULL << 8)
+#define EFER_LMA (1ULL << 10)
+#define PTE_P   (1ULL << 0)
+#define PTE_RW  (1ULL << 1)
+#define PTE_ADDR_MASK 0x000ffffffffff000ULL
+
+/* /proc/kpageflags bits */
+#define KPF_HUGE 17
+#define KPF_THP  22
+
+/* ------------------------------------------------------------------ */
+/* Guest code                                                          */
+/* ------------------------------------------------------------------ */
+/*
+ * Loaded at CODE_GPA (identity mapped).  Inputs: RSI = GVA of the tag table
+ * (array of {u64 gva; u64 tag;}), RCX = number of entries.
+ *
+ *  0: 48 85 c9        loop: test %rcx,%rcx
+ *  3: 74 13                 jz   done            (-> 24)
+ *  5: 48 8b 06              mov  (%rsi),%rax      ; gva
+ *  8: 48 8b 56 08           mov  0x8(%rsi),%rdx   ; tag
+ * 12: 48 89 10              mov  %rdx,(%rax)      ; *gva = tag
+ * 15: 48 83 c6 10           add  $0x10,%rsi
+ * 19: 48 ff c9              dec  %rcx
+ * 22: eb e8                 jmp  loop            (-> 0)
+ * 24: f4              done: hlt
+ * 25: eb fd                 jmp  done            (-> 24)
+ */
+static const uint8_t guest_code[] = {
+	0x48, 0x85, 0xc9,
+	0x74, 0x13,
+	0x48, 0x8b, 0x06,
+	0x48, 0x8b, 0x56, 0x08,
+	0x48, 0x89, 0x10,
+	0x48, 0x83, 0xc6, 0x10,
+	0x48, 0xff, 0xc9,
+	0xeb, 0xe8,
+	0xf4,
+	0xeb, 0xfd,
+};
+
+/* ------------------------------------------------------------------ */
+/* Data structures                                                     */
+/* ------------------------------------------------------------------ */
+struct memslot {
+	int slot;
+	int as_id;
+	uint64_t gpa;
+	uint64_t size;
+	uint8_t *hva;      /* aligned HVA handed to KVM */
+	void *map_base;    /* what mmap returned (for bookkeeping) */
+	size_t map_len;
+	uint32_t flags;    /* KVM_MEM_* flags */
+	const char *backing;
+	bool thp;
+};
+
+struct tagged_page {
+	int vcpu;
+	int index;         /* per-vCPU index used in the tag */
+	int slot;
+	uint64_t gva;
+	uint64_t gpa;
+	uint64_t hva;
+	uint64_t tag;
+	uint64_t pfn;
+	int host_thp;      /* -1 unknown, 0/1 from /proc/kpageflags */
+};
+
+struct vm;
+
+/*
+ * Guest paging mode.  Only "64" (4-level long mode, 4K pages) exists; new
+ * modes (e.g. 32-bit, PAE, LA57) would add an entry to paging_modes[].
+ */
+struct paging_mode {
+	const char *name;
+	void (*init)(struct vm *vm);                       /* create root table */
+	void (*map)(struct vm *vm, uint64_t gva, uint64_t gpa);
+	void (*setup_sregs)(struct vm *vm, struct kvm_sregs *sregs);
+	uint64_t (*walk)(struct vm *vm, uint64_t gva);     /* self-check */
+};
+
+/*
+ * Guest memory backing.  Only "anon" (MAP_PRIVATE|MAP_ANONYMOUS, optional
+ * THP on slot 1) exists; e.g. memfd/hugetlbfs backings would go here.
+ */
+struct backing {
+	const char *name;
+	void (*alloc)(struct vm *vm, struct memslot *ms, bool allow_thp);
+};
+
+struct vcpu {
+	struct vm *vm;
+	int id;
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+	uint64_t table_gva;
+	uint64_t nr_entries;
+	volatile int halted;
+};
+
+struct vm {
+	int kvm_fd;
+	int vm_fd;
+	size_t run_size;
+	struct memslot slots[2];
+	int nr_slots;
+	struct vcpu vcpus[NR_VCPUS];
+	const struct paging_mode *paging;
+	const struct backing *backing;
+	uint64_t cr3;
+	uint64_t pt_next;          /* next free page in PT pool */
+	uint64_t pt_pages[256];
+	int nr_pt_pages;
+	struct tagged_page *pages;
+	int nr_pages;
+};
+
+/* options */
+static int opt_pages = 64;
+static bool opt_thp;
+static const char *opt_truth;
+static const char *opt_stop_file;
+static long opt_timeout = 600;
+static bool opt_verbose;
+static const char *opt_paging = "64";
+static const char *opt_backing = "anon";
+
+static volatile sig_atomic_t stop_signal;
+static struct timespec start_ts;
+
+/* ------------------------------------------------------------------ */
+/* Helpers                                                             */
+/* ------------------------------------------------------------------ */
+__attribute__((format(printf, 1, 2), noreturn))
+static void die(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "l2vmm: error: %s\n", buf);
+	fflush(stderr);
+	exit(EXIT_ERR);
+}
+
+__attribute__((format(printf, 1, 2)))
+static void vlog(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+
+	if (!opt_verbose)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "l2vmm: %s\n", buf); /* one call: no interleaving */
+}
+
+/* ioctl wrapper: dies with the ioctl name and errno string on failure */
+#define IOCTL(fd, req, arg) do_ioctl((fd), (req), (arg), #req)
+static int do_ioctl(int fd, unsigned long req, unsigned long arg, const char *name)
+{
+	int ret;
+
+	do {
+		ret = ioctl(fd, req, arg);
+	} while (ret < 0 && errno == EINTR);
+	if (ret < 0)
+		die("ioctl %s failed: %s (errno %d)", name, strerror(errno), errno);
+	return ret;
+}
+#define IOCTLP(fd, req, ptr) do_ioctl((fd), (req), (unsigned long)(ptr), #req)
+
+static double elapsed(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - start_ts.tv_sec) +
+	       (double)(now.tv_nsec - start_ts.tv_nsec) / 1e9;
+}
+
+static void check_timeout(const char *phase)
+{
+	if (opt_timeout > 0 && elapsed() >= (double)opt_timeout) {
+		fprintf(stderr, "l2vmm: timeout (%ld s) expired %s\n", opt_timeout, phase);
+		fflush(stdout);
+		fflush(stderr);
+		_exit(EXIT_TIMEOUT);
+	}
+}
+
+static struct memslot *slot_for_gpa(struct vm *vm, uint64_t gpa)
+{
+	for (int i = 0; i < vm->nr_slots; i++) {
+		struct memslot *ms = &vm->slots[i];
+
+		if (gpa >= ms->gpa && gpa < ms->gpa + ms->size)
+			return ms;
+	}
+	return NULL;
+}
+
+static uint8_t *gpa_to_hva(struct vm *vm, uint64_t gpa)
+{
+	struct memslot *ms = slot_for_gpa(vm, gpa);
+
+	if (!ms)
+		die("internal: GPA 0x%llx not in any memslot", (unsigned long long)gpa);
+	return ms->hva + (gpa - ms->gpa);
+}
+
+static uint64_t rd64(struct vm *vm, uint64_t gpa)
+{
+	uint64_t v;
+
+	memcpy(&v, gpa_to_hva(vm, gpa), sizeof(v));
+	return v;
+}
+
+static void wr64(struct vm *vm, uint64_t gpa, uint64_t v)
+{
+	memcpy(gpa_to_hva(vm, gpa), &v, sizeof(v));
+}
+
+/* ------------------------------------------------------------------ */
+/* Backings                                                            */
+/* ------------------------------------------------------------------ */
+static void backing_anon_alloc(struct vm *vm, struct memslot *ms, bool allow_thp)
+{
+	/* Over-allocate by 2 MiB and trim so the HVA is 2 MiB aligned. */
+	const uint64_t align = 2 * MIB;
+	size_t len = ms->size + align;
+	uint8_t *p, *aligned;
+
+	(void)vm;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die("mmap of %llu bytes for slot %d failed: %s",
+		    (unsigned long long)len, ms->slot, strerror(errno));
+	aligned = (uint8_t *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
+	if (aligned > p && munmap(p, aligned - p) < 0)
+		die("munmap (head trim) failed: %s", strerror(errno));
+	if (p + len > aligned + ms->size &&
+	    munmap(aligned + ms->size, (p + len) - (aligned + ms->size)) < 0)
+		die("munmap (tail trim) failed: %s", strerror(errno));
+
+	ms->map_base = aligned;
+	ms->map_len = ms->size;
+	ms->hva = aligned;
+	ms->thp = allow_thp && opt_thp;
+	if (madvise(aligned, ms->size, ms->thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) < 0)
+		die("madvise(%s) on slot %d failed: %s",
+		    ms->thp ? "MADV_HUGEPAGE" : "MADV_NOHUGEPAGE", ms->slot, strerror(errno));
+	ms->backing = ms->thp ? "anon-thp" : "anon";
+}
+
+static const struct backing backings[] = {
+	{ "anon", backing_anon_alloc },
+};
+
+/* ------------------------------------------------------------------ */
+/* Guest paging: 4-level long mode, 4K pages                           */
+/* ------------------------------------------------------------------ */
+static uint64_t pt_alloc(struct vm *vm)
+{
+	uint64_t gpa = vm->pt_next;
+
+	if (gpa >= PTPOOL_END || vm->nr_pt_pages >= (int)(sizeof(vm->pt_pages) / sizeof(vm->pt_pages[0])))
+		die("guest page-table pool exhausted");
+	vm->pt_next += PAGE_SIZE;
+	memset(gpa_to_hva(vm, gpa), 0, PAGE_SIZE);
+	vm->pt_pages[vm->nr_pt_pages++] = gpa;
+	return gpa;
+}
+
+static void pg64_init(struct vm *vm)
+{
+	vm->cr3 = pt_alloc(vm);
+}
+
+static void pg64_map(struct vm *vm, uint64_t gva, uint64_t gpa)
+{
+	uint64_t table = vm->cr3;
+
+	for (int level = 4; level > 1; level--) {
+		int shift = PAGE_SHIFT + 9 * (level - 1);
+		uint64_t idx = (gva >> shift) & 511;
+		uint64_t pte_gpa = table + idx * 8;
+		uint64_t pte = rd64(vm, pte_gpa);
+
+		if (!(pte & PTE_P)) {
+			pte = pt_alloc(vm) | PTE_P | PTE_RW;
+			wr64(vm, pte_gpa, pte);
+		}
+		table = pte & PTE_ADDR_MASK;
+	}
+	wr64(vm, table + ((gva >> PAGE_SHIFT) & 511) * 8,
+	     (gpa & PTE_ADDR_MASK) | PTE_P | PTE_RW);
+}
+
+static uint64_t pg64_walk(struct vm *vm, uint64_t gva)
+{
+	uint64_t table = vm->cr3;
+
+	for (int level = 4; level >= 1; level--) {
+		int shift = PAGE_SHIFT + 9 * (level - 1);
+		uint64_t pte = rd64(vm, table + ((gva >> shift) & 511) * 8);
+
+		if (!(pte & PTE_P))
+			return UINT64_MAX;
+		table = pte & PTE_ADDR_MASK;
+	}
+	return table | (gva & (PAGE_SIZE - 1));
+}
+
+static void pg64_setup_sregs(struct vm *vm, struct kvm_sregs *s)
+{
+	struct kvm_segment code = {
+		.base = 0, .limit = 0xffffffff, .selector = 0x8,
+		.type = 11, /* execute/read, accessed */
+		.present = 1, .dpl = 0, .db = 0, .s = 1, .l = 1, .g = 1,
+	};
+	struct kvm_segment data = {
+		.base = 0, .limit = 0xffffffff, .selector = 0x10,
+		.type = 3, /* read/write, accessed */
+		.present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
+	};
+	struct kvm_segment tr = {
+		.base = 0, .limit = 0x67, .selector = 0x18,
+		.type = 11, /* busy 64-bit TSS */
+		.present = 1, .dpl = 0, .db = 0, .s = 0, .l = 0, .g = 0,
+	};
+
+	s->cs = code;
+	s->ds = s->es = s->fs = s->gs = s->ss = data;
+	s->tr = tr;
+	s->ldt.unusable = 1;
+	s->ldt.selector = 0;
+	s->ldt.present = 0;
+	s->cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
+	s->cr3 = vm->cr3;
+	s->cr4 = CR4_PAE;
+	s->efer = EFER_LME | EFER_LMA;
+}
+
+static const struct paging_mode paging_modes[] = {
+	{ "64", pg64_init, pg64_map, pg64_setup_sregs, pg64_walk },
+};
+
+/* ------------------------------------------------------------------ */
+/* VM setup                                                            */
+/* ------------------------------------------------------------------ */
+static void add_memslot(struct vm *vm, int slot, uint64_t gpa, uint64_t size, bool allow_thp)
+{
+	struct memslot *ms = &vm->slots[vm->nr_slots++];
+	struct kvm_userspace_memory_region r;
+
+	memset(ms, 0, sizeof(*ms));
+	ms->slot = slot;
+	ms->as_id = 0;
+	ms->gpa = gpa;
+	ms->size = size;
+	ms->flags = 0;
+	vm->backing->alloc(vm, ms, allow_thp);
+
+	memset(&r, 0, sizeof(r));
+	r.slot = (uint32_t)ms->as_id << 16 | (uint32_t)slot;
+	r.flags = ms->flags;
+	r.guest_phys_addr = gpa;
+	r.memory_size = size;
+	r.userspace_addr = (uintptr_t)ms->hva;
+	IOCTLP(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r);
+	vlog("memslot %d: gpa 0x%llx size 0x%llx hva %p backing %s", slot,
+	     (unsigned long long)gpa, (unsigned long long)size, (void *)ms->hva, ms->backing);
+}
+
+static void open_kvm(struct vm *vm)
+{
+	int ver, mmap_size;
+
+	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (vm->kvm_fd < 0)
+		die("open /dev/kvm failed: %s", strerror(errno));
+	ver = IOCTL(vm->kvm_fd, KVM_GET_API_VERSION, 0);
+	if (ver != KVM_API_VERSION)
+		die("KVM_GET_API_VERSION returned %d, expected %d", ver, KVM_API_VERSION);
+	if (IOCTL(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY) <= 0)
+		die("KVM_CAP_USER_MEMORY not supported");
+	vm->vm_fd = IOCTL(vm->kvm_fd, KVM_CREATE_VM, 0);
+	if (IOCTL(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SET_TSS_ADDR) > 0)
+		IOCTL(vm->vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000);
+	mmap_size = IOCTL(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (mmap_size < (int)sizeof(struct kvm_run))
+		die("KVM_GET_VCPU_MMAP_SIZE returned %d", mmap_size);
+	vm->run_size = (size_t)mmap_size;
+}
+
+static struct kvm_cpuid2 *get_supported_cpuid(struct vm *vm)
+{
+	int nent = 128;
+
+	for (;;) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + nent * sizeof(c->entries[0]));
+		int ret;
+
+		if (!c)
+			die("out of memory");
+		c->nent = nent;
+		ret = ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c);
+		if (ret == 0)
+			return c;
+		free(c);
+		if (errno != E2BIG || nent > 4096)
+			die("ioctl KVM_GET_SUPPORTED_CPUID failed: %s (errno %d)",
+			    strerror(errno), errno);
+		nent *= 2;
+	}
+}
+
+static void setup_vcpu(struct vm *vm, int id, struct kvm_cpuid2 *cpuid)
+{
+	struct vcpu *vc = &vm->vcpus[id];
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+
+	vc->vm = vm;
+	vc->id = id;
+	vc->fd = IOCTL(vm->vm_fd, KVM_CREATE_VCPU, id);
+	vc->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vc->fd, 0);
+	if (vc->run == MAP_FAILED)
+		die("mmap of kvm_run for vCPU %d failed: %s", id, strerror(errno));
+
+	IOCTLP(vc->fd, KVM_SET_CPUID2, cpuid);
+
+	IOCTLP(vc->fd, KVM_GET_SREGS, &sregs);
+	vm->paging->setup_sregs(vm, &sregs);
+	IOCTLP(vc->fd, KVM_SET_SREGS, &sregs);
+
+	memset(&regs, 0, sizeof(regs));
+	regs.rip = CODE_GPA;
+	regs.rsp = STACK_GPA(id) + STACK_SIZE;
+	regs.rsi = vc->table_gva;
+	regs.rcx = vc->nr_entries;
+	regs.rflags = 0x2; /* IF=0 */
+	IOCTLP(vc->fd, KVM_SET_REGS, &regs);
+}
+
+/* Build the guest page tables, code, tag tables and the list of tagged pages. */
+static void build_guest(struct vm *vm)
+{
+	int npages = NR_VCPUS * (opt_pages + LOWTAGS_PER_VCPU);
+	int k = 0;
+
+	vm->pt_next = PTPOOL_GPA;
+	vm->paging->init(vm);
+
+	/* identity map of the low 2 MiB (slot 0), 4K pages */
+	for (uint64_t a = 0; a < SLOT0_SIZE; a += PAGE_SIZE)
+		vm->paging->map(vm, SLOT0_GPA + a, SLOT0_GPA + a);
+
+	memcpy(gpa_to_hva(vm, CODE_GPA), guest_code, sizeof(guest_code));
+
+	vm->pages = calloc((size_t)npages, sizeof(*vm->pages));
+	if (!vm->pages)
+		die("out of memory");
+
+	for (int v = 0; v < NR_VCPUS; v++) {
+		struct vcpu *vc = &vm->vcpus[v];
+		int idx = 0;
+
+		/* data pages in slot 1, scrambled GPAs */
+		for (int i = 0; i < opt_pages; i++, idx++, k++) {
+			struct tagged_page *tp = &vm->pages[k];
+			uint64_t lin = (uint64_t)v * (uint64_t)opt_pages + (uint64_t)i;
+			uint64_t pno = (lin * SCRAMBLE_MUL + SCRAMBLE_ADD) & (SLOT1_PAGES - 1);
+
+			tp->vcpu = v;
+			tp->index = idx;
+			tp->slot = 1;
+			tp->gva = DATA_GVA(v, i);
+			tp->gpa = SLOT1_GPA + pno * PAGE_SIZE;
+			tp->tag = MAKE_TAG(v, idx, 1);
+			vm->paging->map(vm, tp->gva, tp->gpa);
+		}
+		/* identity-mapped tagged pages in slot 0 */
+		for (int j = 0; j < LOWTAGS_PER_VCPU; j++, idx++, k++) {
+			struct tagged_page *tp = &vm->pages[k];
+
+			tp->vcpu = v;
+			tp->index = idx;
+			tp->slot = 0;
+			tp->gva = LOWTAG_GPA(v, j);
+			tp->gpa = LOWTAG_GPA(v, j);
+			tp->tag = MAKE_TAG(v, idx, 0);
+		}
+
+		vc->table_gva = TAGTAB_GPA(v); /* identity mapped */
+		vc->nr_entries = (uint64_t)idx;
+		if ((uint64_t)idx * 16 > TAGTAB_SIZE)
+			die("internal: tag table for vCPU %d too large", v);
+	}
+	vm->nr_pages = k;
+
+	/* fill the tag tables */
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		uint64_t ent = TAGTAB_GPA(tp->vcpu) + (uint64_t)tp->index * 16;
+
+		wr64(vm, ent, tp->gva);
+		wr64(vm, ent + 8, tp->tag);
+		tp->hva = (uint64_t)(uintptr_t)gpa_to_hva(vm, tp->gpa);
+		tp->host_thp = -1;
+
+		/* self-check of the page tables we just wrote */
+		if (vm->paging->walk(vm, tp->gva) != tp->gpa)
+			die("internal: guest page-table self-check failed for gva 0x%llx",
+			    (unsigned long long)tp->gva);
+	}
+	vlog("guest: cr3 0x%llx, %d page-table pages, %d tagged pages",
+	     (unsigned long long)vm->cr3, vm->nr_pt_pages, vm->nr_pages);
+}
+
+/* ------------------------------------------------------------------ */
+/* vCPU threads                                                        */
+/* ------------------------------------------------------------------ */
+static const char *exit_reason_name(uint32_t r)
+{
+	switch (r) {
+	case KVM_EXIT_UNKNOWN: return "UNKNOWN";
+	case KVM_EXIT_EXCEPTION: return "EXCEPTION";
+	case KVM_EXIT_IO: return "IO";
+	case KVM_EXIT_HYPERCALL: return "HYPERCALL";
+	case KVM_EXIT_DEBUG: return "DEBUG";
+	case KVM_EXIT_HLT: return "HLT";
+	case KVM_EXIT_MMIO: return "MMIO";
+	case KVM_EXIT_IRQ_WINDOW_OPEN: return "IRQ_WINDOW_OPEN";
+	case KVM_EXIT_SHUTDOWN: return "SHUTDOWN";
+	case KVM_EXIT_FAIL_ENTRY: return "FAIL_ENTRY";
+	case KVM_EXIT_INTR: return "INTR";
+	case KVM_EXIT_SET_TPR: return "SET_TPR";
+	case KVM_EXIT_TPR_ACCESS: return "TPR_ACCESS";
+	case KVM_EXIT_NMI: return "NMI";
+	case KVM_EXIT_INTERNAL_ERROR: return "INTERNAL_ERROR";
+	case KVM_EXIT_SYSTEM_EVENT: return "SYSTEM_EVENT";
+	default: return "?";
+	}
+}
+
+static void vcpu_fatal(struct vcpu *vc, const char *what)
+{
+	struct kvm_run *run = vc->run;
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+
+	fprintf(stderr, "l2vmm: error: vCPU %d: %s: exit reason %u (%s)\n", vc->id, what,
+		run->exit_reason, exit_reason_name(run->exit_reason));
+	switch (run->exit_reason) {
+	case KVM_EXIT_FAIL_ENTRY:
+		fprintf(stderr, "  hardware_entry_failure_reason 0x%llx cpu %u\n",
+			(unsigned long long)run->fail_entry.hardware_entry_failure_reason,
+			run->fail_entry.cpu);
+		break;
+	case KVM_EXIT_INTERNAL_ERROR:
+		fprintf(stderr, "  suberror %u ndata %u:", run->internal.suberror,
+			run->internal.ndata);
+		for (uint32_t i = 0; i < run->internal.ndata && i < 16; i++)
+			fprintf(stderr, " 0x%llx", (unsigned long long)run->internal.data[i]);
+		fprintf(stderr, "\n");
+		break;
+	case KVM_EXIT_IO:
+		fprintf(stderr, "  io: dir %u size %u port 0x%x count %u\n", run->io.direction,
+			run->io.size, run->io.port, run->io.count);
+		break;
+	case KVM_EXIT_MMIO:
+		fprintf(stderr, "  mmio: addr 0x%llx len %u write %u\n",
+			(unsigned long long)run->mmio.phys_addr, run->mmio.len,
+			run->mmio.is_write);
+		break;
+	case KVM_EXIT_EXCEPTION:
+		fprintf(stderr, "  exception %u error_code 0x%x\n", run->ex.exception,
+			run->ex.error_code);
+		break;
+	}
+	if (ioctl(vc->fd, KVM_GET_REGS, &regs) == 0) {
+		fprintf(stderr,
+			"  rip %016llx rsp %016llx rflags %016llx\n"
+			"  rax %016llx rbx %016llx rcx %016llx rdx %016llx\n"
+			"  rsi %016llx rdi %016llx rbp %016llx\n",
+			regs.rip, regs.rsp, regs.rflags, regs.rax, regs.rbx, regs.rcx,
+			regs.rdx, regs.rsi, regs.rdi, regs.rbp);
+	} else {
+		fprintf(stderr, "  (KVM_GET_REGS failed: %s)\n", strerror(errno));
+	}
+	if (ioctl(vc->fd, KVM_GET_SREGS, &sregs) == 0) {
+		fprintf(stderr,
+			"  cr0 %016llx cr2 %016llx cr3 %016llx cr4 %016llx efer %016llx\n"
+			"  cs sel %04x base %llx l %u db %u type %u\n",
+			sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer,
+			sregs.cs.selector, (unsigned long long)sregs.cs.base, sregs.cs.l,
+			sregs.cs.db, sregs.cs.type);
+	} else {
+		fprintf(stderr, "  (KVM_GET_SREGS failed: %s)\n", strerror(errno));
+	}
+	fflush(stderr);
+	exit(EXIT_ERR);
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *vc = arg;
+
+	for (;;) {
+		if (ioctl(vc->fd, KVM_RUN, 0) < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			die("ioctl KVM_RUN on vCPU %d failed: %s (errno %d)", vc->id,
+			    strerror(errno), errno);
+		}
+		switch (vc->run->exit_reason) {
+		case KVM_EXIT_HLT:
+			vlog("vCPU %d halted", vc->id);
+			__atomic_store_n(&vc->halted, 1, __ATOMIC_RELEASE);
+			return NULL;
+		case KVM_EXIT_INTR:
+			continue; /* signal arrived; nothing to do */
+		default:
+			vcpu_fatal(vc, "unexpected exit");
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Host-side verification and ground truth                             */
+/* ------------------------------------------------------------------ */
+static void verify_pages(struct vm *vm)
+{
+	int pm_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	int kpf_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+
+	if (pm_fd < 0)
+		die("open /proc/self/pagemap failed: %s", strerror(errno));
+	if (kpf_fd < 0)
+		vlog("cannot open /proc/kpageflags (%s); host_thp unknown", strerror(errno));
+
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		struct vcpu *vc = &vm->vcpus[tp->vcpu];
+		struct kvm_translation tr;
+		uint64_t val, ent;
+		ssize_t n;
+
+		/* the tag must be at the HVA */
+		memcpy(&val, (void *)(uintptr_t)tp->hva, sizeof(val));
+		if (val != tp->tag)
+			die("tag mismatch: vcpu %d gva 0x%llx gpa 0x%llx hva 0x%llx: expected 0x%016llx, found 0x%016llx",
+			    tp->vcpu, (unsigned long long)tp->gva, (unsigned long long)tp->gpa,
+			    (unsigned long long)tp->hva, (unsigned long long)tp->tag,
+			    (unsigned long long)val);
+
+		/* KVM's own view of the guest translation must agree */
+		memset(&tr, 0, sizeof(tr));
+		tr.linear_address = tp->gva;
+		IOCTLP(vc->fd, KVM_TRANSLATE, &tr);
+		if (!tr.valid || tr.physical_address != tp->gpa)
+			die("KVM_TRANSLATE(vcpu %d, gva 0x%llx) = 0x%llx valid %u, expected 0x%llx",
+			    tp->vcpu, (unsigned long long)tp->gva,
+			    (unsigned long long)tr.physical_address, tr.valid,
+			    (unsigned long long)tp->gpa);
+
+		/* host PFN */
+		n = pread(pm_fd, &ent, sizeof(ent), (off_t)((tp->hva >> PAGE_SHIFT) * 8));
+		if (n != (ssize_t)sizeof(ent))
+			die("read /proc/self/pagemap for hva 0x%llx failed: %s",
+			    (unsigned long long)tp->hva, n < 0 ? strerror(errno) : "short read");
+		if (!(ent >> 63 & 1))
+			die("pagemap: hva 0x%llx not present (entry 0x%016llx)",
+			    (unsigned long long)tp->hva, (unsigned long long)ent);
+		tp->pfn = ent & ((1ULL << 55) - 1);
+		if (tp->pfn == 0)
+			die("pagemap: PFN 0 for hva 0x%llx (not root / CAP_SYS_ADMIN?)",
+			    (unsigned long long)tp->hva);
+
+		if (kpf_fd >= 0) {
+			uint64_t fl;
+
+			if (pread(kpf_fd, &fl, sizeof(fl), (off_t)(tp->pfn * 8)) == (ssize_t)sizeof(fl))
+				tp->host_thp = (int)((fl >> KPF_THP) & 1);
+		}
+	}
+
+	/* PFNs must be distinct */
+	for (int a = 0; a < vm->nr_pages; a++)
+		for (int b = a + 1; b < vm->nr_pages; b++)
+			if (vm->pages[a].pfn == vm->pages[b].pfn)
+				die("pages %d and %d share PFN 0x%llx", a, b,
+				    (unsigned long long)vm->pages[a].pfn);
+
+	close(pm_fd);
+	if (kpf_fd >= 0)
+		close(kpf_fd);
+}
+
+static void write_truth(struct vm *vm)
+{
+	size_t len = strlen(opt_truth) + 32;
+	char *tmp = malloc(len);
+	FILE *f;
+	int fd;
+
+	if (!tmp)
+		die("out of memory");
+	snprintf(tmp, len, "%s.tmp.%d", opt_truth, (int)getpid());
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		die("open %s failed: %s", tmp, strerror(errno));
+	f = fdopen(fd, "w");
+	if (!f)
+		die("fdopen %s failed: %s", tmp, strerror(errno));
+
+	fprintf(f, "{\"pid\": %d, \"vcpus\": [", (int)getpid());
+	for (int v = 0; v < NR_VCPUS; v++)
+		fprintf(f, "%s%d", v ? ", " : "", v);
+	fprintf(f, "], \"guest_paging\": \"%s\", \"backing\": \"%s\", \"thp\": %s,\n",
+		vm->paging->name, vm->backing->name, opt_thp ? "true" : "false");
+	fprintf(f, " \"pages_per_vcpu\": %d, \"page_size\": %llu,\n", opt_pages,
+		(unsigned long long)PAGE_SIZE);
+	fprintf(f, " \"memslots\": [\n");
+	for (int i = 0; i < vm->nr_slots; i++) {
+		struct memslot *ms = &vm->slots[i];
+
+		fprintf(f, "  {\"slot\": %d, \"as_id\": %d, \"gpa\": %llu, \"size\": %llu, "
+			"\"hva\": %llu, \"flags\": %u, \"backing\": \"%s\"}%s\n",
+			ms->slot, ms->as_id, (unsigned long long)ms->gpa,
+			(unsigned long long)ms->size, (unsigned long long)(uintptr_t)ms->hva,
+			ms->flags, ms->backing, i + 1 < vm->nr_slots ? "," : "");
+	}
+	fprintf(f, " ],\n \"cr3\": %llu,\n \"guest_pt_pages\": [", (unsigned long long)vm->cr3);
+	for (int i = 0; i < vm->nr_pt_pages; i++)
+		fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)vm->pt_pages[i]);
+	fprintf(f, "],\n \"pages\": [\n");
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+
+		fprintf(f, "  {\"vcpu\": %d, \"index\": %d, \"gva\": %llu, \"gpa\": %llu, "
+			"\"hva\": %llu, \"pfn\": %llu, \"tag\": %llu, \"slot\": %d, \"host_thp\": %s}%s\n",
+			tp->vcpu, tp->index, (unsigned long long)tp->gva,
+			(unsigned long long)tp->gpa, (unsigned long long)tp->hva,
+			(unsigned long long)tp->pfn, (unsigned long long)tp->tag, tp->slot,
+			tp->host_thp < 0 ? "null" : tp->host_thp ? "true" : "false",
+			p + 1 < vm->nr_pages ? "," : "");
+	}
+	fprintf(f, " ]}\n");
+
+	if (fflush(f) != 0 || ferror(f))
+		die("write %s failed: %s", tmp, strerror(errno));
+	if (fsync(fd) < 0)
+		die("fsync %s failed: %s", tmp, strerror(errno));
+	if (fclose(f) != 0)
+		die("close %s failed: %s", tmp, strerror(errno));
+	if (rename(tmp, opt_truth) < 0)
+		die("rename %s -> %s failed: %s", tmp, opt_truth, strerror(errno));
+	free(tmp);
+}
+
+/* ------------------------------------------------------------------ */
+/* main                                                                */
+/* ------------------------------------------------------------------ */
+static void on_signal(int sig)
+{
+	stop_signal = sig;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: l2vmm --truth FILE [options]\n"
+		"  --truth FILE         write ground-truth JSON to FILE (atomically)\n"
+		"  --stop-file FILE     exit 0 once FILE exists (polled every 100 ms)\n"
+		"  --timeout SECONDS    exit 3 after SECONDS from start (default 600, 0 = never)\n"
+		"  --pages N            data pages per vCPU, 1..%d (default 64)\n"
+		"  --thp                madvise(MADV_HUGEPAGE) on slot 1 (default MADV_NOHUGEPAGE)\n"
+		"  --guest-paging MODE  guest paging mode; supported: 64 (default)\n"
+		"  --backing KIND       guest memory backing; supported: anon (default)\n"
+		"  -v, --verbose        progress messages on stderr\n"
+		"  -h, --help           this help\n"
+		"exit codes: 0 stopped after READY, 1 error, 2 usage, 3 timeout\n",
+		MAX_PAGES_PER_VCPU);
+}
+
+static void parse_args(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "truth", required_argument, NULL, 't' },
+		{ "stop-file", required_argument, NULL, 's' },
+		{ "timeout", required_argument, NULL, 'T' },
+		{ "pages", required_argument, NULL, 'n' },
+		{ "thp", no_argument, NULL, 'H' },
+		{ "guest-paging", required_argument, NULL, 'g' },
+		{ "backing", required_argument, NULL, 'b' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+	char *end;
+
+	while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 't': opt_truth = optarg; break;
+		case 's': opt_stop_file = optarg; break;
+		case 'T':
+			errno = 0;
+			opt_timeout = strtol(optarg, &end, 0);
+			if (errno || *end || opt_timeout < 0) {
+				fprintf(stderr, "l2vmm: bad --timeout '%s'\n", optarg);
+				exit(EXIT_USAGE);
+			}
+			break;
+		case 'n': {
+			long n;
+
+			errno = 0;
+			n = strtol(optarg, &end, 0);
+			if (errno || *end || n < 1 || n > MAX_PAGES_PER_VCPU ||
+			    n * NR_VCPUS > (long)SLOT1_PAGES) {
+				fprintf(stderr, "l2vmm: bad --pages '%s' (1..%d)\n", optarg,
+					MAX_PAGES_PER_VCPU);
+				exit(EXIT_USAGE);
+			}
+			opt_pages = (int)n;
+			break;
+		}
+		case 'H': opt_thp = true; break;
+		case 'g': opt_paging = optarg; break;
+		case 'b': opt_backing = optarg; break;
+		case 'v': opt_verbose = true; break;
+		case 'h': usage(stdout); exit(EXIT_OK);
+		default: usage(stderr); exit(EXIT_USAGE);
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "l2vmm: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		exit(EXIT_USAGE);
+	}
+	if (!opt_truth) {
+		fprintf(stderr, "l2vmm: --truth FILE is required\n");
+		usage(stderr);
+		exit(EXIT_USAGE);
+	}
+	if (opt_stop_file && access(opt_stop_file, F_OK) == 0) {
+		fprintf(stderr, "l2vmm: stop file '%s' already exists; remove it first\n",
+			opt_stop_file);
+		exit(EXIT_USAGE);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct vm vm;
+	struct kvm_cpuid2 *cpuid;
+	struct sigaction sa;
+	sigset_t set;
+	size_t i;
+
+	clock_gettime(CLOCK_MONOTONIC, &start_ts);
+	parse_args(argc, argv);
+
+	for (i = 0; i < sizeof(paging_modes) / sizeof(paging_modes[0]); i++)
+		if (!strcmp(paging_modes[i].name, opt_paging))
+			vm.paging = &paging_modes[i];
+	if (!vm.paging) {
+		fprintf(stderr, "l2vmm: unsupported --guest-paging '%s' (supported: 64)\n", opt_paging);
+		exit(EXIT_USAGE);
+	}
+	for (i = 0; i < sizeof(backings) / sizeof(backings[0]); i++)
+		if (!strcmp(backings[i].name, opt_backing))
+			vm.backing = &backings[i];
+	if (!vm.backing) {
+		fprintf(stderr, "l2vmm: unsupported --backing '%s' (supported: anon)\n", opt_backing);
+		exit(EXIT_USAGE);
+	}
+
+	/* Signals: handled only by the main thread; vCPU threads block them. */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	open_kvm(&vm);
+	add_memslot(&vm, 0, SLOT0_GPA, SLOT0_SIZE, false);
+	add_memslot(&vm, 1, SLOT1_GPA, SLOT1_SIZE, true);
+	build_guest(&vm);
+
+	cpuid = get_supported_cpuid(&vm);
+	for (int v = 0; v < NR_VCPUS; v++)
+		setup_vcpu(&vm, v, cpuid);
+	free(cpuid);
+
+	for (int v = 0; v < NR_VCPUS; v++) {
+		int err = pthread_create(&vm.vcpus[v].thread, NULL, vcpu_thread, &vm.vcpus[v]);
+
+		if (err)
+			die("pthread_create for vCPU %d failed: %s", v, strerror(err));
+	}
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+
+	/* wait for both vCPUs to halt */
+	for (;;) {
+		int done = 0;
+
+		for (int v = 0; v < NR_VCPUS; v++)
+			done += __atomic_load_n(&vm.vcpus[v].halted, __ATOMIC_ACQUIRE);
+		if (done == NR_VCPUS)
+			break;
+		if (stop_signal) {
+			fprintf(stderr, "l2vmm: error: signal %d before the guest halted\n",
+				(int)stop_signal);
+			exit(EXIT_ERR);
+		}
+		check_timeout("while waiting for the vCPUs to halt");
+		usleep(10000);
+	}
+	for (int v = 0; v < NR_VCPUS; v++)
+		pthread_join(vm.vcpus[v].thread, NULL);
+	vlog("guest done after %.2f s", elapsed());
+
+	verify_pages(&vm);
+	write_truth(&vm);
+	printf("L2VMM READY pid=%d truth=%s\n", (int)getpid(), opt_truth);
+	fflush(stdout);
+
+	/* Keep the VM (and vCPU fds) alive until told to stop. */
+	for (;;) {
+		if (stop_signal) {
+			vlog("signal %d, exiting", (int)stop_signal);
+			return EXIT_OK;
+		}
+		if (opt_stop_file && access(opt_stop_file, F_OK) == 0) {
+			vlog("stop file %s exists, exiting", opt_stop_file);
+			return EXIT_OK;
+		}
+		check_timeout("while holding the VM");
+		usleep(100000);
+	}
+}
