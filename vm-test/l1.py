@@ -503,14 +503,56 @@ class L1:
         self.stop()
 
 
+def fix_elf_layout(elf: Path) -> bool:
+    """Move an ELF core's program headers right after the ELF header, in place.
+
+    QEMU >= 7.2 writes dump-guest-memory ELFs with the section header table at
+    offset 64 and the program headers after it (e_phoff = 192).  makedumpfile
+    1.7.2 (Debian bookworm) ignores e_phoff and reads the program headers at
+    64 + i * 56, so it finds no PT_LOAD ("get_elf_info: Can't get the number
+    of PT_LOAD").  The section headers of an x86 dump are only the null
+    section and .shstrtab (they matter only when e_phnum >= PN_XNUM), so they
+    are dropped: program headers go to offset 64, e_shoff/e_shnum/e_shstrndx
+    to 0.  The result is the classic layout that every reader, drgn included,
+    accepts.  Returns whether the file was changed.
+    """
+    import struct
+
+    with open(elf, "r+b") as f:
+        ehdr = bytearray(f.read(64))
+        if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+            raise L1Error(f"{elf}: not a little-endian ELF64 file")
+        phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+        if phoff == 64:
+            return False
+        if phnum == 0xFFFF or phentsize != 56:
+            raise L1Error(f"{elf}: unexpected program header table (phnum={phnum})")
+        f.seek(phoff)
+        phdrs = f.read(phnum * phentsize)
+        first_data = min(struct.unpack_from("<Q", phdrs, i * 56 + 8)[0] for i in range(phnum))
+        if 64 + len(phdrs) > first_data:
+            raise L1Error(f"{elf}: no room for the program headers at offset 64")
+        struct.pack_into("<QQ", ehdr, 0x20, 64, 0)       # e_phoff, e_shoff
+        struct.pack_into("<HHH", ehdr, 0x3A, 0, 0, 0)    # e_shentsize, e_shnum, e_shstrndx
+        f.seek(64)
+        f.write(phdrs)
+        f.seek(0)
+        f.write(ehdr)
+    return True
+
+
 def compress_dump(elf: Path, out: Path, dump_level: int = 31, vmlinux: str | Path | None = None,
                   timeout: float = 600) -> float:
     """makedumpfile -c (zlib kdump-compressed) from a QEMU ELF dump; seconds.
 
     The ELF holds the VMCOREINFO note (vmcoreinfo device), which gives
-    makedumpfile what -d 31 needs; ``vmlinux`` (-x) is optional.
+    makedumpfile what -d 31 needs; ``vmlinux`` (-x) is optional.  The ELF is
+    first rewritten in place by :func:`fix_elf_layout` (a few hundred bytes)
+    because makedumpfile 1.7.2 cannot read QEMU 7.2's layout.
     """
     out = Path(out)
+    fix_elf_layout(Path(elf))
     with contextlib.suppress(FileNotFoundError):
         out.unlink()  # makedumpfile refuses to overwrite
     cmd = ["makedumpfile", "-c", "-d", str(dump_level)]

@@ -1,0 +1,82 @@
+"""Command-line behaviour that needs no kernel: arguments, errors, exit codes."""
+
+import io
+import struct
+
+import drgn
+import pytest
+
+from drgn_kvmwalk.cli import EXIT_USAGE, main, parse_addr
+from drgn_kvmwalk.mmu import DrgnPhysMem
+from drgn_kvmwalk.spte import x86_format
+from drgn_kvmwalk.walk import PhysMemError, Root, TableCache, walk_addr
+
+from .tables import FakeMem, Tables
+from .test_walk import X86_LEAF, X86_TABLE
+
+
+def run(prog, *argv):
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(prog, list(argv), out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def empty_prog():
+    return drgn.Program(drgn.host_platform)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--addr", "0x1000"], "missing --vcpu"),
+    (["--vcpu", "0"], "missing --addr"),
+    ([], "missing --vcpu and --addr"),
+    (["--vcpu", "0", "--addr", "zz"], "invalid address 'zz'"),
+    (["--vcpu", "0", "--addr", "-5"], "negative"),
+    (["--vcpu", "0", "--addr", hex(1 << 64)], "more than 64 bits"),
+    (["--vcpu", "-1", "--addr", "0"], "invalid number '-1'"),
+    (["--vcpu", "0", "--addr", "0", "--bogus"], "unrecognized arguments"),
+])
+def test_bad_arguments(empty_prog, argv, message):
+    rc, out, err = run(empty_prog, *argv)
+    assert rc == EXIT_USAGE and out == ""
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_target_without_kernel_debug_info(empty_prog):
+    rc, out, err = run(empty_prog, "--vcpu", "0", "--addr", "0x1000")
+    assert rc == EXIT_USAGE and out == ""
+    assert err.startswith("kvmwalk: no debug info for vmlinux")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_help_explains_every_option(empty_prog, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(empty_prog, ["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--vm PID", "--vcpu N", "--addr X", "--json", "exit status", "GVA"):
+        assert opt in text
+
+
+@pytest.mark.parametrize("text,value", [("0x1000", 0x1000), ("4096", 4096),
+                                        ("0XFFFF_F000", 0xFFFFF000)])
+def test_parse_addr(text, value):
+    assert parse_addr(text) == value
+
+
+def test_walk_through_drgn_physical_memory():
+    """DrgnPhysMem reads a real drgn Program's physical address space."""
+    mem = FakeMem()
+    t = Tables(mem, 4, X86_TABLE, X86_LEAF)
+    t.map(0x4000_0000, 0x1234_5000)
+    prog = drgn.Program(drgn.host_platform)
+    for hpa, page in mem.pages.items():
+        prog.add_memory_segment(hpa, 4096, lambda addr, count, offset, physical, p=page:
+                                bytes(p[offset:offset + count]), physical=True)
+    w = walk_addr(TableCache(DrgnPhysMem(prog)), x86_format(phys_bits=48),
+                  Root(t.root, 4, True, 4), 0x4000_0123)
+    assert w.hpa == 0x1234_5123
+    with pytest.raises(PhysMemError):
+        DrgnPhysMem(prog).read(0xDEAD_0000, 8)
+    assert struct.unpack("<Q", DrgnPhysMem(prog).read(t.root, 8))[0] & X86_TABLE == X86_TABLE

@@ -1,0 +1,77 @@
+"""Walk a real L2 guest's tables in a real Debian 6.1 KVM host (L1 in QEMU).
+
+One L1 boot per MMU mode (cell.run_cell) serves every check of that mode: the
+tool's answer for each tagged page of both vCPUs, in each view (live inside
+L1, QMP from outside, ELF dump, kdump-compressed dump), is compared with the
+ground truth the workload recorded (pagemap PFNs and the tags it wrote).
+"""
+
+import json
+import re
+
+import pytest
+
+import cell
+
+pytestmark = pytest.mark.vm
+
+_cells = {}
+
+
+@pytest.fixture(scope="session", params=list(cell.MODES))
+def cell_result(request, bookworm, tmp_path_factory):
+    mode = request.param
+    workdir = cell.TOP / "build" / "vm" / f"bookworm-{mode}"
+    result = cell.run_cell("bookworm", mode, workdir, log=lambda m: print(m, flush=True))
+    _cells[mode] = result
+    return result
+
+
+def test_mmu_mode_is_what_l1_was_booted_with(cell_result):
+    ready = cell_result["ready"]
+    params = json.dumps(ready)
+    mode = cell_result["mode"]
+    assert cell_result["agent_rc"] == 0
+    live = cell_result["views"]["live"]
+    walks = live["vcpus"]["0"]["walks"]
+    assert walks, live
+    if mode == "shadow":
+        assert walks[0]["mmu"] == "shadow" and not walks[0]["direct"], params
+    else:
+        assert walks[0]["mmu"] == "tdp" and walks[0]["format"] == "x86", params
+        assert walks[0]["tdp_mmu"] == (mode == "tdp_mmu"), params
+
+
+def test_truth_covers_both_vcpus_and_slots(cell_result):
+    truth = cell_result["truth"]
+    assert sorted(truth["vcpus"]) == [0, 1]
+    assert len(truth["memslots"]) >= 2
+    assert {p["vcpu"] for p in truth["pages"]} == {0, 1}
+    assert len({p["slot"] for p in truth["pages"]}) >= 2
+    assert any(p["gva"] != p["gpa"] for p in truth["pages"])  # non-identity GVA -> GPA
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
+def test_view_matches_ground_truth(cell_result, view):
+    problems = [p for p in cell.check_cell(cell_result) if p.startswith(view + ":")
+                or p.startswith(view + " ")]
+    assert not problems, "\n".join(problems[:40])
+    v = cell_result["views"][view]
+    n = sum(len(r["walks"]) for r in v["vcpus"].values())
+    assert n == len(cell_result["truth"]["pages"]) * len(cell_result["truth"]["vcpus"])
+    if view != "kdump":  # user pages are filtered out of the kdump dump
+        tags = sum(1 for r in v["vcpus"].values() for w in r["walks"] if w["tag_at_hpa"])
+        assert tags == n
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
+def test_one_whole_process_walk(cell_result, view):
+    """contrib/kvmwalk.py as a user runs it: text output, exit 0, right HPA."""
+    w = cell_result["one_walk"][view]
+    assert w["rc"] == 0, w
+    page = cell_result["truth"]["pages"][0]
+    kind = cell_result["addr_kind"]
+    want = page["pfn"] << 12 | (page[kind] & 0xFFF)
+    m = re.search(r"=> HPA (0x[0-9a-f]+) \((\w+) page\)", w["stdout"])
+    assert m, w["stdout"]
+    assert int(m.group(1), 16) == want

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Run one cell of the VM test matrix: one L1 boot of one kernel in one MMU mode.
+
+In that boot:
+1. the L2 workload (build/l2vmm) starts in L1 and records its ground truth
+   (memslots, GVA -> GPA -> HVA, HVA -> host PFN from /proc/self/pagemap, tags);
+2. live view: inside L1, one ``drgn -k`` process walks every tagged address of
+   both vCPUs (vm-test/check_views.py), and one whole ``drgn -k
+   contrib/kvmwalk.py`` run walks one address (timed);
+3. from the host while L1 runs: the same over QMP (``drgn --qemu``);
+4. an ELF dump of L1 (QMP dump-guest-memory) and a kdump-compressed dump made
+   from it by makedumpfile (-d 31: user pages filtered out), each walked the same way.
+
+Results go to ``<workdir>/cell.json``; tests/vm asserts on them against the
+truth.  For a developer in a hurry::
+
+    vm-test/cell.py bookworm shadow        # prints a summary, exit 0 if all matched
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+HERE = Path(__file__).resolve().parent
+TOP = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import kernels  # noqa: E402
+from l1 import L1, agent_command, compress_dump  # noqa: E402
+
+# Kernel command line of L1 for each MMU mode (kvm_amd loads by itself at boot
+# under -cpu max, so module parameters must be given there).
+MODES: Dict[str, List[str]] = {
+    "tdp_mmu": [],
+    "legacy": ["kvm.tdp_mmu=0"],
+    "shadow": ["kvm_amd.npt=0"],
+}
+VIEWS = ["live", "qmp", "elf", "kdump"]
+
+
+def addr_kind(mode: str) -> str:
+    return "gva" if mode == "shadow" else "gpa"
+
+
+def drgn_bin() -> str:
+    cand = Path(sys.executable).parent / "drgn"
+    return str(cand) if cand.exists() else "drgn"
+
+
+def symbol_args(kernel: kernels.Kernel) -> List[str]:
+    args: List[str] = []
+    for path in kernel.symbols:
+        args += ["-s", path]
+    return args
+
+
+def _run(cmd: List[str], timeout: float) -> Dict[str, Any]:
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return {"cmd": shlex.join(cmd), "rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr,
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = print,
+             keep_dumps: bool = False) -> Dict[str, Any]:
+    kernel = kernels.fetch(suite, log=log)
+    workdir.mkdir(parents=True, exist_ok=True)
+    shared = workdir / "shared"
+    truth = shared / "truth.json"
+    drgn = drgn_bin()
+    syms = symbol_args(kernel)
+    kind = addr_kind(mode)
+    l2vmm = TOP / "build" / "l2vmm"
+    if not l2vmm.exists():
+        raise RuntimeError(f"{l2vmm} is missing: run vm-test/setup")
+    workload = shlex.join([str(l2vmm), "--truth", str(truth),
+                           "--stop-file", str(shared / "release"), "--timeout", "1800"])
+
+    def views_cmd(target: List[str], view: str, out: Path) -> List[str]:
+        return [drgn, *target, *syms, str(HERE / "check_views.py"), "--truth", str(truth),
+                "--out", str(out), "--view", view, "--addr-kind", kind]
+
+    def one_walk_cmd(target: List[str]) -> List[str]:
+        # One address, as a user would type it; the address comes from the truth file.
+        return [str(HERE / "walk_first"), str(truth), kind, drgn, *target, *syms,
+                str(TOP / "contrib" / "kvmwalk.py")]
+
+    checks = {
+        "live": shlex.join(views_cmd(["-k"], "live", shared / "live.json")),
+        "live-one": shlex.join(one_walk_cmd(["-k"])),
+    }
+    result: Dict[str, Any] = {"suite": suite, "mode": mode, "release": kernel.release,
+                              "addr_kind": kind, "views": {}, "one_walk": {}}
+    t_cell = time.monotonic()
+    with L1(kernel, append=MODES[mode], workdir=workdir, log=log,
+            agent_cmd=agent_command([workload], checks, python=sys.executable)) as l1:
+        ready = l1.wait_ready(900)
+        result["ready"] = ready
+        result["truth"] = json.loads(truth.read_text())
+        for name in ("live", "live-one"):
+            check = ready.get("checks", {}).get(name, {})
+            out_file = shared / f"check-{name}.out"
+            err_file = shared / f"check-{name}.err"
+            entry = {"rc": check.get("rc"), "seconds": check.get("seconds"),
+                     "stdout": out_file.read_text() if out_file.exists() else "",
+                     "stderr": err_file.read_text() if err_file.exists() else ""}
+            if name == "live":
+                live = shared / "live.json"
+                result["views"]["live"] = (json.loads(live.read_text()) if live.exists()
+                                           else {"error": entry})
+            else:
+                result["one_walk"]["live"] = entry
+        qmp = ["--qemu", str(l1.qmp_drgn)]
+        r = _run(views_cmd(qmp, "qmp", workdir / "qmp.json"), 600)
+        result["views"]["qmp"] = (json.loads((workdir / "qmp.json").read_text())
+                                  if r["rc"] == 0 else {"error": r})
+        result["one_walk"]["qmp"] = _run(one_walk_cmd(qmp), 600)
+        elf = workdir / "l1.elf"
+        result["dump_seconds"] = round(l1.dump_elf(elf), 3)
+        result["agent_rc"] = l1.release(300)
+    log(f"[cell] {suite}/{mode}: L1 done after {time.monotonic() - t_cell:.0f}s")
+    kdump = workdir / "l1.kdump"
+    result["compress_seconds"] = round(compress_dump(elf, kdump, 31, vmlinux=kernel.vmlinux), 3)
+    for view, path in (("elf", elf), ("kdump", kdump)):
+        out = workdir / f"{view}.json"
+        r = _run(views_cmd(["-c", str(path)], view, out), 600)
+        result["views"][view] = json.loads(out.read_text()) if r["rc"] == 0 else {"error": r}
+        result["one_walk"][view] = _run(one_walk_cmd(["-c", str(path)]), 600)
+    if not keep_dumps:
+        for path in (elf, kdump):
+            path.unlink(missing_ok=True)
+    result["seconds"] = round(time.monotonic() - t_cell, 1)
+    (workdir / "cell.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def check_cell(result: Dict[str, Any]) -> List[str]:
+    """Every mismatch between the tool's answers and the ground truth, as text.
+
+    For each view, each vCPU and each tagged page: the walk succeeded, the HPA
+    is the pagemap PFN plus the page offset, and, where the view holds the
+    page, the 8 bytes at that HPA are the tag the guest wrote.
+    """
+    problems: List[str] = []
+    truth = result["truth"]
+    kind = result["addr_kind"]
+    expect_mmu = "shadow" if kind == "gva" else "tdp"
+    for view in VIEWS:
+        v = result["views"].get(view)
+        if v is None or "error" in v:
+            problems.append(f"{view}: no result: {json.dumps(v)[:2000]}")
+            continue
+        for vcpu in truth["vcpus"]:
+            r = v["vcpus"].get(str(vcpu))
+            if r is None or r["rc"] != 0:
+                problems.append(f"{view} vcpu {vcpu}: kvmwalk failed: {r and r['stderr']}")
+                continue
+            walks = {w["addr"]: w for w in r["walks"]}
+            for page in truth["pages"]:
+                w = walks.get(page[kind])
+                where = f"{view} vcpu {vcpu} {kind} {page[kind]:#x}"
+                if w is None:
+                    problems.append(f"{where}: not walked")
+                    continue
+                if w["mmu"] != expect_mmu:
+                    problems.append(f"{where}: mmu {w['mmu']}, expected {expect_mmu}")
+                want = page["pfn"] << 12 | (page[kind] & 0xFFF)
+                if w["hpa"] != want:
+                    got = "unmapped (" + str(w["stop"]) + ")" if w["hpa"] is None \
+                        else hex(w["hpa"])
+                    problems.append(f"{where}: HPA {got}, pagemap says {want:#x}")
+                elif w["tag_at_hpa"] is None:
+                    if view != "kdump":  # makedumpfile -d 31 drops user pages
+                        problems.append(f"{where}: HPA {want:#x} not readable in this view")
+                elif w["tag_at_hpa"] != page["tag"]:
+                    problems.append(f"{where}: {w['tag_at_hpa']:#x} at HPA, tag is {page['tag']:#x}")
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Run one (kernel, MMU mode) cell of the VM tests.")
+    ap.add_argument("suite", choices=sorted(kernels.SUITES), help="Debian suite of the L1 kernel")
+    ap.add_argument("mode", choices=sorted(MODES), help="KVM MMU mode in L1")
+    ap.add_argument("--workdir", type=Path, help="default: build/vm/<suite>-<mode>")
+    ap.add_argument("--keep-dumps", action="store_true", help="keep l1.elf and l1.kdump")
+    args = ap.parse_args()
+    workdir = args.workdir or TOP / "build" / "vm" / f"{args.suite}-{args.mode}"
+    result = run_cell(args.suite, args.mode, workdir.resolve(),
+                      log=lambda m: print(m, file=sys.stderr), keep_dumps=args.keep_dumps)
+    problems = check_cell(result)
+    for view, w in result["one_walk"].items():
+        print(f"--- {view}: one whole-process walk, {w.get('seconds')} s, rc {w.get('rc')}")
+        print(w.get("stdout", "").rstrip())
+    print(f"{args.suite}/{args.mode}: {len(result['truth']['pages'])} pages x "
+          f"{len(result['truth']['vcpus'])} vCPUs x {len(VIEWS)} views, "
+          f"{len(problems)} problems, {result['seconds']} s (details: {workdir}/cell.json)")
+    for p in problems[:50]:
+        print("  " + p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

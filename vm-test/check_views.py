@@ -1,0 +1,69 @@
+"""drgn script: walk every ground-truth address of an L2 workload through the
+kvmwalk command line, in one drgn process, and read back what the guest wrote.
+
+    drgn [-k | -c DUMP | --qemu SOCK] -s ... vm-test/check_views.py \\
+        --truth truth.json --out results.json [--view NAME]
+
+For each vCPU of the workload it runs ``cli.main(prog, [--vm, --vcpu, --json,
+--addr ...])`` exactly as a user would (GPAs under TDP, GVAs under shadow
+paging), then reads 8 bytes at each HPA
+the tool returned, so the test can compare them with the tag the guest wrote.
+The comparison itself is the test's job (tests/vm), against pagemap truth.
+"""
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from drgn import FaultError  # noqa: E402
+
+from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
+
+
+def run(prog, truth, view, addr_kind):
+    result = {"view": view, "addr_kind": addr_kind, "vcpus": {}}
+    for vcpu in truth["vcpus"]:
+        argv = ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--json"]
+        for page in truth["pages"]:
+            argv += ["--addr", hex(page[addr_kind])]
+        out, err = io.StringIO(), io.StringIO()
+        t0 = time.monotonic()
+        rc = kvmwalk_main(prog, argv, out=out, err=err)
+        elapsed = time.monotonic() - t0
+        walks = [json.loads(line) for line in out.getvalue().splitlines()]
+        for w in walks:
+            w["tag_at_hpa"] = None
+            if w["hpa"] is not None:
+                try:
+                    w["tag_at_hpa"] = int.from_bytes(prog.read(w["hpa"], 8, True), "little")
+                except FaultError:
+                    pass  # not in this dump (filtered), or not readable
+        result["vcpus"][str(vcpu)] = {"rc": rc, "stderr": err.getvalue(), "seconds": elapsed,
+                                      "walks": walks}
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--truth", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--view", default="unknown")
+    ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True,
+                    help="gpa under TDP, gva under shadow paging")
+    args = ap.parse_args()
+    with open(args.truth) as f:
+        truth = json.load(f)
+    result = run(prog, truth, args.view, args.addr_kind)  # noqa: F821 (drgn provides prog)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.rename(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()
