@@ -128,7 +128,7 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         result["agent_rc"] = l1.release(300)
     log(f"[cell] {suite}/{mode}: L1 done after {time.monotonic() - t_cell:.0f}s")
     kdump = workdir / "l1.kdump"
-    result["compress_seconds"] = round(compress_dump(elf, kdump, 31, vmlinux=kernel.vmlinux), 3)
+    result["compress_seconds"] = round(compress_dump(elf, kdump, 31), 3)
     for view, path in (("elf", elf), ("kdump", kdump)):
         out = workdir / f"{view}.json"
         r = _run(views_cmd(["-c", str(path)], view, out), 600)
