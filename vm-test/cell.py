@@ -56,8 +56,12 @@ def drgn_bin() -> str:
 
 
 def symbol_args(kernel: kernels.Kernel) -> List[str]:
-    args: List[str] = []
-    for path in kernel.symbols:
+    """drgn options that load vmlinux and kvm.ko and nothing else: the walk
+    needs no vendor module, and searching debug info for every loaded module
+    costs start-up time (much of it under TCG)."""
+    kvm = [m for m in kernel.kvm_modules if Path(m).name.startswith("kvm.ko")]
+    args = ["--no-default-symbols"]
+    for path in [kernel.vmlinux, *kvm]:
         args += ["-s", path]
     return args
 
@@ -104,9 +108,12 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
             agent_cmd=agent_command([workload], checks, python=sys.executable)) as l1:
         ready = l1.wait_ready(900)
         result["ready"] = ready
+        if not truth.exists():
+            raise RuntimeError(f"the L2 workload wrote no truth: {ready.get('errors')}; "
+                               f"see {shared}/workload-0.err and {l1.console_log}")
         result["truth"] = json.loads(truth.read_text())
         for name in ("live", "live-one"):
-            check = ready.get("checks", {}).get(name, {})
+            check = {c["name"]: c for c in ready.get("checks", [])}.get(name, {})
             out_file = shared / f"check-{name}.out"
             err_file = shared / f"check-{name}.err"
             entry = {"rc": check.get("rc"), "seconds": check.get("seconds"),

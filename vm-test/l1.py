@@ -280,13 +280,14 @@ class L1:
         self.shared = self.workdir / "shared"
         self.console_log = self.workdir / "console.log"
         self.pidfile = self.workdir / "qemu.pid"
+        self.agent_script = self.workdir / "agent.sh"
         sockdir = self.workdir
         if len(str(sockdir / "qmp-drgn.sock")) > _MAX_SOCK:
             sockdir = Path(tempfile.mkdtemp(prefix="l1q-", dir="/tmp"))
         self._sockdir = sockdir
         self.qmp_ctl = sockdir / "qmp-ctl.sock"
         self.qmp_drgn = sockdir / "qmp-drgn.sock"
-        for p in (self.shared, self.qmp_ctl, self.qmp_drgn, self.pidfile):
+        for p in (self.shared, self.qmp_ctl, self.qmp_drgn, self.pidfile, self.agent_script):
             if not _SAFE_PATH.match(str(p)):
                 raise L1Error(f"path not shell-safe (vng does not quote it): {p}")
         self.proc: subprocess.Popen | None = None
@@ -311,7 +312,10 @@ class L1:
             cmd.append("--disable-kvm")
         for a in self.append:
             cmd += ["--append", a]
-        cmd += ["--exec", shlex.join([*self.agent_cmd, "--shared", str(self.shared)]),
+        # The agent's command line goes in a file: vng passes --exec on the
+        # kernel command line, which Linux caps at 2048 bytes (a longer one
+        # panics early, in a fortified strcpy).
+        cmd += ["--exec", f"sh {self.agent_script}",
                 f"--qemu-opts={' '.join(qopts)}"]
         return cmd
 
@@ -322,6 +326,8 @@ class L1:
         if self.shared.exists():
             shutil.rmtree(self.shared)
         self.shared.mkdir()
+        self.agent_script.write_text(
+            "#!/bin/sh\nexec " + shlex.join([*self.agent_cmd, "--shared", str(self.shared)]) + "\n")
         cmd = self.command()
         env = dict(os.environ)
         # vng runs "virtme-run" through the shell: its bin dir must be on PATH.
