@@ -10,9 +10,11 @@ from .spte import *  # noqa: F401,F403
 from .walk import *  # noqa: F401,F403
 
 try:
+    import drgn as _drgn  # noqa: F401
+except ImportError:  # without drgn the pure layers still work
+    pass
+else:
     from .kvm import *  # noqa: F401,F403
     from .mmu import *  # noqa: F401,F403
-except ImportError:  # drgn is not installed: the pure layers still work
-    pass
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Dict, NamedTuple
 
 from drgn import FaultError, Object, Program
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
@@ -38,7 +38,7 @@ class DrgnPhysMem:
 
     def read(self, address: int, size: int) -> bytes:
         try:
-            return self.prog.read(address, size, True)
+            return bytes(self.prog.read(address, size, True))
         except FaultError:
             raise PhysMemError(address) from None
 
@@ -165,10 +165,10 @@ def spte_format(prog: Program, kvm: Object) -> SpteFormat:
     return SpteFormat(mmio_value=mmio_value, **fields)
 
 
-def _spte_globals(prog: Program) -> dict:
+def _spte_globals(prog: Program) -> Dict[str, Any]:
     try:
         x_mask = _var(prog, "shadow_x_mask")
-        fields = dict(
+        fields: Dict[str, Any] = dict(
             ept=x_mask != 0,
             present_mask=_var(prog, "shadow_present_mask"),
             user_mask=_var(prog, "shadow_user_mask"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from .spte import SpteFormat, describe_flags
-from .walk import Root, Step, Walk
+from .walk import Root, Step, Walk, root_start_level
 
 __all__ = ["LEVEL_NAMES", "header_text", "page_size_name", "walk_json", "walk_text"]
 
@@ -27,7 +27,9 @@ def header_text(vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool, fmt: SpteFo
                 root: Root) -> str:
     flavour = "TDP MMU" if tdp_mmu else "legacy MMU"
     hw = ("EPT" if fmt.ept else "NPT") if kind == "tdp" else "shadow paging"
-    pae = f", pae_root {root.pae_root_hpa:#x}" if root.pae_root_hpa is not None else ""
+    # pae_root is allocated for most shadow MMUs; name it only when the walk enters it.
+    pae = (f", enters pae_root {root.pae_root_hpa:#x}"
+           if root.pae_root_hpa is not None and root_start_level(root) == 3 else "")
     return (f"VM {vm_pid} vCPU {vcpu_id}: {hw}, {flavour}, {fmt.name} SPTEs, "
             f"root {root.hpa:#x} level {root.level}"
             f"{'' if root.direct else f' (guest paging level {root.cpu_level})'}{pae}")

@@ -12,6 +12,7 @@ Nothing here imports drgn: the drgn side supplies a :class:`PhysMem` and a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 try:
@@ -110,7 +111,8 @@ class Root(NamedTuple):
     pae_root_hpa: Optional[int] = None
 
 
-class Step(NamedTuple):
+@dataclass(frozen=True)
+class Step:
     """One SPTE on the path: the table it is in, where, and what it says."""
 
     level: int

@@ -130,6 +130,7 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         result["views"]["qmp"] = (json.loads((workdir / "qmp.json").read_text())
                                   if r["rc"] == 0 else {"error": r})
         result["one_walk"]["qmp"] = _run(one_walk_cmd(qmp), 600)
+        result["errors"] = error_cases(drgn, qmp, syms, result["truth"], kind)
         elf = workdir / "l1.elf"
         result["dump_seconds"] = round(l1.dump_elf(elf), 3)
         result["agent_rc"] = l1.release(300)
@@ -147,6 +148,27 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
     result["seconds"] = round(time.monotonic() - t_cell, 1)
     (workdir / "cell.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def error_cases(drgn: str, target: List[str], syms: List[str], truth: Dict[str, Any],
+                kind: str) -> Dict[str, Dict[str, Any]]:
+    """Run contrib/kvmwalk.py with wrong or incomplete input against the real
+    kernel; tests/vm checks the exit status and the one-line message."""
+    script = str(TOP / "contrib" / "kvmwalk.py")
+    pid = str(truth["pid"])
+    addr = hex(truth["pages"][0][kind])
+    vmlinux_only = syms[:syms.index("-s") + 2]  # --no-default-symbols -s vmlinux
+    cases = {
+        "not_a_vm": [*syms, script, "--vm", "1", "--vcpu", "0", "--addr", addr],
+        "no_such_vcpu": [*syms, script, "--vm", pid, "--vcpu", "7", "--addr", addr],
+        "beyond_root": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", hex(1 << 60)],
+        "malformed": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", "0xZZ"],
+        "no_kvm_debug_info": [*vmlinux_only, script, "--vm", pid, "--vcpu", "0",
+                              "--addr", addr],
+        # A GPA/GVA nobody touched: an answer, not an error.
+        "unmapped": [*syms, script, "--vm", pid, "--vcpu", "1", "--addr", hex(0x3FFF_F000)],
+    }
+    return {name: _run([drgn, *target, *argv], 300) for name, argv in cases.items()}
 
 
 def check_cell(result: Dict[str, Any]) -> List[str]:

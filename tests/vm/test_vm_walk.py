@@ -75,3 +75,27 @@ def test_one_whole_process_walk(cell_result, view):
     m = re.search(r"=> HPA (0x[0-9a-f]+) \((\w+) page\)", w["stdout"])
     assert m, w["stdout"]
     assert int(m.group(1), 16) == want
+
+
+@pytest.mark.parametrize("case,message", [
+    ("not_a_vm", r"^kvmwalk\.py: process 1 has no VM; VMs: pid \d+ \(2 vCPUs\)$"),
+    ("no_such_vcpu", r"^kvmwalk\.py: the VM has no vCPU 7; its vCPUs: 0, 1$"),
+    ("beyond_root", r"^kvmwalk\.py: G[PV]A 0x1000000000000000 is (beyond|not canonical)"),
+    ("malformed", r"^kvmwalk\.py: error: argument --addr: invalid address '0xZZ'"),
+    ("no_kvm_debug_info", r"^kvmwalk\.py: kvm\.ko is loaded but its debug info is not: load it "
+                          r"with -s /usr/lib/debug/lib/modules/6\.1\.\S+/kernel/arch/x86/kvm/kvm\.ko"),
+])
+def test_errors_on_a_real_kernel(cell_result, case, message):
+    """Bad input and missing pieces: exit 2, one line on stderr, no traceback."""
+    r = cell_result["errors"][case]
+    assert r["rc"] == 2, r
+    assert r["stdout"] == ""
+    lines = [ln for ln in r["stderr"].splitlines() if not ln.startswith("warning:")]
+    assert len(lines) == 1, r["stderr"]
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_unmapped_address_is_an_answer(cell_result):
+    r = cell_result["errors"]["unmapped"]
+    assert r["rc"] == 0, r
+    assert re.search(r"=> not mapped: SPTE not present at level [1-5] \(\w+\)", r["stdout"]), r
