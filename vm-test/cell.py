@@ -165,6 +165,8 @@ def error_cases(drgn: str, target: List[str], syms: List[str], truth: Dict[str, 
         "malformed": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", "0xZZ"],
         "no_kvm_debug_info": [*vmlinux_only, script, "--vm", pid, "--vcpu", "0",
                               "--addr", addr],
+        # The only VM on the host needs no --vm.
+        "vm_omitted": [*syms, script, "--vcpu", "1", "--addr", addr],
         # A GPA/GVA nobody touched: an answer, not an error.
         "unmapped": [*syms, script, "--vm", pid, "--vcpu", "1", "--addr", hex(0x3FFF_F000)],
     }

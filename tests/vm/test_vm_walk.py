@@ -99,3 +99,11 @@ def test_unmapped_address_is_an_answer(cell_result):
     r = cell_result["errors"]["unmapped"]
     assert r["rc"] == 0, r
     assert re.search(r"=> not mapped: SPTE not present at level [1-5] \(\w+\)", r["stdout"]), r
+
+
+def test_vm_may_be_omitted_when_there_is_one(cell_result):
+    r = cell_result["errors"]["vm_omitted"]
+    assert r["rc"] == 0, r
+    page = cell_result["truth"]["pages"][0]
+    want = page["pfn"] << 12 | (page[cell_result["addr_kind"]] & 0xFFF)
+    assert f"=> HPA {want:#x} (4K page)" in r["stdout"], r["stdout"]
