@@ -15,7 +15,16 @@ from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
 from .errors import KvmWalkError, MissingDebugInfo, NoRoot
 from .kvm import kvm_debug_info_hint
-from .spte import MMIO_GEN_LAYOUT_5_13, PAGE_SIZE, SpteFormat
+from .spte import (
+    FROZEN_SPTE_VALUES,
+    MMIO_GEN_LAYOUT_5_6,
+    MMIO_GEN_LAYOUT_5_13,
+    PAGE_SIZE,
+    REMOVED_SPTE_5_12,
+    SPTE_MMIO_MASK_5_8,
+    SPTE_MMU_PRESENT_MASK,
+    SpteFormat,
+)
 from .walk import PhysMemError, Root
 
 __all__ = [
@@ -177,7 +186,6 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
             accessed_mask=_var(prog, "shadow_accessed_mask"),
             dirty_mask=_var(prog, "shadow_dirty_mask"),
             acc_track_mask=_var(prog, "shadow_acc_track_mask"),
-            mmio_mask=_var(prog, "shadow_mmio_mask"),
             mmio_access_mask=_var(prog, "shadow_mmio_access_mask"),
             nonpresent_or_rsvd_mask=_var(prog, "shadow_nonpresent_or_rsvd_mask"),
             nonpresent_or_rsvd_lower_gfn_mask=_var(
@@ -187,28 +195,19 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
     except KeyError as e:
         raise MissingDebugInfo(f"kvm.ko variable {e} not found: "
                                + kvm_debug_info_hint(prog)) from None
-    try:
-        # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
-        # Host-writable and MMU-writable bit locations dynamic") and
-        # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
-        # shadow/MMU-present SPTEs") (both in v5.13), the writable bits are
-        # variables and bit 11 means "present".  The first is the probe for both.
-        fields["host_writable_mask"] = _var(prog, "shadow_host_writable_mask")
-        fields["mmu_writable_mask"] = _var(prog, "shadow_mmu_writable_mask")
-    except KeyError:
-        raise KvmWalkError("this kernel predates the v5.13 SPTE layout (no "
-                           "shadow_host_writable_mask), which is not supported yet") from None
+    fields.update(_spte_layout(prog))
     try:
         # Since v5.19 the memory-encryption bits OR'ed into SPTEs are
         # shadow_me_value; before, shadow_me_mask was both mask and value.
         fields["me_value"] = _var(prog, "shadow_me_value")
     except KeyError:
         fields["me_value"] = _var(prog, "shadow_me_mask")
-    try:
-        fields["mmio_caching"] = bool(_var(prog, "enable_mmio_caching"))
-    except KeyError:
-        # Without the switch, caching is on exactly when there is a value.
-        fields["mmio_caching"] = fields["mmio_value_global"] != 0
+    if "mmio_caching" not in fields:
+        try:
+            fields["mmio_caching"] = bool(_var(prog, "enable_mmio_caching"))
+        except KeyError:
+            # Without the switch, caching is on exactly when there is a value.
+            fields["mmio_caching"] = fields["mmio_value_global"] != 0
     try:
         # SPTE_BASE_ADDR_MASK is physical_mask & PAGE_MASK with
         # CONFIG_DYNAMIC_PHYSICAL_MASK (which x86-64 always selects).
@@ -216,5 +215,43 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
     except KeyError:
         physical_mask = (1 << 52) - 1
     fields["base_addr_mask"] = physical_mask & ~(PAGE_SIZE - 1)
-    fields["mmio_gen"] = MMIO_GEN_LAYOUT_5_13
     return fields
+
+
+def _spte_layout(prog: Program) -> Dict[str, Any]:
+    """The SPTE software bits that are macros, not variables: chosen by which
+    variables the kernel has."""
+    try:
+        # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
+        # Host-writable and MMU-writable bit locations dynamic") and
+        # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
+        # shadow/MMU-present SPTEs") (both in v5.13), the writable bits are
+        # variables, bit 11 means "present", shadow_mmio_mask is a variable
+        # again and the MMIO generation sits in bits 3-10 and 52-62.
+        return dict(
+            host_writable_mask=_var(prog, "shadow_host_writable_mask"),
+            mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
+            mmio_mask=_var(prog, "shadow_mmio_mask"),
+            mmu_present_mask=SPTE_MMU_PRESENT_MASK,
+            mmio_gen=MMIO_GEN_LAYOUT_5_13,
+            frozen_values=FROZEN_SPTE_VALUES,
+        )
+    except KeyError:
+        pass
+    if "shadow_mmio_mask" in prog:
+        raise KvmWalkError("this kernel's SPTE layout (before v5.8: shadow_mmio_mask without "
+                           "shadow_host_writable_mask) is not supported yet")
+    # v5.8 to v5.12: no shadow_mmio_mask variable; is_mmio_spte() tests bits
+    # 52-53 (SPTE_MMIO_MASK), host-/MMU-writable are bits 10/11 in every
+    # format, "present" is any non-zero SPTE that is not MMIO (nor v5.12's
+    # REMOVED_SPTE), and the MMIO generation sits in bits 3-11 and 54-62.
+    return dict(
+        host_writable_mask=1 << 10,
+        mmu_writable_mask=1 << 11,
+        mmio_mask=SPTE_MMIO_MASK_5_8,
+        mmio_value_global=SPTE_MMIO_MASK_5_8,
+        mmio_caching=True,
+        mmu_present_mask=0,
+        mmio_gen=MMIO_GEN_LAYOUT_5_6,
+        frozen_values=REMOVED_SPTE_5_12,
+    )

@@ -21,6 +21,7 @@ __all__ = [
     "PAGE_SIZE",
     "MmioGenLayout",
     "MMIO_GEN_LAYOUT_5_13",
+    "MMIO_GEN_LAYOUT_5_6",
     "SpteFormat",
     "SpteInfo",
     "decode_spte",
@@ -74,6 +75,12 @@ SHADOW_NONPRESENT_OR_RSVD_MASK_LEN = 5
 # SHADOW_NONPRESENT_VALUE | 0x5a0 from v6.10.  Neither value can be a present
 # SPTE on any kernel that has it (bit 11 is clear), so both are recognised.
 FROZEN_SPTE_VALUES: FrozenSet[int] = frozenset({0x5A0, (1 << 63) | 0x5A0})
+# v5.12 had REMOVED_SPTE = 1 << 59; before, nothing.  That value can be no
+# other SPTE of v5.8 to v5.12 (it has neither an address nor permissions).
+REMOVED_SPTE_5_12: FrozenSet[int] = frozenset({1 << 59})
+# v5.8 to v5.12 mark MMIO SPTEs with both bits 52 and 53 (SPTE_MMIO_MASK)
+# and is_mmio_spte() tests just those bits.
+SPTE_MMIO_MASK_5_8 = 3 << 52
 
 MEMTYPE_NAMES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
 
@@ -113,6 +120,8 @@ class MmioGenLayout(NamedTuple):
         return low | (high << low_bits)
 
 
+# spte.h v5.6 to v5.12: bits 3..11 and 54..62.
+MMIO_GEN_LAYOUT_5_6 = MmioGenLayout(3, 11, 54, 62)
 # spte.h since v5.13: bits 3..10 and 52..62 (commits b0de568018a6 ("KVM:
 # x86/mmu: Use MMIO SPTE bits 53 and 52 for the MMIO generation") and
 # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track shadow/MMU-present
@@ -172,8 +181,12 @@ class SpteFormat:
         return spte in self.frozen_values
 
     def is_present(self, spte: int) -> bool:
-        """is_shadow_present_pte(): KVM's software MMU-present bit."""
-        return bool(spte & self.mmu_present_mask)
+        """is_shadow_present_pte(): KVM's software MMU-present bit since v5.13;
+        before, any non-zero SPTE that is neither MMIO nor removed
+        (``mmu_present_mask`` 0 selects that rule)."""
+        if self.mmu_present_mask:
+            return bool(spte & self.mmu_present_mask)
+        return spte != 0 and not self.is_mmio(spte) and not self.is_frozen(spte)
 
     def pfn(self, spte: int) -> int:
         """spte_to_pfn()."""

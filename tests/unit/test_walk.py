@@ -267,3 +267,36 @@ def test_random_tables_terminate(level, sptes, addr, ept):
     assert 1 <= len(w.steps) <= level
     assert (w.hpa is None) == (w.stop is not None)
     assert [s.level for s in w.steps] == list(range(level, level - len(w.steps), -1))
+
+
+def old_layout(**kw):
+    """v5.8 to v5.12: no MMU-present bit, MMIO = bits 52-53, writable bits 10/11."""
+    from drgn_kvmwalk.spte import MMIO_GEN_LAYOUT_5_6, REMOVED_SPTE_5_12, SPTE_MMIO_MASK_5_8
+    import dataclasses
+    return dataclasses.replace(x86_format(phys_bits=46, **kw),
+        mmu_present_mask=0, mmio_mask=SPTE_MMIO_MASK_5_8, mmio_value=SPTE_MMIO_MASK_5_8,
+        mmio_caching=True, host_writable_mask=1 << 10, mmu_writable_mask=1 << 11,
+        mmio_gen=MMIO_GEN_LAYOUT_5_6, frozen_values=REMOVED_SPTE_5_12)
+
+
+def test_5_10_layout_walk():
+    fmt = old_layout()
+    mem = FakeMem()
+    t = Tables(mem, 4, 0x27, 0xC67)  # no bit-11 "present"; bits 10/11 writable
+    root = Root(t.root, 4, True, 4)
+    t.map(0x4000_1000, 0x8_0000)
+    w = walk_addr(TableCache(mem), fmt, root, 0x4000_1008)
+    assert w.hpa == 0x8_0008
+    assert w.steps[-1].info.flags == ["P", "W", "U", "A", "D", "host-writable", "mmu-writable"]
+    # MMIO SPTE of v5.8-5.12: bits 52-53 set, GFN in the address bits,
+    # generation in bits 3-11 and 54-62.
+    gen = (0x1AB << 9) | 0x155
+    spte = (3 << 52) | (0xFEE00 << 12) | (0x155 << 3) | (0x1AB << 54)
+    t.put(0x5000_0000, 1, spte)
+    w = walk_addr(TableCache(mem), fmt, root, 0x5000_0000)
+    info = w.steps[-1].info
+    assert info.kind == "mmio" and info.mmio_gfn == 0xFEE00 and info.mmio_gen == gen
+    # v5.12's REMOVED_SPTE is not present and not followed.
+    t.put(0x6000_0000, 2, 1 << 59)
+    w = walk_addr(TableCache(mem), fmt, root, 0x6000_0000)
+    assert w.steps[-1].info.kind == "frozen" and w.stop_level == 2
