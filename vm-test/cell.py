@@ -39,11 +39,13 @@ from l1 import L1, agent_command, compress_dump  # noqa: E402
 # Kernel command line of L1 for each MMU mode (kvm_amd loads by itself at boot
 # under -cpu max, so module parameters must be given there).
 MODES: Dict[str, List[str]] = {
-    "tdp_mmu": [],
+    "tdp_mmu": ["kvm.tdp_mmu=1"],  # off by default before v5.15
     "legacy": ["kvm.tdp_mmu=0"],
     "shadow": ["kvm_amd.npt=0"],
 }
 VIEWS = ["live", "qmp", "elf", "kdump"]
+# The kernels the tests cover (Debian suites; see kernels.py).
+SUITES = ["bookworm"]
 
 
 def addr_kind(mode: str) -> str:

@@ -15,8 +15,8 @@ def vm_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def bookworm():
+def fetch_kernel(suite: str):
+    """The cached Debian kernel of ``suite``, or skip/fail saying why not."""
     import shutil
 
     import kernels
@@ -27,6 +27,6 @@ def bookworm():
     if not (TOP / "build" / "l2vmm").exists():
         vm_unavailable("build/l2vmm not built (run vm-test/setup)")
     try:
-        return kernels.fetch("bookworm", log=lambda m: None)
+        return kernels.fetch(suite, log=lambda m: None)
     except Exception as e:  # no network, no apt: say why
-        vm_unavailable(f"cannot fetch the Debian bookworm kernel: {e}")
+        vm_unavailable(f"cannot fetch the Debian {suite} kernel: {e}")
