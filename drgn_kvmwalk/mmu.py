@@ -19,10 +19,12 @@ from .spte import (
     FROZEN_SPTE_VALUES,
     MMIO_GEN_LAYOUT_5_6,
     MMIO_GEN_LAYOUT_5_13,
+    MMIO_GEN_LAYOUT_7_2,
     PAGE_SIZE,
     REMOVED_SPTE_5_12,
     SPTE_MMIO_MASK_5_8,
     SPTE_MMU_PRESENT_MASK,
+    SPTE_TDP_AD_SHIFT_7_2,
     SpteFormat,
 )
 from .walk import PhysMemError, Root
@@ -112,9 +114,21 @@ def mmu_root(mmu: Object) -> Root:
     if hpa == INVALID_PAGE or level == 0:
         raise NoRoot("the vCPU's MMU has no valid root (the vCPU has not run, or its "
                      "root is being reloaded)")
+    if hpa == _zero_page_hpa(prog):
+        # Since Linux kernel commit 0e3223d8d00a ("KVM: x86/mmu: Use dummy
+        # root, backed by zero page, for !visible guest roots") (in v6.6).
+        raise NoRoot("the vCPU's root is KVM's dummy root (the zero page): the guest's "
+                     "page-table root is not in any memslot, so nothing is mapped")
     pae_root = mmu.pae_root.value_()
     pae_root_hpa = int(virt_to_phys(prog, pae_root)) if pae_root else None
     return Root(hpa, level, direct, cpu_level, pae_root_hpa)
+
+
+def _zero_page_hpa(prog: Program) -> int:
+    try:
+        return int(virt_to_phys(prog, prog.symbol("empty_zero_page").address))
+    except (KeyError, LookupError):
+        return -1
 
 
 def _tdp_enabled(prog: Program) -> bool:
@@ -176,12 +190,9 @@ def spte_format(prog: Program, kvm: Object) -> SpteFormat:
 
 def _spte_globals(prog: Program) -> Dict[str, Any]:
     try:
-        x_mask = _var(prog, "shadow_x_mask")
         fields: Dict[str, Any] = dict(
-            ept=x_mask != 0,
             present_mask=_var(prog, "shadow_present_mask"),
             user_mask=_var(prog, "shadow_user_mask"),
-            x_mask=x_mask,
             nx_mask=_var(prog, "shadow_nx_mask"),
             accessed_mask=_var(prog, "shadow_accessed_mask"),
             dirty_mask=_var(prog, "shadow_dirty_mask"),
@@ -195,7 +206,13 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
     except KeyError as e:
         raise MissingDebugInfo(f"kvm.ko variable {e} not found: "
                                + kvm_debug_info_hint(prog)) from None
-    fields.update(_spte_layout(prog))
+    try:
+        fields.update(_spte_layout(prog))
+    except KeyError as e:
+        raise MissingDebugInfo(f"kvm.ko variable {e} not found: "
+                               + kvm_debug_info_hint(prog)) from None
+    # The SPTE format is global: EPT exactly when executable is a bit to set.
+    fields["ept"] = fields["x_mask"] != 0
     try:
         # Since v5.19 the memory-encryption bits OR'ed into SPTEs are
         # shadow_me_value; before, shadow_me_mask was both mask and value.
@@ -221,6 +238,24 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
 def _spte_layout(prog: Program) -> Dict[str, Any]:
     """The SPTE software bits that are macros, not variables: chosen by which
     variables the kernel has."""
+    if "shadow_xs_mask" in prog:
+        # v7.2 (the EPT MBEC series, kvm-x86 commits be4e45f360a2 and
+        # 9a67ab74021b as posted to the kvm list) split shadow_x_mask into
+        # shadow_xs_mask/shadow_xu_mask, moved the A/D type to bits 60-61,
+        # freed bit 10 (MMIO generation in bits 3-9 and 52-62).  Values read
+        # from Debian's linux-source-7.2 (7.2.13), arch/x86/kvm/mmu/spte.h.
+        return dict(
+            x_mask=_var(prog, "shadow_xs_mask"),
+            xu_mask=_var(prog, "shadow_xu_mask"),
+            host_writable_mask=_var(prog, "shadow_host_writable_mask"),
+            mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
+            mmio_mask=_var(prog, "shadow_mmio_mask"),
+            mmu_present_mask=SPTE_MMU_PRESENT_MASK,
+            mmio_gen=MMIO_GEN_LAYOUT_7_2,
+            tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2,
+            frozen_values=FROZEN_SPTE_VALUES,
+        )
+    x_mask = _var(prog, "shadow_x_mask")
     try:
         # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
         # Host-writable and MMU-writable bit locations dynamic") and
@@ -229,6 +264,7 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         # variables, bit 11 means "present", shadow_mmio_mask is a variable
         # again and the MMIO generation sits in bits 3-10 and 52-62.
         return dict(
+            x_mask=x_mask,
             host_writable_mask=_var(prog, "shadow_host_writable_mask"),
             mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
             mmio_mask=_var(prog, "shadow_mmio_mask"),
@@ -246,6 +282,7 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
     # format, "present" is any non-zero SPTE that is not MMIO (nor v5.12's
     # REMOVED_SPTE), and the MMIO generation sits in bits 3-11 and 54-62.
     return dict(
+        x_mask=x_mask,
         host_writable_mask=1 << 10,
         mmu_writable_mask=1 << 11,
         mmio_mask=SPTE_MMIO_MASK_5_8,

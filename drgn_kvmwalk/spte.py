@@ -22,6 +22,7 @@ __all__ = [
     "MmioGenLayout",
     "MMIO_GEN_LAYOUT_5_13",
     "MMIO_GEN_LAYOUT_5_6",
+    "MMIO_GEN_LAYOUT_7_2",
     "SpteFormat",
     "SpteInfo",
     "decode_spte",
@@ -66,15 +67,16 @@ VMX_EPT_MISCONFIG_WX_VALUE = VMX_EPT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK
 # KVM software bits (spte.h, v5.13 and later).
 SPTE_MMU_PRESENT_MASK = 1 << 11
 SPTE_TDP_AD_SHIFT = 52
-SPTE_TDP_AD_MASK = 3 << SPTE_TDP_AD_SHIFT
-SPTE_TDP_AD_DISABLED = 1 << SPTE_TDP_AD_SHIFT
-SPTE_TDP_AD_WRPROT_ONLY = 2 << SPTE_TDP_AD_SHIFT
 SHADOW_ACC_TRACK_SAVED_BITS_SHIFT = 54
+# v7.2 (the EPT MBEC series) moved the A/D type to bits 60-61.
+SPTE_TDP_AD_SHIFT_7_2 = 60
 SHADOW_NONPRESENT_OR_RSVD_MASK_LEN = 5
 # The TDP MMU's "frozen" SPTE (REMOVED_SPTE before v6.11): 0x5a0 up to v6.9,
 # SHADOW_NONPRESENT_VALUE | 0x5a0 from v6.10.  Neither value can be a present
 # SPTE on any kernel that has it (bit 11 is clear), so both are recognised.
-FROZEN_SPTE_VALUES: FrozenSet[int] = frozenset({0x5A0, (1 << 63) | 0x5A0})
+# v7.2 dropped bit 10 from it (bit 10 is EPT's user-execute bit there):
+# SHADOW_NONPRESENT_VALUE | 0x1a0, equally never present.
+FROZEN_SPTE_VALUES: FrozenSet[int] = frozenset({0x5A0, (1 << 63) | 0x5A0, (1 << 63) | 0x1A0})
 # v5.12 had REMOVED_SPTE = 1 << 59; before, nothing.  That value can be no
 # other SPTE of v5.8 to v5.12 (it has neither an address nor permissions).
 REMOVED_SPTE_5_12: FrozenSet[int] = frozenset({1 << 59})
@@ -127,6 +129,8 @@ MMIO_GEN_LAYOUT_5_6 = MmioGenLayout(3, 11, 54, 62)
 # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track shadow/MMU-present
 # SPTEs"), which left bit 11 out).
 MMIO_GEN_LAYOUT_5_13 = MmioGenLayout(3, 10, 52, 62)
+# spte.h in v7.2 (bit 10 freed for EPT MBEC): bits 3..9 and 52..62.
+MMIO_GEN_LAYOUT_7_2 = MmioGenLayout(3, 9, 52, 62)
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ class SpteFormat:
     nonpresent_or_rsvd_mask: int
     nonpresent_or_rsvd_lower_gfn_mask: int
     mmu_present_mask: int = SPTE_MMU_PRESENT_MASK
+    tdp_ad_shift: int = SPTE_TDP_AD_SHIFT
+    xu_mask: int = 0  # EPT user-execute (MBEC), v7.2
     mmio_gen: MmioGenLayout = MMIO_GEN_LAYOUT_5_13
     frozen_values: FrozenSet[int] = field(default=FROZEN_SPTE_VALUES)
 
@@ -222,8 +228,8 @@ def _hw_flags(fmt: SpteFormat, spte: int, leaf: bool) -> List[str]:
     flags: List[str] = []
     if fmt.ept:
         for bit, name in ((VMX_EPT_READABLE_MASK, "R"), (VMX_EPT_WRITABLE_MASK, "W"),
-                          (VMX_EPT_EXECUTABLE_MASK, "X")):
-            if spte & bit:
+                          (VMX_EPT_EXECUTABLE_MASK, "X"), (fmt.xu_mask, "XU")):
+            if bit and spte & bit:
                 flags.append(name)
         if leaf:
             mt = (spte & VMX_EPT_MT_MASK) >> VMX_EPT_MT_EPTE_SHIFT
@@ -259,14 +265,14 @@ def _sw_flags(fmt: SpteFormat, spte: int) -> List[str]:
         flags.append("host-writable")
     if fmt.mmu_writable_mask and spte & fmt.mmu_writable_mask:
         flags.append("mmu-writable")
-    ad = spte & SPTE_TDP_AD_MASK
-    if ad == SPTE_TDP_AD_DISABLED:
+    ad = (spte >> fmt.tdp_ad_shift) & 3
+    if ad == 1:  # SPTE_TDP_AD_DISABLED
         flags.append("ad-disabled")
         # Access tracking without A/D bits clears RWX and saves R/X above bit 54
         # (mark_spte_for_access_track()).
         if fmt.acc_track_mask and not spte & fmt.acc_track_mask:
             flags.append("access-tracked")
-    elif ad == SPTE_TDP_AD_WRPROT_ONLY:
+    elif ad == 2:  # SPTE_TDP_AD_WRPROT_ONLY
         flags.append("ad-wrprot-only")
     if fmt.me_value and spte & fmt.me_value == fmt.me_value:
         flags.append("encrypted")

@@ -300,3 +300,22 @@ def test_5_10_layout_walk():
     t.put(0x6000_0000, 2, 1 << 59)
     w = walk_addr(TableCache(mem), fmt, root, 0x6000_0000)
     assert w.steps[-1].info.kind == "frozen" and w.stop_level == 2
+
+
+def test_7_2_layout():
+    """v7.2: EPT user-execute at bit 10, A/D type at bits 60-61, MMIO
+    generation in bits 3-9 and 52-62, frozen SPTE 0x1a0 | bit 63."""
+    import dataclasses
+
+    from drgn_kvmwalk.spte import MMIO_GEN_LAYOUT_7_2, SPTE_TDP_AD_SHIFT_7_2
+    fmt = dataclasses.replace(ept_format(suppress_ve=True, ad_bits=False), xu_mask=1 << 10,
+                              host_writable_mask=1 << 53, mmu_writable_mask=1 << 55,
+                              mmio_gen=MMIO_GEN_LAYOUT_7_2, tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2)
+    spte = MMU_PRESENT | (1 << 63) | 0x1000 | 0x5 | (1 << 10) | (1 << 53) | (1 << 60)
+    flags = decode_spte(fmt, spte, 1).flags
+    assert flags[:3] == ["R", "X", "XU"] and "ad-disabled" in flags and "host-writable" in flags
+    assert "mmu-writable" not in flags
+    assert decode_spte(fmt, (1 << 63) | 0x1A0, 1).kind == "frozen"
+    gen = (0x7FF << 7) | 0x55
+    mmio = 0x6 | (0x55 << 3) | (0x7FF << 52)
+    assert decode_spte(fmt, mmio, 1).mmio_gen == gen
