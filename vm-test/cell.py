@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent
@@ -36,12 +36,24 @@ sys.path.insert(0, str(HERE))
 import kernels  # noqa: E402
 from l1 import L1, agent_command, compress_dump  # noqa: E402
 
-# Kernel command line of L1 for each MMU mode (kvm_amd loads by itself at boot
-# under -cpu max, so module parameters must be given there).
-MODES: Dict[str, List[str]] = {
-    "tdp_mmu": ["kvm.tdp_mmu=1"],  # off by default before v5.15
-    "legacy": ["kvm.tdp_mmu=0"],
-    "shadow": ["kvm_amd.npt=0"],
+class Mode(NamedTuple):
+    """How L1 boots for one MMU mode, and which L2 workloads run in it."""
+
+    append: List[str]        # L1 kernel command line (kvm_amd loads by itself at
+                             # boot under -cpu max: module parameters go here)
+    cpu_features: List[str]  # appended to -cpu
+    workloads: Dict[str, List[str]]  # name -> extra l2vmm options
+    root_level: int          # the NPT/shadow root level the boot must give
+
+
+MODES: Dict[str, Mode] = {
+    # TDP MMU (off by default before v5.15) on 5-level host paging (-cpu max
+    # has LA57): 5-level NPT roots; one guest on 4K pages, one on THP.
+    "tdp_mmu": Mode(["kvm.tdp_mmu=1"], [], {"base": [], "thp": ["--thp"]}, 5),
+    # Legacy MMU on 4-level host paging: 4-level NPT roots.
+    "legacy": Mode(["kvm.tdp_mmu=0"], ["la57=off"], {"base": [], "thp": ["--thp"]}, 4),
+    # Shadow paging: the root follows the guest's paging (4 levels here).
+    "shadow": Mode(["kvm_amd.npt=0"], [], {"base": []}, 4),
 }
 VIEWS = ["live", "qmp", "elf", "kdump"]
 # The kernels the tests cover (Debian suites; see kernels.py).
@@ -83,25 +95,29 @@ def _run(cmd: List[str], timeout: float) -> Dict[str, Any]:
 def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = print,
              keep_dumps: bool = False) -> Dict[str, Any]:
     kernel = kernels.fetch(suite, log=log)
+    spec = MODES[mode]
     workdir.mkdir(parents=True, exist_ok=True)
     shared = workdir / "shared"
-    truth = shared / "truth.json"
+    truths = {name: shared / f"truth-{name}.json" for name in spec.workloads}
+    first = truths[next(iter(truths))]
     drgn = drgn_bin()
     syms = symbol_args(kernel)
     kind = addr_kind(mode)
     l2vmm = TOP / "build" / "l2vmm"
     if not l2vmm.exists():
         raise RuntimeError(f"{l2vmm} is missing: run vm-test/setup")
-    workload = shlex.join([str(l2vmm), "--truth", str(truth),
-                           "--stop-file", str(shared / "release"), "--timeout", "1800"])
+    workloads = [shlex.join([str(l2vmm), "--truth", str(truths[name]), *opts,
+                             "--stop-file", str(shared / "release"), "--timeout", "1800"])
+                 for name, opts in spec.workloads.items()]
+    truth_args = [arg for name, path in truths.items() for arg in ("--truth", f"{name}={path}")]
 
     def views_cmd(target: List[str], view: str, out: Path) -> List[str]:
-        return [drgn, *target, *syms, str(HERE / "check_views.py"), "--truth", str(truth),
+        return [drgn, *target, *syms, str(HERE / "check_views.py"), *truth_args,
                 "--out", str(out), "--view", view, "--addr-kind", kind]
 
     def one_walk_cmd(target: List[str]) -> List[str]:
         # One address, as a user would type it; the address comes from the truth file.
-        return [str(HERE / "walk_first"), str(truth), kind, drgn, *target, *syms,
+        return [str(HERE / "walk_first"), str(first), kind, drgn, *target, *syms,
                 str(TOP / "contrib" / "kvmwalk.py")]
 
     checks = {
@@ -109,16 +125,18 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         "live-one": shlex.join(one_walk_cmd(["-k"])),
     }
     result: Dict[str, Any] = {"suite": suite, "mode": mode, "release": kernel.release,
-                              "addr_kind": kind, "views": {}, "one_walk": {}}
+                              "addr_kind": kind, "root_level": spec.root_level,
+                              "views": {}, "one_walk": {}}
     t_cell = time.monotonic()
-    with L1(kernel, append=MODES[mode], workdir=workdir, log=log,
-            agent_cmd=agent_command([workload], checks, python=sys.executable)) as l1:
+    with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir,
+            log=log, agent_cmd=agent_command(workloads, checks, python=sys.executable)) as l1:
         ready = l1.wait_ready(900)
         result["ready"] = ready
-        if not truth.exists():
-            raise RuntimeError(f"the L2 workload wrote no truth: {ready.get('errors')}; "
-                               f"see {shared}/workload-0.err and {l1.console_log}")
-        result["truth"] = json.loads(truth.read_text())
+        missing = [name for name, path in truths.items() if not path.exists()]
+        if missing:
+            raise RuntimeError(f"L2 workloads {missing} wrote no truth: {ready.get('errors')}; "
+                               f"see {shared}/workload-*.err and {l1.console_log}")
+        result["truth"] = {name: json.loads(path.read_text()) for name, path in truths.items()}
         for name in ("live", "live-one"):
             check = {c["name"]: c for c in ready.get("checks", [])}.get(name, {})
             out_file = shared / f"check-{name}.out"
@@ -158,10 +176,11 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
     return result
 
 
-def error_cases(drgn: str, target: List[str], syms: List[str], truth: Dict[str, Any],
-                kind: str) -> Dict[str, Dict[str, Any]]:
+def error_cases(drgn: str, target: List[str], syms: List[str],
+                truths: Dict[str, Dict[str, Any]], kind: str) -> Dict[str, Dict[str, Any]]:
     """Run contrib/kvmwalk.py with wrong or incomplete input against the real
     kernel; tests/vm checks the exit status and the one-line message."""
+    truth = next(iter(truths.values()))
     script = str(TOP / "contrib" / "kvmwalk.py")
     pid = str(truth["pid"])
     addr = hex(truth["pages"][0][kind])
@@ -173,7 +192,7 @@ def error_cases(drgn: str, target: List[str], syms: List[str], truth: Dict[str, 
         "malformed": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", "0xZZ"],
         "no_kvm_debug_info": [*vmlinux_only, script, "--vm", pid, "--vcpu", "0",
                               "--addr", addr],
-        # The only VM on the host needs no --vm.
+        # Without --vm: fine with one VM, an error listing them with several.
         "vm_omitted": [*syms, script, "--vcpu", "1", "--addr", addr],
         # A GPA/GVA nobody touched: an answer, not an error.
         "unmapped": [*syms, script, "--vm", pid, "--vcpu", "1", "--addr", hex(0x3FFF_F000)],
@@ -181,15 +200,24 @@ def error_cases(drgn: str, target: List[str], syms: List[str], truth: Dict[str, 
     return {name: _run([drgn, *target, *argv], 300) for name, argv in cases.items()}
 
 
+def expected_page_size(result: Dict[str, Any], page: Dict[str, Any]) -> int:
+    """Under TDP a page the host backs with a THP is mapped by a 2M leaf (the
+    GPA and HVA of slot 1 are both 2 MiB aligned); otherwise 4K leaves (the
+    test guests use 4K pages, so shadow leaves are 4K)."""
+    if result["addr_kind"] == "gpa" and page.get("host_thp"):
+        return 2 << 20
+    return 4 << 10
+
+
 def check_cell(result: Dict[str, Any]) -> List[str]:
     """Every mismatch between the tool's answers and the ground truth, as text.
 
-    For each view, each vCPU and each tagged page: the walk succeeded, the HPA
-    is the pagemap PFN plus the page offset, and, where the view holds the
-    page, the 8 bytes at that HPA are the tag the guest wrote.
+    For each view, workload, vCPU and tagged page: the walk succeeded from a
+    root of the expected kind and level, the HPA is the pagemap PFN plus the
+    page offset, the leaf size is what the host backing gives, and, where the
+    view holds the page, the 8 bytes at that HPA are the tag the guest wrote.
     """
     problems: List[str] = []
-    truth = result["truth"]
     kind = result["addr_kind"]
     expect_mmu = "shadow" if kind == "gva" else "tdp"
     for view in VIEWS:
@@ -197,31 +225,48 @@ def check_cell(result: Dict[str, Any]) -> List[str]:
         if v is None or "error" in v:
             problems.append(f"{view}: no result: {json.dumps(v)[:2000]}")
             continue
-        for vcpu in truth["vcpus"]:
-            r = v["vcpus"].get(str(vcpu))
-            if r is None or r["rc"] != 0:
-                problems.append(f"{view} vcpu {vcpu}: kvmwalk failed: {r and r['stderr']}")
+        for name, truth in result["truth"].items():
+            wl = v["workloads"].get(name)
+            if wl is None:
+                problems.append(f"{view} {name}: not walked")
                 continue
-            walks = {w["addr"]: w for w in r["walks"]}
-            for page in truth["pages"]:
-                w = walks.get(page[kind])
-                where = f"{view} vcpu {vcpu} {kind} {page[kind]:#x}"
-                if w is None:
-                    problems.append(f"{where}: not walked")
+            for vcpu in truth["vcpus"]:
+                r = wl["vcpus"].get(str(vcpu))
+                if r is None or r["rc"] != 0:
+                    problems.append(f"{view} {name} vcpu {vcpu}: kvmwalk failed: "
+                                    f"{r and r['stderr']}")
                     continue
-                if w["mmu"] != expect_mmu:
-                    problems.append(f"{where}: mmu {w['mmu']}, expected {expect_mmu}")
-                want = page["pfn"] << 12 | (page[kind] & 0xFFF)
-                if w["hpa"] != want:
-                    got = "unmapped (" + str(w["stop"]) + ")" if w["hpa"] is None \
-                        else hex(w["hpa"])
-                    problems.append(f"{where}: HPA {got}, pagemap says {want:#x}")
-                elif w["tag_at_hpa"] is None:
-                    if view != "kdump" or result.get("dump_level", 31) & 8 == 0:
-                        # only makedumpfile -d with 8 drops user pages
-                        problems.append(f"{where}: HPA {want:#x} not readable in this view")
-                elif w["tag_at_hpa"] != page["tag"]:
-                    problems.append(f"{where}: {w['tag_at_hpa']:#x} at HPA, tag is {page['tag']:#x}")
+                walks = {w["addr"]: w for w in r["walks"]}
+                for page in truth["pages"]:
+                    problems += _check_page(result, view, f"{view} {name} vcpu {vcpu}",
+                                            walks.get(page[kind]), page, expect_mmu)
+    return problems
+
+
+def _check_page(result: Dict[str, Any], view: str, where: str, w: Any,
+                page: Dict[str, Any], expect_mmu: str) -> List[str]:
+    kind = result["addr_kind"]
+    where = f"{where} {kind} {page[kind]:#x}"
+    if w is None:
+        return [f"{where}: not walked"]
+    problems = []
+    if w["mmu"] != expect_mmu:
+        problems.append(f"{where}: mmu {w['mmu']}, expected {expect_mmu}")
+    if w["root_level"] != result["root_level"]:
+        problems.append(f"{where}: root level {w['root_level']}, expected {result['root_level']}")
+    want = page["pfn"] << 12 | (page[kind] & 0xFFF)
+    if w["hpa"] != want:
+        got = "unmapped (" + str(w["stop"]) + ")" if w["hpa"] is None else hex(w["hpa"])
+        problems.append(f"{where}: HPA {got}, pagemap says {want:#x}")
+    elif w["page_size"] != expected_page_size(result, page):
+        problems.append(f"{where}: {w['page_size']:#x}-byte leaf, expected "
+                        f"{expected_page_size(result, page):#x}")
+    elif w["tag_at_hpa"] is None:
+        if view != "kdump" or result.get("dump_level", 31) & 8 == 0:
+            # only makedumpfile -d with 8 drops user pages
+            problems.append(f"{where}: HPA {want:#x} not readable in this view")
+    elif w["tag_at_hpa"] != page["tag"]:
+        problems.append(f"{where}: {w['tag_at_hpa']:#x} at HPA, tag is {page['tag']:#x}")
     return problems
 
 
@@ -239,8 +284,8 @@ def main() -> int:
     for view, w in result["one_walk"].items():
         print(f"--- {view}: one whole-process walk, {w.get('seconds')} s, rc {w.get('rc')}")
         print(w.get("stdout", "").rstrip())
-    print(f"{args.suite}/{args.mode}: {len(result['truth']['pages'])} pages x "
-          f"{len(result['truth']['vcpus'])} vCPUs x {len(VIEWS)} views, "
+    pages = sum(len(t["pages"]) * len(t["vcpus"]) for t in result["truth"].values())
+    print(f"{args.suite}/{args.mode}: {pages} (page, vCPU) walks x {len(VIEWS)} views, "
           f"{len(problems)} problems, {result['seconds']} s (details: {workdir}/cell.json)")
     for p in problems[:50]:
         print("  " + p)

@@ -2,7 +2,7 @@
 kvmwalk command line, in one drgn process, and read back what the guest wrote.
 
     drgn [-k | -c DUMP | --qemu SOCK] -s ... vm-test/check_views.py \\
-        --truth truth.json --out results.json [--view NAME]
+        --truth NAME=truth.json [--truth ...] --out results.json [--view NAME] --addr-kind gpa|gva
 
 For each vCPU of the workload it runs ``cli.main(prog, [--vm, --vcpu, --json,
 --addr ...])`` exactly as a user would (GPAs under TDP, GVAs under shadow
@@ -50,15 +50,20 @@ def run(prog, truth, view, addr_kind):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--truth", required=True)
+    ap.add_argument("--truth", required=True, action="append",
+                    help="NAME=FILE: ground truth of one L2 workload (repeatable)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--view", default="unknown")
     ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True,
                     help="gpa under TDP, gva under shadow paging")
     args = ap.parse_args()
-    with open(args.truth) as f:
-        truth = json.load(f)
-    result = run(prog, truth, args.view, args.addr_kind)  # noqa: F821 (drgn provides prog)
+    result = {"view": args.view, "workloads": {}}
+    for spec in args.truth:
+        name, _, path = spec.partition("=")
+        with open(path) as f:
+            truth = json.load(f)
+        result["workloads"][name] = run(prog, truth, args.view,  # noqa: F821 (drgn's prog)
+                                        args.addr_kind)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)

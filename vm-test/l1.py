@@ -261,9 +261,12 @@ class L1:
     def __init__(self, kernel, *, append: Iterable[str] = (), memory: str = "2G",
                  cpus: int = 2, workdir: Path | None = None, agent_cmd: list[str],
                  log: Callable[[str], None] = print, kvm: bool | None = None,
-                 exit_timeout: float = 60.0, vng: str | None = None) -> None:
+                 exit_timeout: float = 60.0, vng: str | None = None,
+                 cpu_features: Iterable[str] = ()) -> None:
         self.kernel = kernel
         self.append = list(append)
+        # Appended to -cpu (e.g. "la57=off" for 4-level host paging).
+        self.cpu_features = list(cpu_features)
         self.memory = memory
         self.cpus = cpus
         self.agent_cmd = list(agent_cmd)
@@ -304,7 +307,7 @@ class L1:
                  "-qmp", f"unix:{self.qmp_ctl},server=on,wait=off",
                  "-qmp", f"unix:{self.qmp_drgn},server=on,wait=off",
                  "-pidfile", str(self.pidfile),
-                 "-cpu", "host" if self.kvm else "max"]
+                 "-cpu", ",".join(["host" if self.kvm else "max", *self.cpu_features])]
         cmd = [self.vng, "-v", "-r", str(self.kernel.vmlinuz), "--name", "l1",
                "--memory", self.memory, "--cpus", str(self.cpus),
                f"--rwdir={self.shared}"]
