@@ -45,6 +45,14 @@ class Mode(NamedTuple):
     workloads: Dict[str, List[str]]  # name -> extra l2vmm options
     root_level: int          # the NPT/shadow root level the boot must give
 
+    def expected_root_level(self, suite: str) -> int:
+        # Before Linux kernel commit cb0f722aff6e ("KVM: x86/mmu: Support
+        # shadowing NPT when 5-level paging is enabled in host") (in v5.15),
+        # get_npt_level() gave 4 levels whatever the host's paging.
+        if self.root_level == 5 and suite == "bullseye":
+            return 4
+        return self.root_level
+
 
 MODES: Dict[str, Mode] = {
     # TDP MMU (off by default before v5.15) on 5-level host paging (-cpu max
@@ -125,7 +133,8 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         "live-one": shlex.join(one_walk_cmd(["-k"])),
     }
     result: Dict[str, Any] = {"suite": suite, "mode": mode, "release": kernel.release,
-                              "addr_kind": kind, "root_level": spec.root_level,
+                              "addr_kind": kind,
+                              "root_level": spec.expected_root_level(suite),
                               "views": {}, "one_walk": {}}
     t_cell = time.monotonic()
     with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir,
