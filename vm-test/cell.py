@@ -65,7 +65,7 @@ MODES: Dict[str, Mode] = {
 }
 VIEWS = ["live", "qmp", "elf", "kdump"]
 # The kernels the tests cover (Debian suites; see kernels.py).
-SUITES = ["bookworm"]
+SUITES = ["bullseye", "bookworm", "trixie", "sid"]
 # makedumpfile's page filter (-d 31 drops user, cache and free pages) reads
 # page flags whose layout changes between kernels; Debian bookworm's
 # makedumpfile 1.7.2 misjudges 6.12's and drops module notes that drgn needs,
