@@ -52,7 +52,8 @@ def main() -> int:
                        script])
     log(f"[demo] booting {kernel.release} ({args.suite}) as L1, MMU mode {args.mode}; "
         f"this takes a minute or two under TCG")
-    with L1(kernel, append=cell.MODES[args.mode], workdir=workdir, log=log,
+    spec = cell.MODES[args.mode]
+    with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir, log=log,
             agent_cmd=agent_command([workload], {"live": live}, python=sys.executable)) as l1:
         ready = l1.wait_ready(900)
         if not ready.get("ok") or not truth_file.exists():
