@@ -34,7 +34,7 @@ TOP = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import kernels  # noqa: E402
-from l1 import L1, agent_command, compress_dump  # noqa: E402
+from l1 import L1, L1Error, agent_command, compress_dump  # noqa: E402
 
 class Mode(NamedTuple):
     """How L1 boots for one MMU mode, and which L2 workloads run in it."""
@@ -167,7 +167,15 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         result["errors"] = error_cases(drgn, qmp, syms, result["truth"], kind)
         elf = workdir / "l1.elf"
         result["dump_seconds"] = round(l1.dump_elf(elf), 3)
-        result["agent_rc"] = l1.release(300)
+        try:
+            result["agent_rc"] = l1.release(180)
+        except L1Error as e:
+            # Everything was collected; an L1 that then fails to power off
+            # (seen under TCG on a loaded host: an RCU stall, then nothing) is
+            # stopped by L1.__exit__ and reported, not taken for a tool failure.
+            result["agent_rc"] = None
+            result["release_error"] = str(e)[-2000:]
+            log(f"[cell] {suite}/{mode}: L1 did not power off after release; stopped it")
     log(f"[cell] {suite}/{mode}: L1 done after {time.monotonic() - t_cell:.0f}s")
     kdump = workdir / "l1.kdump"
     result["dump_level"] = DUMP_LEVEL.get(suite, 1)
