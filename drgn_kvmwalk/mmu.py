@@ -235,6 +235,19 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
     return fields
 
 
+def _present_bit_layout(prog: Program, **fields: Any) -> Dict[str, Any]:
+    """What every layout since v5.13 shares: bit 11 means "present", and the
+    writable bits and the MMIO mask are variables."""
+    return dict(
+        host_writable_mask=_var(prog, "shadow_host_writable_mask"),
+        mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
+        mmio_mask=_var(prog, "shadow_mmio_mask"),
+        mmu_present_mask=SPTE_MMU_PRESENT_MASK,
+        frozen_values=FROZEN_SPTE_VALUES,
+        **fields,
+    )
+
+
 def _spte_layout(prog: Program) -> Dict[str, Any]:
     """The SPTE software bits that are macros, not variables: chosen by which
     variables the kernel has."""
@@ -244,17 +257,9 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         # shadow_xs_mask/shadow_xu_mask, moved the A/D type to bits 60-61,
         # freed bit 10 (MMIO generation in bits 3-9 and 52-62).  Values read
         # from Debian's linux-source-7.2 (7.2.13), arch/x86/kvm/mmu/spte.h.
-        return dict(
-            x_mask=_var(prog, "shadow_xs_mask"),
-            xu_mask=_var(prog, "shadow_xu_mask"),
-            host_writable_mask=_var(prog, "shadow_host_writable_mask"),
-            mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
-            mmio_mask=_var(prog, "shadow_mmio_mask"),
-            mmu_present_mask=SPTE_MMU_PRESENT_MASK,
-            mmio_gen=MMIO_GEN_LAYOUT_7_2,
-            tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2,
-            frozen_values=FROZEN_SPTE_VALUES,
-        )
+        return _present_bit_layout(
+            prog, x_mask=_var(prog, "shadow_xs_mask"), xu_mask=_var(prog, "shadow_xu_mask"),
+            mmio_gen=MMIO_GEN_LAYOUT_7_2, tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2)
     x_mask = _var(prog, "shadow_x_mask")
     try:
         # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
@@ -263,15 +268,7 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         # shadow/MMU-present SPTEs") (both in v5.13), the writable bits are
         # variables, bit 11 means "present", shadow_mmio_mask is a variable
         # again and the MMIO generation sits in bits 3-10 and 52-62.
-        return dict(
-            x_mask=x_mask,
-            host_writable_mask=_var(prog, "shadow_host_writable_mask"),
-            mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
-            mmio_mask=_var(prog, "shadow_mmio_mask"),
-            mmu_present_mask=SPTE_MMU_PRESENT_MASK,
-            mmio_gen=MMIO_GEN_LAYOUT_5_13,
-            frozen_values=FROZEN_SPTE_VALUES,
-        )
+        return _present_bit_layout(prog, x_mask=x_mask, mmio_gen=MMIO_GEN_LAYOUT_5_13)
     except KeyError:
         pass
     if "shadow_mmio_mask" in prog:
