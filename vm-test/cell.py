@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent
@@ -36,32 +36,59 @@ sys.path.insert(0, str(HERE))
 import kernels  # noqa: E402
 from l1 import L1, L1Error, agent_command, compress_dump  # noqa: E402
 
+class Workload(NamedTuple):
+    """One L2 guest (build/l2vmm) run in the cell's L1 boot."""
+
+    opts: List[str]                   # extra l2vmm options
+    root_level: Optional[int] = None  # when not the mode's: 32-bit guests under
+                                      # shadow paging get a PAE root (3 levels)
+
+
 class Mode(NamedTuple):
     """How L1 boots for one MMU mode, and which L2 workloads run in it."""
 
     append: List[str]        # L1 kernel command line (kvm_amd loads by itself at
                              # boot under -cpu max: module parameters go here)
     cpu_features: List[str]  # appended to -cpu
-    workloads: Dict[str, List[str]]  # name -> extra l2vmm options
+    workloads: Dict[str, Workload]
     root_level: int          # the NPT/shadow root level the boot must give
+    memory: str = "2G"       # L1 RAM
 
-    def expected_root_level(self, suite: str) -> int:
+    def expected_root_level(self, suite: str, workload: str) -> int:
+        level = self.workloads[workload].root_level or self.root_level
         # Before Linux kernel commit cb0f722aff6e ("KVM: x86/mmu: Support
         # shadowing NPT when 5-level paging is enabled in host") (in v5.15),
         # get_npt_level() gave 4 levels whatever the host's paging.
-        if self.root_level == 5 and suite == "bullseye":
+        if level == 5 and suite == "bullseye":
             return 4
-        return self.root_level
+        return level
 
+
+# Under TDP, three guests whose data pages the host backs with 4K pages, with
+# transparent huge pages, and with one 1 GiB hugetlbfs page: 4K, 2M and 1G
+# leaves.  L1 reserves that 1 GiB page at boot (a 2G L1 cannot find a free,
+# aligned GiB for it; 4G can).
+_TDP_WORKLOADS = {"base": Workload([]), "thp": Workload(["--thp"]),
+                  "1g": Workload(["--backing", "hugetlb1g"])}
+_HUGETLB_1G = ["hugepagesz=1G", "hugepages=1"]
 
 MODES: Dict[str, Mode] = {
     # TDP MMU (off by default before v5.15) on 5-level host paging (-cpu max
-    # has LA57): 5-level NPT roots; one guest on 4K pages, one on THP.
-    "tdp_mmu": Mode(["kvm.tdp_mmu=1"], [], {"base": [], "thp": ["--thp"]}, 5),
+    # has LA57): 5-level NPT roots.
+    "tdp_mmu": Mode(["kvm.tdp_mmu=1", *_HUGETLB_1G], [], _TDP_WORKLOADS, 5, "4G"),
     # Legacy MMU on 4-level host paging: 4-level NPT roots.
-    "legacy": Mode(["kvm.tdp_mmu=0"], ["la57=off"], {"base": [], "thp": ["--thp"]}, 4),
-    # Shadow paging: the root follows the guest's paging (4 levels here).
-    "shadow": Mode(["kvm_amd.npt=0"], [], {"base": []}, 4),
+    "legacy": Mode(["kvm.tdp_mmu=0", *_HUGETLB_1G], ["la57=off"], _TDP_WORKLOADS, 4, "4G"),
+    # Shadow paging: the root follows the guest's paging.  A 64-bit guest
+    # (4-level root); a 32-bit PAE guest and a 32-bit non-PAE guest, whose
+    # shadow pages KVM enters through mmu->pae_root (3 levels); and a 64-bit
+    # guest mapping its data with 2 MiB pages over THP-backed host memory,
+    # which KVM shadows with 2M leaves.
+    "shadow": Mode(["kvm_amd.npt=0"], [], {
+        "base": Workload([]),
+        "pae": Workload(["--guest-paging", "pae"], root_level=3),
+        "32": Workload(["--guest-paging", "32"], root_level=3),
+        "2m": Workload(["--guest-2m", "--thp"]),
+    }, 4),
 }
 VIEWS = ["live", "qmp", "elf", "kdump"]
 # The kernels the tests cover (Debian suites; see kernels.py).
@@ -114,9 +141,9 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
     l2vmm = TOP / "build" / "l2vmm"
     if not l2vmm.exists():
         raise RuntimeError(f"{l2vmm} is missing: run vm-test/setup")
-    workloads = [shlex.join([str(l2vmm), "--truth", str(truths[name]), *opts,
+    workloads = [shlex.join([str(l2vmm), "--truth", str(truths[name]), *wl.opts,
                              "--stop-file", str(shared / "release"), "--timeout", "1800"])
-                 for name, opts in spec.workloads.items()]
+                 for name, wl in spec.workloads.items()]
     truth_args = [arg for name, path in truths.items() for arg in ("--truth", f"{name}={path}")]
 
     def views_cmd(target: List[str], view: str, out: Path) -> List[str]:
@@ -134,11 +161,12 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
     }
     result: Dict[str, Any] = {"suite": suite, "mode": mode, "release": kernel.release,
                               "addr_kind": kind,
-                              "root_level": spec.expected_root_level(suite),
+                              "root_levels": {name: spec.expected_root_level(suite, name)
+                                              for name in spec.workloads},
                               "views": {}, "one_walk": {}}
     t_cell = time.monotonic()
     with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir,
-            log=log, agent_cmd=agent_command(workloads, checks, python=sys.executable)) as l1:
+            memory=spec.memory, log=log, agent_cmd=agent_command(workloads, checks, python=sys.executable)) as l1:
         ready = l1.wait_ready(900)
         result["ready"] = ready
         missing = [name for name, path in truths.items() if not path.exists()]
@@ -217,22 +245,37 @@ def error_cases(drgn: str, target: List[str], syms: List[str],
     return {name: _run([drgn, *target, *argv], 300) for name, argv in cases.items()}
 
 
-def expected_page_size(result: Dict[str, Any], page: Dict[str, Any]) -> int:
-    """Under TDP a page the host backs with a THP is mapped by a 2M leaf (the
-    GPA and HVA of slot 1 are both 2 MiB aligned); otherwise 4K leaves (the
-    test guests use 4K pages, so shadow leaves are 4K)."""
-    if result["addr_kind"] == "gpa" and page.get("host_thp"):
-        return 2 << 20
-    return 4 << 10
+SIZE_4K, SIZE_2M, SIZE_1G = 4 << 10, 2 << 20, 1 << 30
+
+
+def expected_page_size(result: Dict[str, Any], truth: Dict[str, Any],
+                       page: Dict[str, Any]) -> int:
+    """The leaf size KVM must use for ``page``, from how the workload backs it.
+
+    Under TDP the leaf follows the host mapping (slot 1's GPA and HVA are
+    aligned to 1 GiB, so nothing else limits it): a 1 GiB hugetlbfs page gives
+    1G leaves, a page the host backs with a THP (``/proc/kpageflags``) 2M ones.
+    Under shadow paging the leaf is also bounded by the guest's own page: 2M
+    where the guest maps the page with a 2 MiB page over a huge host page,
+    otherwise 4K.
+    """
+    backing = {s["slot"]: s.get("backing", "anon") for s in truth["memslots"]}[page["slot"]]
+    host = (SIZE_1G if backing == "hugetlb1g" else
+            SIZE_2M if page.get("host_thp") else SIZE_4K)
+    if result["addr_kind"] == "gpa":
+        return host
+    guest = SIZE_2M if truth.get("guest_2m") and page["slot"] == 1 else SIZE_4K
+    return min(host, guest)
 
 
 def check_cell(result: Dict[str, Any]) -> List[str]:
     """Every mismatch between the tool's answers and the ground truth, as text.
 
     For each view, workload, vCPU and tagged page: the walk succeeded from a
-    root of the expected kind and level, the HPA is the pagemap PFN plus the
-    page offset, the leaf size is what the host backing gives, and, where the
-    view holds the page, the 8 bytes at that HPA are the tag the guest wrote.
+    root of the expected kind and level (entered through pae_root for a PAE
+    root), the HPA is the pagemap PFN plus the page offset, the leaf size is
+    what the backing gives, and, where the view holds the page, the 8 bytes at
+    that HPA are the tag the guest wrote.
     """
     problems: List[str] = []
     kind = result["addr_kind"]
@@ -255,33 +298,38 @@ def check_cell(result: Dict[str, Any]) -> List[str]:
                     continue
                 walks = {w["addr"]: w for w in r["walks"]}
                 for page in truth["pages"]:
+                    want = {"mmu": expect_mmu, "root_level": result["root_levels"][name],
+                            "page_size": expected_page_size(result, truth, page)}
                     problems += _check_page(result, view, f"{view} {name} vcpu {vcpu}",
-                                            walks.get(page[kind]), page, expect_mmu)
+                                            walks.get(page[kind]), page, want)
     return problems
 
 
 def _check_page(result: Dict[str, Any], view: str, where: str, w: Any,
-                page: Dict[str, Any], expect_mmu: str) -> List[str]:
+                page: Dict[str, Any], want: Dict[str, Any]) -> List[str]:
     kind = result["addr_kind"]
     where = f"{where} {kind} {page[kind]:#x}"
     if w is None:
         return [f"{where}: not walked"]
     problems = []
-    if w["mmu"] != expect_mmu:
-        problems.append(f"{where}: mmu {w['mmu']}, expected {expect_mmu}")
-    if w["root_level"] != result["root_level"]:
-        problems.append(f"{where}: root level {w['root_level']}, expected {result['root_level']}")
-    want = page["pfn"] << 12 | (page[kind] & 0xFFF)
-    if w["hpa"] != want:
+    for key in ("mmu", "root_level"):
+        if w[key] != want[key]:
+            problems.append(f"{where}: {key} {w[key]}, expected {want[key]}")
+    first = w["steps"][0]["kind"] if w["steps"] else None
+    if (first == "pae_root") != (want["root_level"] == 3):
+        problems.append(f"{where}: first step is {first!r} under a "
+                        f"{want['root_level']}-level root")
+    hpa = page["pfn"] << 12 | (page[kind] & 0xFFF)
+    if w["hpa"] != hpa:
         got = "unmapped (" + str(w["stop"]) + ")" if w["hpa"] is None else hex(w["hpa"])
-        problems.append(f"{where}: HPA {got}, pagemap says {want:#x}")
-    elif w["page_size"] != expected_page_size(result, page):
+        problems.append(f"{where}: HPA {got}, pagemap says {hpa:#x}")
+    elif w["page_size"] != want["page_size"]:
         problems.append(f"{where}: {w['page_size']:#x}-byte leaf, expected "
-                        f"{expected_page_size(result, page):#x}")
+                        f"{want['page_size']:#x}")
     elif w["tag_at_hpa"] is None:
         if view != "kdump" or result.get("dump_level", 31) & 8 == 0:
             # only makedumpfile -d with 8 drops user pages
-            problems.append(f"{where}: HPA {want:#x} not readable in this view")
+            problems.append(f"{where}: HPA {hpa:#x} not readable in this view")
     elif w["tag_at_hpa"] != page["tag"]:
         problems.append(f"{where}: {w['tag_at_hpa']:#x} at HPA, tag is {page['tag']:#x}")
     return problems

@@ -54,6 +54,7 @@ def main() -> int:
         f"this takes a minute or two under TCG")
     spec = cell.MODES[args.mode]
     with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir, log=log,
+            memory=spec.memory,
             agent_cmd=agent_command([workload], {"live": live}, python=sys.executable)) as l1:
         ready = l1.wait_ready(900)
         if not ready.get("ok") or not truth_file.exists():

@@ -61,16 +61,27 @@
 #define PTPOOL_GPA        0x100000ULL /* guest page-table pages, bump-allocated */
 #define PTPOOL_END        0x200000ULL
 
-/* slot 1: GPA 1 GiB, 4 MiB: data pages */
+/* slot 1: GPA 1 GiB, 4 MiB (anon) or 1 GiB (hugetlb1g): data pages */
 #define SLOT1_GPA         0x40000000ULL
 #define SLOT1_SIZE        (4 * MIB)
-#define SLOT1_PAGES       (SLOT1_SIZE / PAGE_SIZE)
+#define SLOT1_PAGES       (SLOT1_SIZE / PAGE_SIZE) /* scramble domain (1024) */
+#define SLOT1_SIZE_1G     (1024 * MIB)
+#define HUGE_2M           (2 * MIB)
+#define HUGE_1G           (1024 * MIB)
 
-/* data GVAs */
+/* data GVAs, 64-bit mode */
 #define DATA_GVA_BASE     0x00007f0000000000ULL
 #define DATA_GVA_STRIDE   0x100000ULL /* per vCPU -> at most 256 pages each */
 #define DATA_GVA(v, i)    (DATA_GVA_BASE + (uint64_t)(v) * DATA_GVA_STRIDE + (uint64_t)(i) * PAGE_SIZE)
 #define MAX_PAGES_PER_VCPU ((int)(DATA_GVA_STRIDE / PAGE_SIZE))
+/* data GVAs, 32-bit modes (pae, 32): even i in the 4th GiB, odd i in the 3rd */
+#define DATA32_GVA_HI     0xc0000000ULL
+#define DATA32_GVA_LO     0x80000000ULL
+#define DATA32_GVA(v, i)  ((((i) & 1) ? DATA32_GVA_LO : DATA32_GVA_HI) + \
+			   (uint64_t)(v) * DATA_GVA_STRIDE + (uint64_t)(i) * PAGE_SIZE)
+/* --guest-2m: one 2 MiB-aligned GVA block per vCPU */
+#define DATA_GVA_2M(v)    (DATA_GVA_BASE + (uint64_t)(v) * HUGE_2M)
+#define DATA32_GVA_2M(v)  ((v) == 0 ? DATA32_GVA_HI : DATA32_GVA_LO + HUGE_2M)
 
 /* tag scheme */
 #define TAG_MAGIC         0x4b564d5700000000ULL /* "KVMW" in the top 32 bits */
@@ -94,7 +105,17 @@
 #define EFER_LMA (1ULL << 10)
 #define PTE_P   (1ULL << 0)
 #define PTE_RW  (1ULL << 1)
+#define PTE_PS  (1ULL << 7)
 #define PTE_ADDR_MASK 0x000ffffffffff000ULL
+#define PDE_2M_ADDR_MASK 0x000fffffffe00000ULL
+#define PTE32_ADDR_MASK 0xfffff000U
+
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT 26
+#endif
+#ifndef MAP_HUGE_1GB
+#define MAP_HUGE_1GB (30 << MAP_HUGE_SHIFT)
+#endif
 
 /* /proc/kpageflags bits */
 #define KPF_HUGE 17
@@ -131,6 +152,39 @@ static const uint8_t guest_code[] = {
 	0xeb, 0xfd,
 };
 
+/*
+ * 32-bit protected-mode variant (for --guest-paging pae and 32), same inputs
+ * (ESI, ECX) and the same table layout; the 64-bit tag is stored as two
+ * 32-bit halves (low half first).  Only the low 32 bits of each gva are used.
+ *
+ *  0: 85 c9           loop: test %ecx,%ecx
+ *  2: 74 13                 je   done            (-> 0x17)
+ *  4: 8b 06                 mov  (%esi),%eax      ; gva
+ *  6: 8b 56 08              mov  0x8(%esi),%edx   ; tag low half
+ *  9: 89 10                 mov  %edx,(%eax)
+ *  b: 8b 56 0c              mov  0xc(%esi),%edx   ; tag high half
+ *  e: 89 50 04              mov  %edx,0x4(%eax)
+ * 11: 83 c6 10              add  $0x10,%esi
+ * 14: 49                    dec  %ecx
+ * 15: eb e9                 jmp  loop            (-> 0)
+ * 17: f4              done: hlt
+ * 18: eb fd                 jmp  done            (-> 0x17)
+ */
+static const uint8_t guest_code32[] = {
+	0x85, 0xc9,
+	0x74, 0x13,
+	0x8b, 0x06,
+	0x8b, 0x56, 0x08,
+	0x89, 0x10,
+	0x8b, 0x56, 0x0c,
+	0x89, 0x50, 0x04,
+	0x83, 0xc6, 0x10,
+	0x49,
+	0xeb, 0xe9,
+	0xf4,
+	0xeb, 0xfd,
+};
+
 /* ------------------------------------------------------------------ */
 /* Data structures                                                     */
 /* ------------------------------------------------------------------ */
@@ -162,24 +216,31 @@ struct tagged_page {
 struct vm;
 
 /*
- * Guest paging mode.  Only "64" (4-level long mode, 4K pages) exists; new
- * modes (e.g. 32-bit, PAE, LA57) would add an entry to paging_modes[].
+ * Guest paging mode: "64" (4-level long mode), "pae" (32-bit protected mode,
+ * PAE paging) and "32" (32-bit protected mode, 2-level paging).  New modes
+ * (e.g. LA57) would add an entry to paging_modes[].
  */
 struct paging_mode {
 	const char *name;
 	void (*init)(struct vm *vm);                       /* create root table */
-	void (*map)(struct vm *vm, uint64_t gva, uint64_t gpa);
+	void (*map)(struct vm *vm, uint64_t gva, uint64_t gpa);          /* 4K */
+	void (*map_2m)(struct vm *vm, uint64_t gva, uint64_t gpa);       /* NULL: none */
 	void (*setup_sregs)(struct vm *vm, struct kvm_sregs *sregs);
 	uint64_t (*walk)(struct vm *vm, uint64_t gva);     /* self-check */
+	const uint8_t *code;
+	size_t code_len;
+	bool is32;                                         /* GVAs below 4 GiB */
 };
 
 /*
- * Guest memory backing.  Only "anon" (MAP_PRIVATE|MAP_ANONYMOUS, optional
- * THP on slot 1) exists; e.g. memfd/hugetlbfs backings would go here.
+ * Guest memory backing: "anon" (MAP_PRIVATE|MAP_ANONYMOUS, optional THP on
+ * slot 1) and "hugetlb1g" (slot 1 is 1 GiB of MAP_HUGETLB|MAP_HUGE_1GB; slot
+ * 0 stays anon).  alloc() is called for every slot.
  */
 struct backing {
 	const char *name;
 	void (*alloc)(struct vm *vm, struct memslot *ms, bool allow_thp);
+	uint64_t slot1_size;
 };
 
 struct vcpu {
@@ -219,6 +280,7 @@ static long opt_timeout = 600;
 static bool opt_verbose;
 static const char *opt_paging = "64";
 static const char *opt_backing = "anon";
+static bool opt_guest_2m;
 
 static volatile sig_atomic_t stop_signal;
 static struct timespec start_ts;
@@ -353,12 +415,48 @@ static void backing_anon_alloc(struct vm *vm, struct memslot *ms, bool allow_thp
 	ms->backing = ms->thp ? "anon-thp" : "anon";
 }
 
+/* slot 1: one 1 GiB hugetlb page (HVA 1 GiB aligned); other slots: anon */
+static void backing_hugetlb1g_alloc(struct vm *vm, struct memslot *ms, bool allow_thp)
+{
+	uint8_t *p;
+
+	if (ms->slot != 1) {
+		backing_anon_alloc(vm, ms, false);
+		return;
+	}
+	(void)allow_thp;
+	if (ms->size != SLOT1_SIZE_1G)
+		die("internal: hugetlb1g slot size 0x%llx", (unsigned long long)ms->size);
+	p = mmap(NULL, ms->size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_1GB, -1, 0);
+	if (p == MAP_FAILED) {
+		int e = errno;
+
+		if (e == ENOMEM)
+			die("mmap(MAP_HUGETLB|MAP_HUGE_1GB) of 1 GiB for slot %d failed: %s: "
+			    "no 1 GiB huge page reserved (boot the host with "
+			    "'hugepagesz=1G hugepages=1', or see "
+			    "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages)",
+			    ms->slot, strerror(e));
+		die("mmap(MAP_HUGETLB|MAP_HUGE_1GB) of 1 GiB for slot %d failed: %s (errno %d)",
+		    ms->slot, strerror(e), e);
+	}
+	if ((uintptr_t)p & (HUGE_1G - 1))
+		die("internal: hugetlb mapping %p is not 1 GiB aligned", (void *)p);
+	ms->map_base = p;
+	ms->map_len = ms->size;
+	ms->hva = p;
+	ms->thp = false;
+	ms->backing = "hugetlb1g";
+}
+
 static const struct backing backings[] = {
-	{ "anon", backing_anon_alloc },
+	{ "anon", backing_anon_alloc, SLOT1_SIZE },
+	{ "hugetlb1g", backing_hugetlb1g_alloc, SLOT1_SIZE_1G },
 };
 
 /* ------------------------------------------------------------------ */
-/* Guest paging: 4-level long mode, 4K pages                           */
+/* Guest paging: 4-level long mode, 4K pages (2M with --guest-2m)      */
 /* ------------------------------------------------------------------ */
 static uint64_t pt_alloc(struct vm *vm)
 {
@@ -397,6 +495,29 @@ static void pg64_map(struct vm *vm, uint64_t gva, uint64_t gpa)
 	     (gpa & PTE_ADDR_MASK) | PTE_P | PTE_RW);
 }
 
+/* 2 MiB leaf: PDE with PS=1 (gva, gpa 2 MiB aligned) */
+static void pg64_map_2m(struct vm *vm, uint64_t gva, uint64_t gpa)
+{
+	uint64_t table = vm->cr3;
+
+	if ((gva | gpa) & (HUGE_2M - 1))
+		die("internal: unaligned 2M mapping 0x%llx -> 0x%llx",
+		    (unsigned long long)gva, (unsigned long long)gpa);
+	for (int level = 4; level > 2; level--) {
+		int shift = PAGE_SHIFT + 9 * (level - 1);
+		uint64_t pte_gpa = table + ((gva >> shift) & 511) * 8;
+		uint64_t pte = rd64(vm, pte_gpa);
+
+		if (!(pte & PTE_P)) {
+			pte = pt_alloc(vm) | PTE_P | PTE_RW;
+			wr64(vm, pte_gpa, pte);
+		}
+		table = pte & PTE_ADDR_MASK;
+	}
+	wr64(vm, table + ((gva >> 21) & 511) * 8,
+	     (gpa & PDE_2M_ADDR_MASK) | PTE_P | PTE_RW | PTE_PS);
+}
+
 static uint64_t pg64_walk(struct vm *vm, uint64_t gva)
 {
 	uint64_t table = vm->cr3;
@@ -407,6 +528,8 @@ static uint64_t pg64_walk(struct vm *vm, uint64_t gva)
 
 		if (!(pte & PTE_P))
 			return UINT64_MAX;
+		if (level == 2 && (pte & PTE_PS))
+			return (pte & PDE_2M_ADDR_MASK) | (gva & (HUGE_2M - 1));
 		table = pte & PTE_ADDR_MASK;
 	}
 	return table | (gva & (PAGE_SIZE - 1));
@@ -442,8 +565,184 @@ static void pg64_setup_sregs(struct vm *vm, struct kvm_sregs *s)
 	s->efer = EFER_LME | EFER_LMA;
 }
 
+/* ------------------------------------------------------------------ */
+/* Guest paging: 32-bit protected mode with PAE (3 levels, 8-byte PTEs) */
+/* ------------------------------------------------------------------ */
+/*
+ * CR3 points to a 4-entry PDPT (we give it a whole page, so it is 32-byte
+ * aligned).  PDPTEs have only P and the address: RW/US/PS etc. are reserved
+ * there and KVM_SET_SREGS (load_pdptrs) would reject them.
+ */
+static void pgpae_init(struct vm *vm)
+{
+	vm->cr3 = pt_alloc(vm);
+}
+
+static uint64_t pgpae_pd(struct vm *vm, uint64_t gva)
+{
+	uint64_t pdpte_gpa = vm->cr3 + ((gva >> 30) & 3) * 8;
+	uint64_t pdpte = rd64(vm, pdpte_gpa);
+
+	if (gva >> 32)
+		die("internal: PAE GVA 0x%llx above 4 GiB", (unsigned long long)gva);
+	if (!(pdpte & PTE_P)) {
+		pdpte = pt_alloc(vm) | PTE_P;
+		wr64(vm, pdpte_gpa, pdpte);
+	}
+	return pdpte & PTE_ADDR_MASK;
+}
+
+static void pgpae_map(struct vm *vm, uint64_t gva, uint64_t gpa)
+{
+	uint64_t pde_gpa = pgpae_pd(vm, gva) + ((gva >> 21) & 511) * 8;
+	uint64_t pde = rd64(vm, pde_gpa);
+
+	if (!(pde & PTE_P)) {
+		pde = pt_alloc(vm) | PTE_P | PTE_RW;
+		wr64(vm, pde_gpa, pde);
+	}
+	if (pde & PTE_PS)
+		die("internal: 4K mapping of 0x%llx inside a 2M page", (unsigned long long)gva);
+	wr64(vm, (pde & PTE_ADDR_MASK) + ((gva >> PAGE_SHIFT) & 511) * 8,
+	     (gpa & PTE_ADDR_MASK) | PTE_P | PTE_RW);
+}
+
+static void pgpae_map_2m(struct vm *vm, uint64_t gva, uint64_t gpa)
+{
+	uint64_t pde_gpa;
+
+	if ((gva | gpa) & (HUGE_2M - 1))
+		die("internal: unaligned 2M mapping 0x%llx -> 0x%llx",
+		    (unsigned long long)gva, (unsigned long long)gpa);
+	pde_gpa = pgpae_pd(vm, gva) + ((gva >> 21) & 511) * 8;
+	wr64(vm, pde_gpa, (gpa & PDE_2M_ADDR_MASK) | PTE_P | PTE_RW | PTE_PS);
+}
+
+static uint64_t pgpae_walk(struct vm *vm, uint64_t gva)
+{
+	uint64_t pdpte, pde, pte;
+
+	if (gva >> 32)
+		return UINT64_MAX;
+	pdpte = rd64(vm, vm->cr3 + ((gva >> 30) & 3) * 8);
+	if (!(pdpte & PTE_P))
+		return UINT64_MAX;
+	pde = rd64(vm, (pdpte & PTE_ADDR_MASK) + ((gva >> 21) & 511) * 8);
+	if (!(pde & PTE_P))
+		return UINT64_MAX;
+	if (pde & PTE_PS)
+		return (pde & PDE_2M_ADDR_MASK) | (gva & (HUGE_2M - 1));
+	pte = rd64(vm, (pde & PTE_ADDR_MASK) + ((gva >> PAGE_SHIFT) & 511) * 8);
+	if (!(pte & PTE_P))
+		return UINT64_MAX;
+	return (pte & PTE_ADDR_MASK) | (gva & (PAGE_SIZE - 1));
+}
+
+/* flat 32-bit protected mode; paging bits in CR4 as given, EFER = 0 */
+static void setup_sregs32(struct vm *vm, struct kvm_sregs *s, uint64_t cr4)
+{
+	struct kvm_segment code = {
+		.base = 0, .limit = 0xffffffff, .selector = 0x8,
+		.type = 11, /* execute/read, accessed */
+		.present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
+	};
+	struct kvm_segment data = {
+		.base = 0, .limit = 0xffffffff, .selector = 0x10,
+		.type = 3, /* read/write, accessed */
+		.present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
+	};
+	struct kvm_segment tr = {
+		.base = 0, .limit = 0x67, .selector = 0x18,
+		.type = 11, /* busy 32-bit TSS */
+		.present = 1, .dpl = 0, .db = 0, .s = 0, .l = 0, .g = 0,
+	};
+
+	s->cs = code;
+	s->ds = s->es = s->fs = s->gs = s->ss = data;
+	s->tr = tr;
+	s->ldt.unusable = 1;
+	s->ldt.selector = 0;
+	s->ldt.present = 0;
+	s->cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
+	/*
+	 * With CR0.PG and CR4.PAE (and no LMA), KVM_SET_SREGS loads the PDPTEs
+	 * from guest memory at CR3; the tables are already written by then.
+	 */
+	s->cr3 = vm->cr3;
+	s->cr4 = cr4;
+	s->efer = 0;
+}
+
+static void pgpae_setup_sregs(struct vm *vm, struct kvm_sregs *s)
+{
+	setup_sregs32(vm, s, CR4_PAE);
+}
+
+/* ------------------------------------------------------------------ */
+/* Guest paging: 32-bit protected mode, 2-level, 4-byte PTEs, 4K only  */
+/* ------------------------------------------------------------------ */
+static uint32_t rd32(struct vm *vm, uint64_t gpa)
+{
+	uint32_t v;
+
+	memcpy(&v, gpa_to_hva(vm, gpa), sizeof(v));
+	return v;
+}
+
+static void wr32(struct vm *vm, uint64_t gpa, uint32_t v)
+{
+	memcpy(gpa_to_hva(vm, gpa), &v, sizeof(v));
+}
+
+static void pg32_init(struct vm *vm)
+{
+	vm->cr3 = pt_alloc(vm);
+}
+
+static void pg32_map(struct vm *vm, uint64_t gva, uint64_t gpa)
+{
+	uint64_t pde_gpa = vm->cr3 + ((gva >> 22) & 1023) * 4;
+	uint32_t pde;
+
+	if ((gva | gpa) >> 32)
+		die("internal: 32-bit mapping 0x%llx -> 0x%llx above 4 GiB",
+		    (unsigned long long)gva, (unsigned long long)gpa);
+	pde = rd32(vm, pde_gpa);
+	if (!(pde & PTE_P)) {
+		pde = (uint32_t)pt_alloc(vm) | (uint32_t)(PTE_P | PTE_RW);
+		wr32(vm, pde_gpa, pde);
+	}
+	wr32(vm, (pde & PTE32_ADDR_MASK) + ((gva >> PAGE_SHIFT) & 1023) * 4,
+	     ((uint32_t)gpa & PTE32_ADDR_MASK) | (uint32_t)(PTE_P | PTE_RW));
+}
+
+static uint64_t pg32_walk(struct vm *vm, uint64_t gva)
+{
+	uint32_t pde, pte;
+
+	if (gva >> 32)
+		return UINT64_MAX;
+	pde = rd32(vm, vm->cr3 + ((gva >> 22) & 1023) * 4);
+	if (!(pde & PTE_P))
+		return UINT64_MAX;
+	pte = rd32(vm, (pde & PTE32_ADDR_MASK) + ((gva >> PAGE_SHIFT) & 1023) * 4);
+	if (!(pte & PTE_P))
+		return UINT64_MAX;
+	return (uint64_t)(pte & PTE32_ADDR_MASK) | (gva & (PAGE_SIZE - 1));
+}
+
+static void pg32_setup_sregs(struct vm *vm, struct kvm_sregs *s)
+{
+	setup_sregs32(vm, s, 0); /* CR4.PSE = 0: 4K pages only */
+}
+
 static const struct paging_mode paging_modes[] = {
-	{ "64", pg64_init, pg64_map, pg64_setup_sregs, pg64_walk },
+	{ "64", pg64_init, pg64_map, pg64_map_2m, pg64_setup_sregs, pg64_walk,
+	  guest_code, sizeof(guest_code), false },
+	{ "pae", pgpae_init, pgpae_map, pgpae_map_2m, pgpae_setup_sregs, pgpae_walk,
+	  guest_code32, sizeof(guest_code32), true },
+	{ "32", pg32_init, pg32_map, NULL, pg32_setup_sregs, pg32_walk,
+	  guest_code32, sizeof(guest_code32), true },
 };
 
 /* ------------------------------------------------------------------ */
@@ -534,6 +833,12 @@ static void setup_vcpu(struct vm *vm, int id, struct kvm_cpuid2 *cpuid)
 	IOCTLP(vc->fd, KVM_GET_SREGS, &sregs);
 	vm->paging->setup_sregs(vm, &sregs);
 	IOCTLP(vc->fd, KVM_SET_SREGS, &sregs);
+	if (opt_verbose) {
+		IOCTLP(vc->fd, KVM_GET_SREGS, &sregs);
+		vlog("vCPU %d: cr0 0x%llx cr3 0x%llx cr4 0x%llx efer 0x%llx", id,
+		     (unsigned long long)sregs.cr0, (unsigned long long)sregs.cr3,
+		     (unsigned long long)sregs.cr4, (unsigned long long)sregs.efer);
+	}
 
 	memset(&regs, 0, sizeof(regs));
 	regs.rip = CODE_GPA;
@@ -542,6 +847,38 @@ static void setup_vcpu(struct vm *vm, int id, struct kvm_cpuid2 *cpuid)
 	regs.rcx = vc->nr_entries;
 	regs.rflags = 0x2; /* IF=0 */
 	IOCTLP(vc->fd, KVM_SET_REGS, &regs);
+}
+
+/*
+ * GVA and GPA of data page i of vCPU v (see l2vmm-notes.md).
+ *
+ * 4K guest pages: GPA = slot-1 page scrambled over 1024 pages (4 MiB); with
+ * hugetlb1g, page lin additionally lands in the (lin % 8)-th 128 MiB region
+ * of the 1 GiB slot.  --guest-2m: vCPU v's GVA block (2 MiB aligned) maps to
+ * a 2 MiB GPA block with one guest 2M PDE; the page offset within the block
+ * is the same on both sides (scrambled over the 512 pages of the block).
+ */
+static void data_page_addr(struct vm *vm, int v, int i, uint64_t *gva, uint64_t *gpa)
+{
+	uint64_t lin = (uint64_t)v * (uint64_t)opt_pages + (uint64_t)i;
+	bool big = vm->slots[1].size > SLOT1_SIZE;
+
+	if (!opt_guest_2m) {
+		uint64_t pno = (lin * SCRAMBLE_MUL + SCRAMBLE_ADD) & (SLOT1_PAGES - 1);
+
+		*gva = vm->paging->is32 ? DATA32_GVA(v, i) : DATA_GVA(v, i);
+		*gpa = SLOT1_GPA + pno * PAGE_SIZE + (big ? (lin % 8) * 128 * MIB : 0);
+	} else {
+		uint64_t off = (((uint64_t)i * SCRAMBLE_MUL + SCRAMBLE_ADD) & 511) * PAGE_SIZE;
+		/* anon (2 blocks): vCPU0 -> block 1, vCPU1 -> block 0;
+		 * hugetlb1g (512 blocks): vCPU0 -> block 317, vCPU1 -> block 42 */
+		uint64_t blk = big ? (v == 0 ? 317 : 42) : (uint64_t)(NR_VCPUS - 1 - v);
+
+		*gva = (vm->paging->is32 ? DATA32_GVA_2M(v) : DATA_GVA_2M(v)) + off;
+		*gpa = SLOT1_GPA + blk * HUGE_2M + off;
+	}
+	if (*gpa + PAGE_SIZE > vm->slots[1].gpa + vm->slots[1].size)
+		die("internal: data GPA 0x%llx outside slot 1", (unsigned long long)*gpa);
 }
 
 /* Build the guest page tables, code, tag tables and the list of tagged pages. */
@@ -557,7 +894,7 @@ static void build_guest(struct vm *vm)
 	for (uint64_t a = 0; a < SLOT0_SIZE; a += PAGE_SIZE)
 		vm->paging->map(vm, SLOT0_GPA + a, SLOT0_GPA + a);
 
-	memcpy(gpa_to_hva(vm, CODE_GPA), guest_code, sizeof(guest_code));
+	memcpy(gpa_to_hva(vm, CODE_GPA), vm->paging->code, vm->paging->code_len);
 
 	vm->pages = calloc((size_t)npages, sizeof(*vm->pages));
 	if (!vm->pages)
@@ -570,16 +907,17 @@ static void build_guest(struct vm *vm)
 		/* data pages in slot 1, scrambled GPAs */
 		for (int i = 0; i < opt_pages; i++, idx++, k++) {
 			struct tagged_page *tp = &vm->pages[k];
-			uint64_t lin = (uint64_t)v * (uint64_t)opt_pages + (uint64_t)i;
-			uint64_t pno = (lin * SCRAMBLE_MUL + SCRAMBLE_ADD) & (SLOT1_PAGES - 1);
 
 			tp->vcpu = v;
 			tp->index = idx;
 			tp->slot = 1;
-			tp->gva = DATA_GVA(v, i);
-			tp->gpa = SLOT1_GPA + pno * PAGE_SIZE;
+			data_page_addr(vm, v, i, &tp->gva, &tp->gpa);
 			tp->tag = MAKE_TAG(v, idx, 1);
-			vm->paging->map(vm, tp->gva, tp->gpa);
+			if (opt_guest_2m)
+				vm->paging->map_2m(vm, tp->gva & ~(HUGE_2M - 1),
+						   tp->gpa & ~(HUGE_2M - 1));
+			else
+				vm->paging->map(vm, tp->gva, tp->gpa);
 		}
 		/* identity-mapped tagged pages in slot 0 */
 		for (int j = 0; j < LOWTAGS_PER_VCPU; j++, idx++, k++) {
@@ -819,8 +1157,9 @@ static void write_truth(struct vm *vm)
 	fprintf(f, "{\"pid\": %d, \"vcpus\": [", (int)getpid());
 	for (int v = 0; v < NR_VCPUS; v++)
 		fprintf(f, "%s%d", v ? ", " : "", v);
-	fprintf(f, "], \"guest_paging\": \"%s\", \"backing\": \"%s\", \"thp\": %s,\n",
-		vm->paging->name, vm->backing->name, opt_thp ? "true" : "false");
+	fprintf(f, "], \"guest_paging\": \"%s\", \"guest_2m\": %s, \"backing\": \"%s\", \"thp\": %s,\n",
+		vm->paging->name, opt_guest_2m ? "true" : "false", vm->backing->name,
+		opt_thp ? "true" : "false");
 	fprintf(f, " \"pages_per_vcpu\": %d, \"page_size\": %llu,\n", opt_pages,
 		(unsigned long long)PAGE_SIZE);
 	fprintf(f, " \"memslots\": [\n");
@@ -878,8 +1217,11 @@ static void usage(FILE *f)
 		"  --timeout SECONDS    exit 3 after SECONDS from start (default 600, 0 = never)\n"
 		"  --pages N            data pages per vCPU, 1..%d (default 64)\n"
 		"  --thp                madvise(MADV_HUGEPAGE) on slot 1 (default MADV_NOHUGEPAGE)\n"
-		"  --guest-paging MODE  guest paging mode; supported: 64 (default)\n"
-		"  --backing KIND       guest memory backing; supported: anon (default)\n"
+		"  --guest-paging MODE  guest paging mode: 64 (default, long mode), pae\n"
+		"                       (32-bit PAE paging) or 32 (32-bit 2-level paging)\n"
+		"  --guest-2m           map the data pages with guest 2 MiB pages (64, pae)\n"
+		"  --backing KIND       guest memory backing: anon (default) or hugetlb1g\n"
+		"                       (slot 1 = 1 GiB MAP_HUGETLB|MAP_HUGE_1GB page)\n"
 		"  -v, --verbose        progress messages on stderr\n"
 		"  -h, --help           this help\n"
 		"exit codes: 0 stopped after READY, 1 error, 2 usage, 3 timeout\n",
@@ -896,6 +1238,7 @@ static void parse_args(int argc, char **argv)
 		{ "thp", no_argument, NULL, 'H' },
 		{ "guest-paging", required_argument, NULL, 'g' },
 		{ "backing", required_argument, NULL, 'b' },
+		{ "guest-2m", no_argument, NULL, 'M' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -932,6 +1275,7 @@ static void parse_args(int argc, char **argv)
 		case 'H': opt_thp = true; break;
 		case 'g': opt_paging = optarg; break;
 		case 'b': opt_backing = optarg; break;
+		case 'M': opt_guest_2m = true; break;
 		case 'v': opt_verbose = true; break;
 		case 'h': usage(stdout); exit(EXIT_OK);
 		default: usage(stderr); exit(EXIT_USAGE);
@@ -969,14 +1313,25 @@ int main(int argc, char **argv)
 		if (!strcmp(paging_modes[i].name, opt_paging))
 			vm.paging = &paging_modes[i];
 	if (!vm.paging) {
-		fprintf(stderr, "l2vmm: unsupported --guest-paging '%s' (supported: 64)\n", opt_paging);
+		fprintf(stderr, "l2vmm: unsupported --guest-paging '%s' (supported: 64, pae, 32)\n",
+			opt_paging);
+		exit(EXIT_USAGE);
+	}
+	if (opt_guest_2m && !vm.paging->map_2m) {
+		fprintf(stderr, "l2vmm: --guest-2m is not supported with --guest-paging %s "
+			"(its large pages are 4 MiB)\n", vm.paging->name);
 		exit(EXIT_USAGE);
 	}
 	for (i = 0; i < sizeof(backings) / sizeof(backings[0]); i++)
 		if (!strcmp(backings[i].name, opt_backing))
 			vm.backing = &backings[i];
 	if (!vm.backing) {
-		fprintf(stderr, "l2vmm: unsupported --backing '%s' (supported: anon)\n", opt_backing);
+		fprintf(stderr, "l2vmm: unsupported --backing '%s' (supported: anon, hugetlb1g)\n",
+			opt_backing);
+		exit(EXIT_USAGE);
+	}
+	if (opt_thp && strcmp(vm.backing->name, "anon")) {
+		fprintf(stderr, "l2vmm: --thp needs --backing anon\n");
 		exit(EXIT_USAGE);
 	}
 
@@ -993,7 +1348,7 @@ int main(int argc, char **argv)
 
 	open_kvm(&vm);
 	add_memslot(&vm, 0, SLOT0_GPA, SLOT0_SIZE, false);
-	add_memslot(&vm, 1, SLOT1_GPA, SLOT1_SIZE, true);
+	add_memslot(&vm, 1, SLOT1_GPA, vm.backing->slot1_size, true);
 	build_guest(&vm);
 
 	cpuid = get_supported_cpuid(&vm);

@@ -52,7 +52,7 @@ def test_mmu_mode_is_what_l1_was_booted_with(cell_result):
     assert cell_result["agent_rc"] == 0 or cell_result.get("release_error"), cell_result["agent_rc"]
     for name, wl in cell_result["views"]["live"]["workloads"].items():
         w = wl["vcpus"]["0"]["walks"][0]
-        assert w["root_level"] == cell_result["root_level"], (name, w["root_level"])
+        assert w["root_level"] == cell_result["root_levels"][name], (name, w["root_level"])
         if mode == "shadow":
             assert w["mmu"] == "shadow" and not w["direct"], params
         else:
@@ -69,15 +69,32 @@ def test_truth_covers_both_vcpus_and_slots(cell_result):
         assert any(p["gva"] != p["gpa"] for p in truth["pages"])  # non-identity GVA -> GPA
 
 
+def test_workloads_are_what_the_mode_asks_for(cell_result):
+    """The guests really ran in the paging modes and on the backings the
+    expectations assume, so that a walk ignoring PAE roots or large leaves
+    cannot pass unnoticed."""
+    truths = cell_result["truth"]
+    assert set(truths) == set(cell.MODES[cell_result["mode"]].workloads)
+    for name, truth in truths.items():
+        backing = {s["slot"]: s["backing"] for s in truth["memslots"]}
+        if name == "1g":
+            assert backing[1] == "hugetlb1g"
+        if name in ("thp", "2m"):
+            data = [p for p in truth["pages"] if p["slot"] == 1]
+            assert all(p["host_thp"] for p in data), "THP did not back the data pages"
+        assert truth["guest_paging"] == {"pae": "pae", "32": "32"}.get(name, "64")
+        assert truth["guest_2m"] == (name == "2m")
+
+
 def test_leaf_sizes_follow_the_backing(cell_result):
-    """Under TDP the THP-backed guest's data pages are mapped by 2M leaves:
-    the test would not notice a walk that ignores large leaves otherwise."""
-    sizes = {cell.expected_page_size(cell_result, p)
+    """Every leaf size the mode can produce is expected of some page: 4K, 2M
+    and 1G under TDP, 4K and 2M under shadow paging."""
+    sizes = {cell.expected_page_size(cell_result, t, p)
              for t in cell_result["truth"].values() for p in t["pages"]}
-    if cell_result["addr_kind"] == "gpa" and "thp" in cell_result["truth"]:
-        assert sizes == {4 << 10, 2 << 20}, "THP did not back the thp workload's pages"
+    if cell_result["addr_kind"] == "gpa":
+        assert sizes == {cell.SIZE_4K, cell.SIZE_2M, cell.SIZE_1G}
     else:
-        assert sizes == {4 << 10}
+        assert sizes == {cell.SIZE_4K, cell.SIZE_2M}
 
 
 @pytest.mark.parametrize("view", cell.VIEWS)
