@@ -17,4 +17,18 @@ else:
     from .kvm import *  # noqa: F401,F403
     from .mmu import *  # noqa: F401,F403
 
+# leaves.py needs numpy, which a one-address walk should not pay for: its
+# names are imported on first use (PEP 562).
+_LAZY = frozenset({"LeafRun", "Unreadable", "canonical", "classify_table",
+                   "count_table_leaves", "iter_leaves", "raw_addr"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from . import leaves
+
+        return getattr(leaves, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

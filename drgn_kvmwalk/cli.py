@@ -11,17 +11,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, NoReturn, Optional, Sequence, TextIO
+from typing import Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
 from drgn import FaultError, Program
 
 from .errors import KvmWalkError
-from .kvm import find_vcpu, find_vm
-from .mmu import DrgnPhysMem, mmu_info, spte_format
-from .render import header_text, walk_json, walk_text
+from .kvm import find_vcpu, find_vm, for_each_vm
+from .mmu import DrgnPhysMem, ShadowPage, mmu_info, shadow_page, spte_format, vm_summary
+from .render import (
+    FlagCache,
+    RangeMerger,
+    dump_header,
+    dump_lines,
+    header_text,
+    list_json,
+    list_text,
+    map_header,
+    map_line,
+    map_segments,
+    stats_json,
+    stats_text,
+    unreadable_line,
+    walk_json,
+    walk_text,
+)
 from .walk import AddressError, TableCache, walk_addr
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "UsageError", "main", "parse_addr"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "main",
+    "parse_addr",
+    "parse_args",
+    "parse_range",
+    "run",
+]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -29,20 +55,36 @@ EXIT_USAGE = 2
 DESCRIPTION = """\
 Walk KVM's own page tables (SPTEs) for a vCPU of a VM on this host, exactly as
 KVM's for_each_shadow_entry() does, and print every level's entry and the host
-physical address (HPA) the address lands on."""
+physical address (HPA) the address lands on; or list the VMs, or dump or map
+every leaf SPTE under a vCPU's root."""
 
 EPILOG = """\
+what to do (one of them):
+  --addr X     walk one address (repeatable)
+  --dump       every leaf SPTE under the vCPU's current root, in address order
+  --map        the same, merged into ranges of one page size and one set of
+               flags that are contiguous in both address and HPA
+  --list       the VMs, their vCPUs (root, level) and memslots
+  --stats      leaf SPTEs per page size over all of a VM's tables, beside
+               KVM's own counters
+
 addresses: under TDP (Intel EPT, AMD NPT) the root translates guest physical
 addresses (GPA); under shadow paging it translates guest virtual addresses
 (GVA) of the guest's current page tables.
 
-exit status: 0 every address was walked (an unmapped address is an answer);
-2 bad arguments, or the target lacks the VM, vCPU, kvm module or debug info.
+JSON (--json): --addr, --dump, --map and --stats print JSON Lines, one
+object per address, leaf, range or VM; --list prints one object {"vms": [...]}.
+
+exit status: 0 the walk was done (an unmapped address is an answer; table pages
+that cannot be read are named on stderr); 2 bad arguments, or the target lacks
+the VM, vCPU, kvm module or debug info.
 
 examples:
   drgn -k contrib/kvmwalk.py --vcpu 0 --addr 0x1000
   drgn -c vmcore -s kvm.ko contrib/kvmwalk.py --vm 4242 --vcpu 1 --addr 0x40000000 --json
-  drgn --qemu /run/qmp.sock -s vmlinux -s kvm.ko contrib/kvmwalk.py --vcpu 0 --addr 4096"""
+  drgn --qemu /run/qmp.sock -s vmlinux -s kvm.ko contrib/kvmwalk.py --vcpu 0 --addr 4096
+  drgn -k contrib/kvmwalk.py --list
+  drgn -k contrib/kvmwalk.py --vcpu 0 --map --range 0x0-0x100000000"""
 
 
 class UsageError(Exception):
@@ -78,6 +120,18 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def parse_range(text: str) -> Tuple[int, int]:
+    """START-END (END exclusive), each hex or decimal."""
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"invalid range {text!r}: use START-END, e.g. "
+                                         "0x0-0x40000000 (END exclusive)")
+    lo, hi = parse_addr(start.strip()), parse_addr(end.strip())
+    if hi <= lo:
+        raise argparse.ArgumentTypeError(f"invalid range {text!r}: END must be above START")
+    return lo, hi
+
+
 def build_parser(prog_name: str) -> argparse.ArgumentParser:
     p = _Parser(prog=prog_name, description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,8 +143,30 @@ def build_parser(prog_name: str) -> argparse.ArgumentParser:
     p.add_argument("--addr", metavar="X", type=parse_addr, action="append",
                    help="address to walk: GPA under TDP, GVA under shadow paging; hex or "
                         "decimal; repeat for several addresses in one run")
+    p.add_argument("--dump", action="store_true",
+                   help="print every leaf SPTE under the vCPU's current root, in address "
+                        "order: address, size, SPTE address and value, HPA, flags")
+    p.add_argument("--map", action="store_true",
+                   help="like --dump, merged into ranges of one page size and one set of "
+                        "flags that are contiguous in address and in HPA")
+    p.add_argument("--range", metavar="START-END", type=parse_range,
+                   help="with --dump or --map: only leaves whose pages overlap "
+                        "[START, END) (GPAs or GVAs, as for --addr)")
+    p.add_argument("--stats", action="store_true",
+                   help="per VM: leaf SPTEs per page size over all its live tables (TDP MMU "
+                        "roots, legacy shadow pages) beside KVM's own counters "
+                        "(kvm->stat.pages_4k/2m/1g, or lpages); differences are flagged")
+    p.add_argument("--list", action="store_true",
+                   help="list the VMs (pid, MMU kind), their vCPUs (current root and "
+                        "level) and memslots")
+    p.add_argument("--annotate", action="store_true",
+                   help="with --addr, --dump or --map: name the struct kvm_mmu_page behind "
+                        "each table page (role: level, direct, access, address space, guest "
+                        "mode, invalid; GFN; root count); --map ranges then stop at table "
+                        "page boundaries")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object per address (JSON Lines) instead of text")
+                   help="JSON instead of text: JSON Lines for --addr, --dump, --map and "
+                        "--stats, one object for --list")
     return p
 
 
@@ -102,15 +178,51 @@ def main(prog: Program, argv: Optional[Sequence[str]] = None, *,
     err = err or sys.stderr
     parser = build_parser(prog_name)
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        missing = [opt for opt, val in (("--vcpu", args.vcpu), ("--addr", args.addr))
-                   if val is None]
-        if missing:
-            raise UsageError("missing " + " and ".join(missing)
-                             + f" (see {prog_name} --help)")
-        return _walk(prog, args, out)
+        args = parse_args(parser, list(sys.argv[1:] if argv is None else argv), prog_name)
     except UsageError as e:
         print(f"{prog_name}: error: {e}", file=err)
+        return EXIT_USAGE
+    return run(prog, args, prog_name=prog_name, out=out, err=err)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str],
+               prog_name: str) -> argparse.Namespace:
+    """Parse and check the options that do not need the target.
+
+    :raises UsageError: with the message for the user
+    """
+    args = parser.parse_args(argv)
+    actions = [opt for opt, on in (("--addr", args.addr), ("--dump", args.dump),
+                                   ("--map", args.map), ("--list", args.list),
+                                   ("--stats", args.stats)) if on]
+    if len(actions) != 1:
+        raise UsageError(("choose one of --addr, --dump, --map, --list and --stats" if actions
+                          else "missing --addr (or --dump, --map, --list, --stats)")
+                         + f" (see {prog_name} --help)")
+    if args.range is not None and not (args.dump or args.map):
+        raise UsageError("--range goes with --dump or --map")
+    if args.annotate and not (args.addr or args.dump or args.map):
+        raise UsageError("--annotate goes with --addr, --dump or --map")
+    whole_vm = args.list or args.stats
+    if whole_vm and args.vcpu is not None:
+        raise UsageError(f"{actions[0]} covers every vCPU; leave out --vcpu")
+    if not whole_vm and args.vcpu is None:
+        raise UsageError(f"missing --vcpu (see {prog_name} --help)")
+    return args
+
+
+def run(prog: Program, args: argparse.Namespace, *, prog_name: str = "kvmwalk",
+        out: TextIO, err: TextIO) -> int:
+    """Do what checked ``args`` ask on ``prog``; errors become one line on
+    ``err`` and exit status 2."""
+    try:
+        if args.list:
+            return _list(prog, args, out)
+        if args.stats:
+            return _stats(prog, args, out)
+        if args.addr:
+            return _walk(prog, args, out)
+        return _leaves(prog, args, out, err)
     except (KvmWalkError, AddressError) as e:
         print(f"{prog_name}: {e}", file=err)
     except FaultError as e:
@@ -127,15 +239,98 @@ def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     # Check every address before printing anything, so that a bad one does not
     # leave half an answer behind.
     walks = [walk_addr(mem, fmt, info.root, addr) for addr in args.addr]
+    sps: Optional[Dict[int, Optional[ShadowPage]]] = None
+    if args.annotate:
+        sps = {}
+        for w in walks:
+            for step in w.steps:
+                if not step.pae_root and step.table not in sps:
+                    sps[step.table] = shadow_page(prog, step.table)
     if args.json:
         for w in walks:
-            out.write(json.dumps(walk_json(w, vm.pid, args.vcpu, info.kind, info.tdp_mmu, fmt))
-                      + "\n")
+            out.write(json.dumps(walk_json(w, vm.pid, args.vcpu, info.kind, info.tdp_mmu, fmt,
+                                           sps)) + "\n")
     else:
         lines: List[str] = [header_text(vm.pid, args.vcpu, info.kind, info.tdp_mmu, fmt,
                                         info.root)]
         for w in walks:
-            lines += walk_text(w)
+            lines += walk_text(w, sps)
         out.write("\n".join(lines) + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+_CHUNK = 8192  # lines per write: streamed output, bounded memory
+
+
+def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """--dump and --map: every leaf under the vCPU's current root."""
+    from .leaves import Unreadable, iter_leaves  # numpy: only for whole-table views
+
+    vm = find_vm(prog, args.vm)
+    vcpu = find_vcpu(vm.kvm, args.vcpu)
+    info = mmu_info(vcpu)
+    fmt = spte_format(prog, vm.kvm)
+    start, end = args.range if args.range else (0, None)
+    runs = iter_leaves(DrgnPhysMem(prog), fmt, info.root, start, end)  # checks the range
+    flags = FlagCache(fmt)
+    direct = info.root.direct
+    lines: List[str] = []
+    if not args.json:
+        lines += [header_text(vm.pid, args.vcpu, info.kind, info.tdp_mmu, fmt, info.root),
+                  map_header(direct) if args.map else dump_header(direct)]
+    merger = RangeMerger(flags)
+    sps: Dict[int, Optional[ShadowPage]] = {}
+    annotate: Optional[Dict[int, Optional[ShadowPage]]] = sps if args.annotate else None
+    for run in runs:
+        if isinstance(run, Unreadable):
+            err.write(f"warning: {unreadable_line(run, direct)}\n")
+            continue
+        if args.annotate and run.table not in sps:
+            sps[run.table] = shadow_page(prog, run.table)
+            # Ranges stop at table pages, so that each has one kvm_mmu_page.
+            done = merger.flush()
+            if done is not None:
+                lines.append(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
+        if args.dump:
+            lines += dump_lines(run, fmt, flags, vm.pid, args.vcpu, args.json, annotate)
+        else:
+            for seg in map_segments(run, fmt, flags):
+                done = merger.add(seg)
+                if done is not None:
+                    lines.append(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
+        if len(lines) >= _CHUNK:
+            out.write("\n".join(lines) + "\n")
+            lines = []
+    last = merger.flush()
+    if last is not None:
+        lines.append(map_line(last, flags, vm.pid, args.vcpu, args.json, annotate))
+    if lines:
+        out.write("\n".join(lines) + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+    """--list: VMs, vCPUs and memslots."""
+    vms = [vm_summary(prog, vm) for vm in for_each_vm(prog)]
+    if args.json:
+        out.write(json.dumps(list_json(vms)) + "\n")
+    else:
+        out.write("\n".join(list_text(vms)) + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _stats(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+    """--stats: leaf counts beside KVM's counters, for --vm or every VM."""
+    from .verify import vm_stats  # numpy: only for whole-table views
+
+    vms = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
+    for vm in vms:
+        st = vm_stats(prog, vm)
+        out.write((json.dumps(stats_json(st)) if args.json else stats_text(st)) + "\n")
+    if not vms and not args.json:
+        out.write("no VMs\n")
     out.flush()
     return EXIT_OK

@@ -29,6 +29,7 @@ __all__ = [
     "for_each_vm",
     "kvm_debug_info_hint",
     "vm_pid",
+    "vm_stats_id",
 ]
 
 
@@ -97,6 +98,20 @@ def vm_pid(kvm: Object) -> int:
         if task.mm.value_() == mm and task.pid == task.tgid:
             return int(task.tgid)
     return 0
+
+
+def vm_stats_id(kvm: Object) -> Optional[str]:
+    """``kvm->stats_id`` ("kvm-<pid>"), or None on kernels without it.
+
+    :param kvm: ``struct kvm *``
+    """
+    try:
+        # kvm->stats_id came with KVM's binary statistics in v5.14 (absent in
+        # v5.12, present in v5.14-rc5); older kernels have nothing to show.
+        stats_id = kvm.stats_id
+    except AttributeError:
+        return None
+    return stats_id.string_().decode(errors="replace") or None
 
 
 def for_each_vm(prog: Program) -> Iterator[Vm]:

@@ -8,13 +8,13 @@ a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from drgn import FaultError, Object, Program
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
 from .errors import KvmWalkError, MissingDebugInfo, NoRoot
-from .kvm import kvm_debug_info_hint
+from .kvm import Memslot, Vm, for_each_memslot, for_each_vcpu, kvm_debug_info_hint, vm_stats_id
 from .spte import (
     FROZEN_SPTE_VALUES,
     MMIO_GEN_LAYOUT_5_6,
@@ -32,10 +32,15 @@ from .walk import PhysMemError, Root
 __all__ = [
     "DrgnPhysMem",
     "MmuInfo",
+    "ShadowPage",
+    "VcpuSummary",
+    "VmSummary",
     "mmu_info",
     "mmu_root",
+    "shadow_page",
     "spte_format",
     "vcpu_mmu",
+    "vm_summary",
 ]
 
 INVALID_PAGE = (1 << 64) - 1
@@ -289,3 +294,91 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         mmio_gen=MMIO_GEN_LAYOUT_5_6,
         frozen_values=REMOVED_SPTE_5_12,
     )
+
+
+class VcpuSummary(NamedTuple):
+    """One vCPU for --list: its current root, or why it has none."""
+
+    id: int
+    root: Optional[Root]
+    kind: Optional[str]       # "tdp" or "shadow", as MmuInfo.kind
+    tdp_mmu: Optional[bool]
+    no_root: Optional[str]    # the reason, when root is None
+
+
+class VmSummary(NamedTuple):
+    """One VM for --list."""
+
+    pid: int
+    stats_id: Optional[str]
+    mmu: str                  # "ept", "npt" or "shadow"
+    tdp_mmu: Optional[bool]   # from the vCPUs' roots; None when no vCPU has one
+    vcpus: List[VcpuSummary]
+    memslots: List[Memslot]
+
+
+def vm_summary(prog: Program, vm: Vm) -> VmSummary:
+    """What --list shows of ``vm``: MMU kind, vCPUs with their roots, memslots.
+
+    :raises MissingDebugInfo: kvm.ko's debug info is missing
+    """
+    vcpus = []
+    for vcpu in for_each_vcpu(vm.kvm):
+        vid = int(vcpu.vcpu_id.value_())
+        try:
+            info = mmu_info(vcpu)
+        except NoRoot as e:
+            vcpus.append(VcpuSummary(vid, None, None, None, str(e)))
+            continue
+        vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None))
+    vcpus.sort(key=lambda v: v.id)
+    if _tdp_enabled(prog):
+        mmu = "ept" if spte_format(prog, vm.kvm).ept else "npt"
+    else:
+        mmu = "shadow"
+    # Every vCPU of a VM uses the same MMU; a vCPU running a nested guest may
+    # be on guest_mmu (never the TDP MMU), so any vCPU on the TDP MMU decides.
+    known = [v.tdp_mmu for v in vcpus if v.tdp_mmu is not None]
+    tdp_mmu = any(known) if known else None
+    return VmSummary(vm.pid, vm_stats_id(vm.kvm), mmu, tdp_mmu, vcpus,
+                     list(for_each_memslot(vm.kvm)))
+
+
+class ShadowPage(NamedTuple):
+    """The ``struct kvm_mmu_page`` that owns a table page (``sp->spt``)."""
+
+    address: int      # of the struct kvm_mmu_page
+    level: int        # role.level
+    direct: bool      # role.direct: maps GFNs directly (TDP, or a guest large page)
+    access: int       # role.access: ACC_EXEC_MASK 1 | ACC_WRITE_MASK 2 | ACC_USER_MASK 4
+    as_id: int        # role.smm: address space (1 = SMM)
+    guest_mode: bool  # role.guest_mode: a page of a nested (L2) guest
+    invalid: bool     # role.invalid: obsolete, waiting to be freed
+    quadrant: int     # role.quadrant: which part of a 32-bit guest table it shadows
+    gfn: int          # direct: first GFN it maps; shadow: GFN of the guest table
+    root_count: int   # references as a root (root_count / tdp_mmu_root_count)
+    tdp_mmu: bool
+
+
+def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
+    """The ``struct kvm_mmu_page`` of the table page at ``table_hpa``: KVM keeps
+    it in ``page->private`` of the table's page (``to_shadow_page()``).  None
+    for pages that are not shadow pages (``pae_root``, ``pml4_root``) or whose
+    ``private`` does not point back at them."""
+    try:
+        private = _int(pfn_to_page(prog, table_hpa >> 12).private)
+        if not private:
+            return None
+        sp = Object(prog, "struct kvm_mmu_page *", private)
+        if int(virt_to_phys(prog, sp.spt)) != table_hpa & ~0xFFF:
+            return None
+        role = sp.role
+        try:
+            tdp_mmu = bool(sp.tdp_mmu_page)
+        except AttributeError:
+            tdp_mmu = False
+        return ShadowPage(private, int(role.level), bool(role.direct), int(role.access),
+                          int(role.smm), bool(role.guest_mode), bool(role.invalid),
+                          int(role.quadrant), int(sp.gfn), int(sp.root_count), tdp_mmu)
+    except (FaultError, LookupError, ValueError, AttributeError):
+        return None

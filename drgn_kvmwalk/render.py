@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import json
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from .spte import SpteFormat, describe_flags
+from .spte import SpteFormat, decode_spte, describe_flags, level_size
 from .walk import Root, Step, Walk, root_start_level
 
-__all__ = ["LEVEL_NAMES", "header_text", "page_size_name", "walk_json", "walk_text"]
+if TYPE_CHECKING:
+    # Only for annotations: rendering a walk needs neither numpy (leaves.py)
+    # nor drgn (mmu.py), and a one-address run should not import them.
+    from .leaves import LeafRun, Unreadable
+    from .mmu import ShadowPage, VmSummary
+    from .verify import VmStats
+
+__all__ = [
+    "LEVEL_NAMES",
+    "FlagCache",
+    "MapRange",
+    "RangeMerger",
+    "dump_header",
+    "dump_lines",
+    "table_line",
+    "header_text",
+    "list_json",
+    "list_text",
+    "map_header",
+    "map_line",
+    "map_segments",
+    "page_size_name",
+    "sp_json",
+    "sp_text",
+    "stats_json",
+    "stats_text",
+    "unreadable_line",
+    "walk_json",
+    "walk_text",
+]
 
 # The x86 names of each level's entry; EPT calls them the same way in the SDM
 # ("EPT PML4E" ...), shadow pages of a PAE guest have PDPTEs in pae_root.
@@ -43,10 +73,15 @@ def _step_line(step: Step) -> str:
             f"spte {step.spte:#018x}  {describe_flags(step.info.flags)}")
 
 
-def walk_text(w: Walk) -> List[str]:
+def walk_text(w: Walk, sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> List[str]:
+    """Text lines of one walk; with ``sps`` (table HPA -> its shadow page, for
+    --annotate) each table's struct kvm_mmu_page goes under its entry."""
     what = "GPA" if w.root.direct else "GVA"
     lines = [f"{what} {w.addr:#x}"]
-    lines += [_step_line(s) for s in w.steps]
+    for s in w.steps:
+        lines.append(_step_line(s))
+        if sps is not None and not s.pae_root:
+            lines.append("           in " + sp_text(sps.get(s.table)))
     if w.hpa is not None:
         lines.append(f"  => HPA {w.hpa:#x} ({page_size_name(w.page_size)} page)")
     else:
@@ -58,7 +93,8 @@ def walk_text(w: Walk) -> List[str]:
 
 
 def walk_json(w: Walk, vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool,
-              fmt: SpteFormat) -> Dict[str, Any]:
+              fmt: SpteFormat,
+              sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> Dict[str, Any]:
     return {
         "vm": vm_pid,
         "vcpu": vcpu_id,
@@ -81,6 +117,8 @@ def walk_json(w: Walk, vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool,
                 "flags": s.info.flags,
                 **({"mmio_gfn": s.info.mmio_gfn, "mmio_gen": s.info.mmio_gen}
                    if s.info.kind == "mmio" else {}),
+                **({"sp": None if s.pae_root else sp_json(sps.get(s.table))}
+                   if sps is not None else {}),
             }
             for s in w.steps
         ],
@@ -89,3 +127,254 @@ def walk_json(w: Walk, vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool,
         "stop": w.stop,
         "stop_level": w.stop_level,
     }
+
+
+# -- whole-table views: --dump (every leaf) and --map (merged ranges) ---------
+
+class FlagCache:
+    """The decoded flags of a leaf depend only on its level and on the SPTE
+    bits outside the page address; a table holds few distinct ones, so each is
+    decoded once (decode_spte) and reused as text and as JSON."""
+
+    def __init__(self, fmt: SpteFormat) -> None:
+        self.fmt = fmt
+        self.attr_mask = ((1 << 64) - 1) ^ fmt.base_addr_mask
+        self._flags: Dict[Tuple[int, int], Tuple[str, str]] = {}
+
+    def get(self, level: int, spte: int) -> Tuple[str, str]:
+        """(text, JSON list) of the flags of the leaf ``spte`` at ``level``."""
+        key = (level, spte & self.attr_mask)
+        got = self._flags.get(key)
+        if got is None:
+            flags = decode_spte(self.fmt, spte, level).flags
+            got = (describe_flags(flags), json.dumps(flags))
+            self._flags[key] = got
+        return got
+
+
+def addr_name(direct: bool) -> str:
+    return "GPA" if direct else "GVA"
+
+
+def dump_header(direct: bool) -> str:
+    return (f"{addr_name(direct):<18}  {'size':>4}  {'sptep':<14}  {'spte':<18}  "
+            f"{'HPA':<14}  flags")
+
+
+def dump_lines(run: LeafRun, fmt: SpteFormat, flags: FlagCache, vm_pid: int, vcpu_id: int,
+               as_json: bool,
+               sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> List[str]:
+    """One line per leaf of ``run``: text columns, or JSON Lines
+    ``{"vm", "vcpu", "addr", "level", "sptep", "spte", "hpa", "flags"}``.
+    With ``sps`` (--annotate), JSON records get ``"sp"`` and the text a line
+    naming the table's struct kvm_mmu_page before its leaves."""
+    level = run.level
+    rows = zip(run.addrs().tolist(), run.spteps().tolist(), run.sptes.tolist(),
+               run.hpas(fmt).tolist())
+    get = flags.get
+    if as_json:
+        head = f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "addr": '
+        tail = "}" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(run.table)))}}}'
+        return [f'{head}{addr}, "level": {level}, "sptep": {sptep}, "spte": {spte}, '
+                f'"hpa": {hpa}, "flags": {get(level, spte)[1]}{tail}'
+                for addr, sptep, spte, hpa in rows]
+    size = page_size_name(level_size(level))
+    lines = [] if sps is None else [table_line(run.table, sps)]
+    return lines + [f"{addr:#018x}  {size:>4}  {sptep:#014x}  {spte:#018x}  {hpa:#014x}  "
+                    f"{get(level, spte)[0]}"
+                    for addr, sptep, spte, hpa in rows]
+
+
+def table_line(table: int, sps: Dict[int, Optional[ShadowPage]]) -> str:
+    return f"# table page {table:#x}: {sp_text(sps.get(table))}"
+
+
+class MapRange(NamedTuple):
+    start: int
+    end: int   # exclusive
+    hpa: int
+    level: int
+    spte: int   # of the range's first leaf
+    table: int  # HPA of the table page of the range's first leaf
+
+
+def map_segments(run: LeafRun, fmt: SpteFormat, flags: FlagCache) -> List[MapRange]:
+    """Split ``run`` where the next leaf does not continue the range: not the
+    next entry, not the next host page, or other SPTE attribute bits."""
+    import numpy as np  # already loaded by leaves.py, which made ``run``
+
+    n = len(run.indexes)
+    size = level_size(run.level)
+    hpas = run.hpas(fmt)
+    attrs = run.sptes & np.uint64(flags.attr_mask)
+    if n > 1:
+        brk = ((np.diff(run.indexes) != 1) | (np.diff(hpas) != np.uint64(size))
+               | (attrs[1:] != attrs[:-1]))
+        starts = np.concatenate(([0], np.flatnonzero(brk) + 1))
+    else:
+        starts = np.zeros(1, dtype=np.int64)
+    ends = np.append(starts[1:], n)
+    addrs = run.addrs()
+    return [MapRange(a, a + (e - s) * size, h, run.level, v, run.table)
+            for a, h, v, s, e in zip(addrs[starts].tolist(), hpas[starts].tolist(),
+                                     run.sptes[starts].tolist(), starts.tolist(),
+                                     ends.tolist())]
+
+
+class RangeMerger:
+    """Joins consecutive segments into ranges of one level and one set of
+    flags, contiguous in address and in HPA (like arm64's stage-2 dump)."""
+
+    def __init__(self, flags: FlagCache) -> None:
+        self.flags = flags
+        self.pending: Optional[MapRange] = None
+
+    def add(self, seg: MapRange) -> Optional[MapRange]:
+        """Feed one segment; returns a range once it is complete."""
+        p = self.pending
+        if (p is not None and p.end == seg.start and p.level == seg.level
+                and p.hpa + (p.end - p.start) == seg.hpa
+                and self.flags.get(p.level, p.spte) == self.flags.get(seg.level, seg.spte)):
+            self.pending = p._replace(end=seg.end)
+            return None
+        self.pending = seg
+        return p
+
+    def flush(self) -> Optional[MapRange]:
+        p, self.pending = self.pending, None
+        return p
+
+
+def map_header(direct: bool) -> str:
+    name = addr_name(direct)
+    return (f"{name + ' start':<18}  {name + ' end':<18}  {'HPA':<14}  {'size':>4}  "
+            f"{'pages':>7}  flags")
+
+
+def map_line(r: MapRange, flags: FlagCache, vm_pid: int, vcpu_id: int, as_json: bool,
+             sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> str:
+    """Text columns, or JSON ``{"vm", "vcpu", "start", "end", "hpa", "level",
+    "flags"}``; with ``sps`` (--annotate) also the table page's shadow page
+    (``"sp"`` in JSON, a line before the range in text)."""
+    text, js = flags.get(r.level, r.spte)
+    if as_json:
+        sp = "" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(r.table)))}'
+        return (f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "start": {r.start}, "end": {r.end}, '
+                f'"hpa": {r.hpa}, "level": {r.level}, "flags": {js}{sp}}}')
+    size = level_size(r.level)
+    line = (f"{r.start:#018x}  {r.end:#018x}  {r.hpa:#014x}  {page_size_name(size):>4}  "
+            f"{(r.end - r.start) // size:>7}  {text}")
+    return line if sps is None else table_line(r.table, sps) + "\n" + line
+
+
+def unreadable_line(u: Unreadable, direct: bool) -> str:
+    return (f"{addr_name(direct)} {u.base:#x}-{u.base + u.size:#x}: level-{u.level} table "
+            f"page {u.table:#x} not accessible; its mappings are unknown")
+
+
+# -- --list ----------------------------------------------------------------------
+
+_MMU_NAMES = {"ept": "EPT", "npt": "NPT", "shadow": "shadow paging"}
+
+
+def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
+    """``{"vms": [{"pid", "stats_id", "mmu", "tdp_mmu", "vcpus": [{"id",
+    "root_hpa", "root_level", "direct"}], "memslots": [{"as_id", "id",
+    "base_gfn", "npages", "hva", "flags"}]}]}``; a vCPU without a valid root
+    has nulls and ``no_root`` (the reason)."""
+    return {"vms": [{
+        "pid": vm.pid,
+        "stats_id": vm.stats_id,
+        "mmu": vm.mmu,
+        "tdp_mmu": vm.tdp_mmu,
+        "vcpus": [{"id": v.id,
+                   "root_hpa": v.root.hpa if v.root else None,
+                   "root_level": v.root.level if v.root else None,
+                   "direct": v.root.direct if v.root else None,
+                   **({"no_root": v.no_root} if v.root is None else {})}
+                  for v in vm.vcpus],
+        "memslots": [{"as_id": m.as_id, "id": m.id, "base_gfn": m.base_gfn,
+                      "npages": m.npages, "hva": m.hva, "flags": m.flags}
+                     for m in vm.memslots],
+    } for vm in vms]}
+
+
+def _memslot_flags(flags: int) -> str:
+    names = [n for bit, n in ((1, "dirty-log"), (2, "readonly"), (4, "guest-memfd"))
+             if flags & bit]
+    return f"{flags:#x}" + (f" ({', '.join(names)})" if names else "")
+
+
+def list_text(vms: Sequence[VmSummary]) -> List[str]:
+    if not vms:
+        return ["no VMs"]
+    lines = []
+    for vm in vms:
+        flavour = {True: ", TDP MMU", False: ", legacy MMU", None: ""}[vm.tdp_mmu]
+        sid = f" ({vm.stats_id})" if vm.stats_id else ""
+        lines.append(f"VM pid {vm.pid}{sid}: {_MMU_NAMES[vm.mmu]}{flavour}, "
+                     f"{len(vm.vcpus)} vCPUs, {len(vm.memslots)} memslots")
+        for v in vm.vcpus:
+            if v.root is None:
+                lines.append(f"  vCPU {v.id}: {v.no_root}")
+                continue
+            what = "GPA (direct)" if v.root.direct else "GVA (shadows the guest's tables)"
+            lines.append(f"  vCPU {v.id}: root {v.root.hpa:#x} level {v.root.level}, "
+                         f"translates {what}")
+        for m in vm.memslots:
+            lines.append(f"  memslot {m.id} (as {m.as_id}): GFN {m.base_gfn:#x}-"
+                         f"{m.base_gfn + m.npages:#x} ({m.npages} pages, "
+                         f"{page_size_name(m.npages << 12)}), HVA {m.hva:#x}, "
+                         f"flags {_memslot_flags(m.flags)}")
+    return lines
+
+
+# -- --stats ---------------------------------------------------------------------
+
+def stats_json(st: VmStats) -> Dict[str, Any]:
+    """``{"vm", "roots", "tables", "leaves": {"4K", "2M", "1G"}, "kvm": {...},
+    "match", "differences", "unreadable"}``."""
+    return {"vm": st.pid, "roots": st.roots, "tables": st.tables, "leaves": st.leaves,
+            "kvm": st.kvm, "match": not st.differences, "differences": st.differences,
+            "unreadable": [{"table": t, "error": e} for t, e in st.unreadable]}
+
+
+def stats_text(st: VmStats) -> str:
+    leaves = ", ".join(f"{k} {v}" for k, v in st.leaves.items())
+    kvm = ", ".join(f"{k} {v}" for k, v in st.kvm.items())
+    verdict = ("they match" if not st.differences
+               else "DIFFERENT: " + ", ".join(st.differences))
+    text = (f"VM pid {st.pid}: {st.roots} roots; leaf SPTEs {leaves}; "
+            f"KVM counts {kvm}: {verdict}")
+    for table, error in st.unreadable:
+        text += f"\n  table page {table:#x} not accessible ({error}): its leaves are not counted"
+    return text
+
+
+# -- --annotate: the struct kvm_mmu_page of a table page ----------------------------
+
+def sp_json(sp: Optional[ShadowPage]) -> Optional[Dict[str, Any]]:
+    if sp is None:
+        return None
+    return {"address": sp.address, "level": sp.level, "direct": sp.direct,
+            "access": sp.access, "as_id": sp.as_id, "guest_mode": sp.guest_mode,
+            "invalid": sp.invalid, "quadrant": sp.quadrant, "gfn": sp.gfn,
+            "root_count": sp.root_count, "tdp_mmu": sp.tdp_mmu}
+
+
+def _access(access: int) -> str:
+    # ACC_USER_MASK 4, ACC_WRITE_MASK 2, ACC_EXEC_MASK 1 (arch/x86/kvm/mmu/spte.h)
+    return "".join(c if access & bit else "-" for bit, c in ((4, "u"), (2, "w"), (1, "x")))
+
+
+def sp_text(sp: Optional[ShadowPage]) -> str:
+    if sp is None:
+        return "no struct kvm_mmu_page (a special root: pae_root/pml4_root/pml5_root)"
+    extra = "".join(f", {word}" for on, word in ((sp.invalid, "INVALID"),
+                                                 (sp.guest_mode, "guest mode (L2)"),
+                                                 (sp.tdp_mmu, "TDP MMU")) if on)
+    quadrant = f", quadrant {sp.quadrant}" if sp.quadrant else ""
+    return (f"kvm_mmu_page {sp.address:#x}: level {sp.level}, "
+            f"{'direct' if sp.direct else 'shadows a guest table'}, gfn {sp.gfn:#x}, "
+            f"access {_access(sp.access)}, as {sp.as_id}{quadrant}, "
+            f"root_count {sp.root_count}{extra}")

@@ -38,6 +38,7 @@ __all__ = [
     "PhysMemError",
     "Root",
     "Step",
+    "PT32E_ROOT_LEVEL",
     "TableCache",
     "Walk",
     "addr_bits",
@@ -261,3 +262,4 @@ def walk_addr(mem: TableCache, fmt: SpteFormat, root: Root, addr: int) -> Walk:
         table = spte & fmt.base_addr_mask
         level -= 1
     raise AssertionError("unreachable: level 1 entries are always last")
+

@@ -20,6 +20,7 @@ truth.  For a developer in a hurry::
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shlex
@@ -335,6 +336,187 @@ def _check_page(result: Dict[str, Any], view: str, where: str, w: Any,
     return problems
 
 
+def resolve(runs: List[List[int]], start: int, length: int) -> Optional[List[List[int]]]:
+    """Translate ``[start, start + length)`` through ``runs`` ([from, to, len],
+    any order): the pieces [offset, target, len], or None where a byte of it
+    has no translation."""
+    pieces = []
+    addr, end = start, start + length
+    for frm, to, ln in sorted(runs):
+        if frm + ln <= addr or frm >= end:
+            continue
+        if frm > addr:
+            return None
+        n = min(end, frm + ln) - addr
+        pieces.append([addr - start, to + (addr - frm), n])
+        addr += n
+        if addr == end:
+            return pieces
+    return None
+
+
+def check_whole_tables(result: Dict[str, Any]) -> List[str]:
+    """--list, --map, --dump and --stats against the workload's own records.
+
+    --list: the VM, its vCPUs with the root each walk started from, and its
+    memslots exactly as the VMM created them.  --map: every range translates,
+    byte for byte, as the guest's tables (shadow paging) and the host's
+    pagemap say, and every tagged page is in a range.  --dump: the same
+    leaves as --map, each inside its range.  --stats: the leaves counted in
+    all of the VM's tables equal KVM's own counters.
+    """
+    problems: List[str] = []
+    kind = result["addr_kind"]
+    for view in VIEWS:
+        v = result["views"].get(view)
+        if v is None or "error" in v:
+            continue  # check_cell reports it
+        lst = v.get("list") or {}
+        if lst.get("rc") != 0:
+            problems.append(f"{view} --list failed: {lst.get('stderr')}")
+            continue
+        vms = {vm["pid"]: vm for vm in lst["vms"]}
+        stats = v.get("stats") or {}
+        if stats.get("rc") != 0 or stats.get("stderr"):
+            problems.append(f"{view} --stats failed: {stats.get('stderr')}")
+        by_pid = {r["vm"]: r for r in stats.get("records", [])}
+        for name, truth in result["truth"].items():
+            st = by_pid.get(truth["pid"])
+            if st is None or not st["match"]:
+                problems.append(f"{view} {name} --stats: leaves and KVM's counters differ: {st}")
+            where = f"{view} {name}"
+            vm = vms.get(truth["pid"])
+            if vm is None:
+                problems.append(f"{where} --list: no VM with pid {truth['pid']}")
+                continue
+            problems += _check_list(result, name, where, vm, truth, v["workloads"][name])
+            wl = v["workloads"][name]
+            for vcpu in truth["vcpus"]:
+                r = wl["vcpus"].get(str(vcpu), {})
+                problems += _check_annotated(result, f"{where} vcpu {vcpu}", r.get("annotated"),
+                                             truth)
+                problems += _check_map(result, f"{where} vcpu {vcpu}", r.get("map"),
+                                       r.get("dump"), truth, truth["pages"], kind)
+    return problems
+
+
+def _check_annotated(result: Dict[str, Any], where: str, ann: Any,
+                     truth: Dict[str, Any]) -> List[str]:
+    """--annotate: every table on the path has its struct kvm_mmu_page, of the
+    step's level; under TDP it maps the GFN range the step covers, under
+    shadow paging it shadows one of the guest's own page-table pages."""
+    if not ann or ann["rc"] != 0:
+        return [f"{where} --annotate failed: {ann and ann['stderr']}"]
+    problems = []
+    guest_tables = {gpa >> 12 for gpa in truth["guest_pt_pages"]}
+    for w in ann["records"]:
+        for i, step in enumerate(w["steps"]):
+            if step["kind"] == "pae_root":
+                continue
+            sp = step.get("sp")
+            at = f"{where} --annotate {w['addr']:#x} level {step['level']}"
+            if sp is None:
+                problems.append(f"{at}: no kvm_mmu_page")
+                continue
+            if sp["level"] != step["level"] or sp["invalid"]:
+                problems.append(f"{at}: kvm_mmu_page {sp}")
+            if result["addr_kind"] == "gpa":
+                span = 9 * step["level"]
+                if not sp["direct"] or sp["gfn"] != (w["addr"] >> 12) >> span << span:
+                    problems.append(f"{at}: kvm_mmu_page gfn {sp['gfn']:#x}, direct "
+                                    f"{sp['direct']}: not the GFNs the table maps")
+            elif not sp["direct"] and sp["gfn"] not in guest_tables:
+                problems.append(f"{at}: kvm_mmu_page shadows gfn {sp['gfn']:#x}, not a "
+                                f"guest page table")
+            if i == 0 and sp["root_count"] < 1:
+                problems.append(f"{at}: the root's kvm_mmu_page has root_count "
+                                f"{sp['root_count']}")
+    return problems
+
+
+def _check_list(result: Dict[str, Any], name: str, where: str, vm: Dict[str, Any],
+                truth: Dict[str, Any], walked: Dict[str, Any]) -> List[str]:
+    problems = []
+    want_mmu = "shadow" if result["addr_kind"] == "gva" else "npt"
+    want_tdp_mmu = result["mode"] == "tdp_mmu"
+    if (vm["mmu"], vm["tdp_mmu"]) != (want_mmu, want_tdp_mmu):
+        problems.append(f"{where} --list: mmu {vm['mmu']} tdp_mmu {vm['tdp_mmu']}, expected "
+                        f"{want_mmu} {want_tdp_mmu}")
+    if vm["stats_id"] not in (None, f"kvm-{truth['pid']}"):
+        problems.append(f"{where} --list: stats_id {vm['stats_id']}")
+    if sorted(c["id"] for c in vm["vcpus"]) != sorted(truth["vcpus"]):
+        problems.append(f"{where} --list: vCPUs {[c['id'] for c in vm['vcpus']]}")
+    for c in vm["vcpus"]:
+        walks = walked["vcpus"].get(str(c["id"]), {}).get("walks") or [{}]
+        want = (walks[0].get("root_hpa"), result["root_levels"][name],
+                result["addr_kind"] == "gpa")
+        got = (c["root_hpa"], c["root_level"], c["direct"])
+        if got != want:
+            problems.append(f"{where} --list: vCPU {c['id']} root {got}, the walk used {want}")
+    want_slots = sorted((m["as_id"], m["slot"], m["gpa"] >> 12, m["size"] >> 12, m["hva"],
+                         m["flags"]) for m in truth["memslots"])
+    got_slots = sorted((m["as_id"], m["id"], m["base_gfn"], m["npages"], m["hva"], m["flags"])
+                       for m in vm["memslots"])
+    if got_slots != want_slots:
+        problems.append(f"{where} --list: memslots {got_slots}, the VMM made {want_slots}")
+    return problems
+
+
+def _check_map(result: Dict[str, Any], where: str, mp: Any, dump: Any, truth: Dict[str, Any],
+               pages: List[Dict[str, Any]], kind: str) -> List[str]:
+    if not mp or mp["rc"] != 0 or mp["stderr"]:
+        return [f"{where} --map failed: {mp and mp['stderr']}"]
+    if not dump or dump["rc"] != 0 or dump["stderr"]:
+        return [f"{where} --dump failed: {dump and dump['stderr']}"]
+    problems: List[str] = []
+    ranges = mp["records"]
+    prev = -1
+    for r in ranges:
+        if r["start"] < prev or r["end"] <= r["start"]:
+            problems.append(f"{where} --map: range {r['start']:#x}-{r['end']:#x} out of order")
+        prev = r["end"]
+        length = r["end"] - r["start"]
+        if kind == "gpa":
+            gpa_pieces = [[0, r["start"], length]]
+        else:
+            gpa_pieces = resolve(truth["guest_maps"], r["start"], length) or []
+            if sum(p[2] for p in gpa_pieces) != length:
+                problems.append(f"{where} --map: GVA {r['start']:#x}-{r['end']:#x} is not "
+                                f"(all) mapped by the guest's page tables")
+                continue
+        for off, gpa, n in gpa_pieces:
+            host = resolve(truth["host_runs"], gpa, n)
+            if host is None:
+                problems.append(f"{where} --map: {r['start'] + off:#x} (GPA {gpa:#x}, "
+                                f"{n:#x} bytes) is not all present in the host's pagemap")
+                break
+            bad = [h for h in host if h[1] != r["hpa"] + off + h[0]]
+            if bad:
+                problems.append(f"{where} --map: {r['start'] + off + bad[0][0]:#x} -> HPA "
+                                f"{r['hpa'] + off + bad[0][0]:#x}, pagemap says {bad[0][1]:#x}")
+                break
+    starts = [r["start"] for r in ranges]
+    for page in pages:
+        i = bisect.bisect_right(starts, page[kind]) - 1
+        r = ranges[i] if i >= 0 else None
+        if r is None or not r["start"] <= page[kind] < r["end"]:
+            problems.append(f"{where} --map: tagged {kind} {page[kind]:#x} in no range")
+        elif r["hpa"] + page[kind] - r["start"] != page["pfn"] << 12 | (page[kind] & 0xFFF):
+            problems.append(f"{where} --map: tagged {kind} {page[kind]:#x} to the wrong HPA")
+    leaves = dump["records"]
+    if len(leaves) != sum((r["end"] - r["start"]) >> (12 + 9 * (r["level"] - 1)) for r in ranges):
+        problems.append(f"{where} --dump: {len(leaves)} leaves, --map ranges hold another number")
+    for leaf in leaves:
+        i = bisect.bisect_right(starts, leaf["addr"]) - 1
+        r = ranges[i] if i >= 0 else None
+        if (r is None or not r["start"] <= leaf["addr"] < r["end"] or r["level"] != leaf["level"]
+                or r["hpa"] + leaf["addr"] - r["start"] != leaf["hpa"]
+                or r["flags"] != leaf["flags"]):
+            problems.append(f"{where} --dump: leaf {leaf['addr']:#x} disagrees with --map")
+            break
+    return problems
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="Run one (kernel, MMU mode) cell of the VM tests.")
     ap.add_argument("suite", choices=sorted(kernels.SUITES), help="Debian suite of the L1 kernel")
@@ -345,7 +527,7 @@ def main() -> int:
     workdir = args.workdir or TOP / "build" / "vm" / f"{args.suite}-{args.mode}"
     result = run_cell(args.suite, args.mode, workdir.resolve(),
                       log=lambda m: print(m, file=sys.stderr), keep_dumps=args.keep_dumps)
-    problems = check_cell(result)
+    problems = check_cell(result) + check_whole_tables(result)
     for view, w in result["one_walk"].items():
         print(f"--- {view}: one whole-process walk, {w.get('seconds')} s, rc {w.get('rc')}")
         print(w.get("stdout", "").rstrip())

@@ -7,7 +7,9 @@ kvmwalk command line, in one drgn process, and read back what the guest wrote.
 For each vCPU of the workload it runs ``cli.main(prog, [--vm, --vcpu, --json,
 --addr ...])`` exactly as a user would (GPAs under TDP, GVAs under shadow
 paging), then reads 8 bytes at each HPA
-the tool returned, so the test can compare them with the tag the guest wrote.
+the tool returned, so the test can compare them with the tag the guest wrote;
+then ``--dump --json`` and ``--map --json`` for the vCPU, and once per view
+``--list --json`` and ``--stats --json``.
 The comparison itself is the test's job (tests/vm), against pagemap truth.
 """
 
@@ -45,7 +47,24 @@ def run(prog, truth, view, addr_kind):
                     pass  # not in this dump (filtered), or not readable
         result["vcpus"][str(vcpu)] = {"rc": rc, "stderr": err.getvalue(), "seconds": elapsed,
                                       "walks": walks}
+        # The shadow pages behind the tables of a few walks.
+        annotated = whole_table(prog, argv[:5] + ["--annotate"] + [
+            a for page in truth["pages"][:: max(1, len(truth["pages"]) // 4)]
+            for a in ("--addr", hex(page[addr_kind]))])
+        result["vcpus"][str(vcpu)]["annotated"] = annotated
+        # The whole table under the vCPU's root, as leaves and as ranges.
+        for what in ("dump", "map"):
+            result["vcpus"][str(vcpu)][what] = whole_table(
+                prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--" + what, "--json"])
     return result
+
+
+def whole_table(prog, argv):
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.monotonic()
+    rc = kvmwalk_main(prog, argv, out=out, err=err)
+    return {"rc": rc, "stderr": err.getvalue(), "seconds": time.monotonic() - t0,
+            "records": [json.loads(line) for line in out.getvalue().splitlines()]}
 
 
 def main():
@@ -58,6 +77,11 @@ def main():
                     help="gpa under TDP, gva under shadow paging")
     args = ap.parse_args()
     result = {"view": args.view, "workloads": {}}
+    out, err = io.StringIO(), io.StringIO()
+    rc = kvmwalk_main(prog, ["--list", "--json"], out=out, err=err)  # noqa: F821 (drgn's prog)
+    result["list"] = {"rc": rc, "stderr": err.getvalue(),
+                      "vms": json.loads(out.getvalue())["vms"] if rc == 0 else None}
+    result["stats"] = whole_table(prog, ["--stats", "--json"])  # noqa: F821
     for spec in args.truth:
         name, _, path = spec.partition("=")
         with open(path) as f:

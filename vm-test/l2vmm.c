@@ -213,6 +213,15 @@ struct tagged_page {
 	int host_thp;      /* -1 unknown, 0/1 from /proc/kpageflags */
 };
 
+/* a run of contiguous translations: [from, from + len) -> [to, to + len) */
+struct xrun {
+	uint64_t from;
+	uint64_t to;
+	uint64_t len;
+};
+
+#define MAX_XRUNS 4096
+
 struct vm;
 
 /*
@@ -269,6 +278,10 @@ struct vm {
 	int nr_pt_pages;
 	struct tagged_page *pages;
 	int nr_pages;
+	struct xrun guest_maps[MAX_XRUNS];  /* GVA -> GPA, as the guest tables map */
+	int nr_guest_maps;
+	struct xrun host_runs[MAX_XRUNS];   /* GPA -> HPA of present host pages */
+	int nr_host_runs;
 };
 
 /* options */
@@ -882,6 +895,25 @@ static void data_page_addr(struct vm *vm, int v, int i, uint64_t *gva, uint64_t 
 }
 
 /* Build the guest page tables, code, tag tables and the list of tagged pages. */
+/* Append to runs[], joining onto the last run when contiguous; a repeat of
+ * an existing run (a 2M guest page mapped once per tagged page) is dropped. */
+static void add_xrun(struct xrun *runs, int *n, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct xrun *last = *n ? &runs[*n - 1] : NULL;
+
+	for (int i = 0; i < *n; i++)
+		if (runs[i].from <= from && from + len <= runs[i].from + runs[i].len &&
+		    runs[i].to + (from - runs[i].from) == to)
+			return;
+	if (last && last->from + last->len == from && last->to + last->len == to) {
+		last->len += len;
+		return;
+	}
+	if (*n >= MAX_XRUNS)
+		die("internal: more than %d translation runs", MAX_XRUNS);
+	runs[(*n)++] = (struct xrun){from, to, len};
+}
+
 static void build_guest(struct vm *vm)
 {
 	int npages = NR_VCPUS * (opt_pages + LOWTAGS_PER_VCPU);
@@ -893,6 +925,7 @@ static void build_guest(struct vm *vm)
 	/* identity map of the low 2 MiB (slot 0), 4K pages */
 	for (uint64_t a = 0; a < SLOT0_SIZE; a += PAGE_SIZE)
 		vm->paging->map(vm, SLOT0_GPA + a, SLOT0_GPA + a);
+	add_xrun(vm->guest_maps, &vm->nr_guest_maps, SLOT0_GPA, SLOT0_GPA, SLOT0_SIZE);
 
 	memcpy(gpa_to_hva(vm, CODE_GPA), vm->paging->code, vm->paging->code_len);
 
@@ -913,11 +946,17 @@ static void build_guest(struct vm *vm)
 			tp->slot = 1;
 			data_page_addr(vm, v, i, &tp->gva, &tp->gpa);
 			tp->tag = MAKE_TAG(v, idx, 1);
-			if (opt_guest_2m)
+			if (opt_guest_2m) {
 				vm->paging->map_2m(vm, tp->gva & ~(HUGE_2M - 1),
 						   tp->gpa & ~(HUGE_2M - 1));
-			else
+				add_xrun(vm->guest_maps, &vm->nr_guest_maps,
+					 tp->gva & ~(HUGE_2M - 1), tp->gpa & ~(HUGE_2M - 1),
+					 HUGE_2M);
+			} else {
 				vm->paging->map(vm, tp->gva, tp->gpa);
+				add_xrun(vm->guest_maps, &vm->nr_guest_maps, tp->gva,
+					 tp->gpa, PAGE_SIZE);
+			}
 		}
 		/* identity-mapped tagged pages in slot 0 */
 		for (int j = 0; j < LOWTAGS_PER_VCPU; j++, idx++, k++) {
@@ -1069,6 +1108,20 @@ static void *vcpu_thread(void *arg)
 /* ------------------------------------------------------------------ */
 /* Host-side verification and ground truth                             */
 /* ------------------------------------------------------------------ */
+/* host runs only ever grow at the end: no search for repeats */
+static void add_host_run(struct vm *vm, uint64_t gpa, uint64_t hpa)
+{
+	struct xrun *last = vm->nr_host_runs ? &vm->host_runs[vm->nr_host_runs - 1] : NULL;
+
+	if (last && last->from + last->len == gpa && last->to + last->len == hpa) {
+		last->len += PAGE_SIZE;
+		return;
+	}
+	if (vm->nr_host_runs >= MAX_XRUNS)
+		die("internal: more than %d host runs", MAX_XRUNS);
+	vm->host_runs[vm->nr_host_runs++] = (struct xrun){gpa, hpa, PAGE_SIZE};
+}
+
 static void verify_pages(struct vm *vm)
 {
 	int pm_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -1132,9 +1185,40 @@ static void verify_pages(struct vm *vm)
 				die("pages %d and %d share PFN 0x%llx", a, b,
 				    (unsigned long long)vm->pages[a].pfn);
 
+	/* Every present host page of every slot, GPA -> HPA, read in one go per
+	 * slot: the tool's whole-table views are checked against it. */
+	for (int i = 0; i < vm->nr_slots; i++) {
+		struct memslot *ms = &vm->slots[i];
+		uint64_t np = ms->size / PAGE_SIZE;
+		uint64_t *ents = malloc(np * sizeof(*ents));
+		uint64_t off = ((uint64_t)(uintptr_t)ms->hva >> PAGE_SHIFT) * 8;
+		ssize_t n;
+
+		if (!ents)
+			die("out of memory");
+		n = pread(pm_fd, ents, np * sizeof(*ents), (off_t)off);
+		if (n != (ssize_t)(np * sizeof(*ents)))
+			die("read /proc/self/pagemap for slot %d failed: %s", ms->slot,
+			    n < 0 ? strerror(errno) : "short read");
+		for (uint64_t g = 0; g < np; g++) {
+			uint64_t pfn = ents[g] & ((1ULL << 55) - 1);
+
+			if (ents[g] >> 63 & 1 && pfn)
+				add_host_run(vm, ms->gpa + g * PAGE_SIZE, pfn << PAGE_SHIFT);
+		}
+		free(ents);
+	}
+
 	close(pm_fd);
 	if (kpf_fd >= 0)
 		close(kpf_fd);
+}
+
+static void write_xruns(FILE *f, const struct xrun *runs, int n)
+{
+	for (int i = 0; i < n; i++)
+		fprintf(f, "%s[%llu, %llu, %llu]", i ? ", " : "", (unsigned long long)runs[i].from,
+			(unsigned long long)runs[i].to, (unsigned long long)runs[i].len);
 }
 
 static void write_truth(struct vm *vm)
@@ -1175,6 +1259,10 @@ static void write_truth(struct vm *vm)
 	fprintf(f, " ],\n \"cr3\": %llu,\n \"guest_pt_pages\": [", (unsigned long long)vm->cr3);
 	for (int i = 0; i < vm->nr_pt_pages; i++)
 		fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)vm->pt_pages[i]);
+	fprintf(f, "],\n \"guest_maps\": [");
+	write_xruns(f, vm->guest_maps, vm->nr_guest_maps);
+	fprintf(f, "],\n \"host_runs\": [");
+	write_xruns(f, vm->host_runs, vm->nr_host_runs);
 	fprintf(f, "],\n \"pages\": [\n");
 	for (int p = 0; p < vm->nr_pages; p++) {
 		struct tagged_page *tp = &vm->pages[p];

@@ -29,7 +29,14 @@ def empty_prog():
 @pytest.mark.parametrize("argv,message", [
     (["--addr", "0x1000"], "missing --vcpu"),
     (["--vcpu", "0"], "missing --addr"),
-    ([], "missing --vcpu and --addr"),
+    ([], "missing --addr (or --dump, --map, --list, --stats)"),
+    (["--dump"], "missing --vcpu"),
+    (["--vcpu", "0", "--addr", "0", "--dump"], "choose one of --addr, --dump, --map, --list and --stats"),
+    (["--vcpu", "0", "--dump", "--map"], "choose one of"),
+    (["--list", "--vcpu", "0"], "covers every vCPU; leave out --vcpu"),
+    (["--vcpu", "0", "--addr", "0", "--range", "0-0x1000"], "--range goes with --dump or --map"),
+    (["--vcpu", "0", "--map", "--range", "0x2000-0x1000"], "END must be above START"),
+    (["--vcpu", "0", "--map", "--range", "0x2000"], "use START-END"),
     (["--vcpu", "0", "--addr", "zz"], "invalid address 'zz'"),
     (["--vcpu", "0", "--addr", "-5"], "negative"),
     (["--vcpu", "0", "--addr", hex(1 << 64)], "more than 64 bits"),
@@ -55,7 +62,8 @@ def test_help_explains_every_option(empty_prog, capsys):
         main(empty_prog, ["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--vm PID", "--vcpu N", "--addr X", "--json", "exit status", "GVA"):
+    for opt in ("--vm PID", "--vcpu N", "--addr X", "--json", "exit status", "GVA", "--dump",
+                "--map", "--list", "--stats", "--range START-END"):
         assert opt in text
 
 

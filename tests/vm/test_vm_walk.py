@@ -111,6 +111,60 @@ def test_view_matches_ground_truth(cell_result, view):
             assert tags == n
 
 
+def _whole_table_problems(cell_result, view, option):
+    return [p for p in cell.check_whole_tables(cell_result)
+            if p.startswith(view + " ") and option in p]
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
+def test_list_matches_the_vmm(cell_result, view):
+    """--list: each workload's VM, its two vCPUs with the roots the walks used,
+    and its memslots exactly as the VMM created them."""
+    assert cell_result["views"][view]["list"]["rc"] == 0
+    problems = _whole_table_problems(cell_result, view, "--list")
+    assert not problems, "\n".join(problems[:40])
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
+def test_annotate_names_the_shadow_pages(cell_result, view):
+    """--annotate: each table on a walk's path has its struct kvm_mmu_page, of
+    that level, mapping the GFNs the table covers (TDP) or shadowing one of the
+    guest's own page-table pages (shadow paging)."""
+    problems = _whole_table_problems(cell_result, view, "--annotate")
+    assert not problems, "\n".join(problems[:40])
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
+def test_stats_equal_kvm_counters(cell_result, view):
+    """--stats: leaf SPTEs counted over all of each VM's tables equal KVM's own
+    per-VM counters, and the large leaves the workloads make are among them."""
+    problems = _whole_table_problems(cell_result, view, "--stats")
+    assert not problems, "\n".join(problems[:40])
+    by_pid = {r["vm"]: r for r in cell_result["views"][view]["stats"]["records"]}
+    for name, truth in cell_result["truth"].items():
+        leaves = by_pid[truth["pid"]]["leaves"]
+        assert leaves["4K"] > 0
+        if name in ("thp", "2m"):
+            assert leaves["2M"] > 0, leaves
+        if name == "1g":
+            assert leaves["1G"] > 0, leaves
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
+def test_map_and_dump_match_ground_truth(cell_result, view):
+    """--map covers every tagged page, and every range it prints translates as
+    the guest's tables and the host's pagemap say; --dump holds the same
+    leaves."""
+    problems = (_whole_table_problems(cell_result, view, "--map")
+                + _whole_table_problems(cell_result, view, "--dump"))
+    assert not problems, "\n".join(problems[:40])
+    for name, truth in cell_result["truth"].items():
+        for vcpu in truth["vcpus"]:
+            r = cell_result["views"][view]["workloads"][name]["vcpus"][str(vcpu)]
+            assert r["dump"]["records"] and r["map"]["records"]
+            assert len(r["map"]["records"]) <= len(r["dump"]["records"])
+
+
 @pytest.mark.parametrize("view", cell.VIEWS)
 def test_one_whole_process_walk(cell_result, view):
     """contrib/kvmwalk.py as a user runs it: text output, exit 0, right HPA."""

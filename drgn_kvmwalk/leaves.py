@@ -1,0 +1,224 @@
+"""Every leaf SPTE under a root, in address order, a table page at a time.
+
+The whole-table views (--dump, --map, --stats) need every leaf, not one
+address: this module descends the tables the way :func:`~drgn_kvmwalk.walk.walk_addr`
+does (same special PAE roots, only present non-last SPTEs lead down), but
+reads each table page once and tests its 512 entries at once with numpy.
+It is a module of its own so that a single ``--addr`` walk does not pay for
+importing numpy.
+
+Nothing here imports drgn.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from .spte import (
+    ENTRIES_PER_TABLE,
+    PAGE_SIZE,
+    PT_PAGE_SIZE_MASK,
+    PT_PRESENT_MASK,
+    SpteFormat,
+    level_shift,
+    level_size,
+)
+from .walk import (
+    PT32E_ROOT_LEVEL,
+    AddressError,
+    PhysMem,
+    PhysMemError,
+    Root,
+    addr_bits,
+    check_addr,
+    root_start_level,
+)
+
+__all__ = [
+    "LeafRun",
+    "Unreadable",
+    "canonical",
+    "classify_table",
+    "count_table_leaves",
+    "iter_leaves",
+    "raw_addr",
+]
+
+_U64 = np.dtype("<u8")
+
+
+class LeafRun(NamedTuple):
+    """Leaf SPTEs of one table page that lie next to each other in address
+    order (no table entry of that page between them), ready for vector work.
+
+    ``indexes`` and ``sptes`` are numpy arrays (entry indexes, ascending, and the
+    SPTE values); entry ``i`` maps ``base + i * level_size(level)``.
+    """
+
+    level: int
+    table: int  # HPA of the table page
+    base: int   # the address entry 0 of the table translates (canonical)
+    indexes: "np.ndarray[Any, Any]"
+    sptes: "np.ndarray[Any, Any]"
+
+    def addrs(self) -> "np.ndarray[Any, Any]":
+        """The address each leaf starts at (uint64)."""
+        return np.uint64(self.base) + (self.indexes.astype(_U64) << np.uint64(level_shift(self.level)))
+
+    def hpas(self, fmt: SpteFormat) -> "np.ndarray[Any, Any]":
+        """The host physical address each leaf maps (its page's base)."""
+        mask = fmt.base_addr_mask & ~(level_size(self.level) - 1)
+        return self.sptes & np.uint64(mask)
+
+    def spteps(self) -> "np.ndarray[Any, Any]":
+        return np.uint64(self.table) + (self.indexes.astype(_U64) << np.uint64(3))
+
+
+class Unreadable(NamedTuple):
+    """A table page the walk could not read; what it maps is unknown."""
+
+    level: int
+    table: int
+    base: int
+    size: int   # bytes of address space the page translates
+    error: str
+
+
+def classify_table(fmt: SpteFormat, entries: "np.ndarray[Any, Any]",
+                   level: int) -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
+    """Vector form of :func:`~drgn_kvmwalk.spte.decode_spte`'s present and
+    leaf tests over a table's entries: ``(present, leaf)`` boolean arrays."""
+    if fmt.mmu_present_mask:
+        present = (entries & np.uint64(fmt.mmu_present_mask)) != 0
+    else:
+        present = entries != 0
+    for value in fmt.frozen_values:
+        present &= entries != np.uint64(value)
+    if fmt.mmio_caching and fmt.mmio_value:
+        present &= (entries & np.uint64(fmt.mmio_mask)) != np.uint64(fmt.mmio_value)
+    if level == 1:
+        return present, present
+    return present, present & ((entries & np.uint64(PT_PAGE_SIZE_MASK)) != 0)
+
+
+def canonical(root: Root, raw: int) -> int:
+    """The address as KVM's callers see it: GVAs of a 4- or 5-level shadow
+    root are sign-extended from their top translated bit."""
+    bits = addr_bits(root)
+    if not root.direct and bits < 64 and bits != 32 and raw >> (bits - 1) & 1:
+        return raw | (((1 << 64) - 1) ^ ((1 << bits) - 1))
+    return raw
+
+
+def raw_addr(root: Root, addr: int) -> int:
+    """The inverse of :func:`canonical`: the bits the root's indexes use."""
+    return addr & ((1 << addr_bits(root)) - 1)
+
+
+def iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, start: int = 0,
+                end: Optional[int] = None) -> Iterator[Union[LeafRun, Unreadable]]:
+    """Every leaf SPTE under ``root`` whose page overlaps ``[start, end)``, in
+    address order, as :class:`LeafRun` chunks; a table page that cannot be
+    read is reported as :class:`Unreadable` and the walk goes on.
+
+    The descent follows the shadow walk: the same special PAE root handling
+    as :func:`walk_addr`, and only present, non-last SPTEs lead to a lower
+    table.  Each table page is read once, 4096 bytes, and tested as a whole.
+    ``start`` and ``end`` are addresses as for :func:`walk_addr` (checked
+    with :func:`check_addr`); ``end`` defaults to the end of what the root
+    translates.
+
+    :raises AddressError: the range is outside what the root translates
+        (raised at once, before any table is read)
+    """
+    lo, hi = _raw_range(root, start, end)
+    return _iter_leaves(mem, fmt, root, lo, hi)
+
+
+def _raw_range(root: Root, start: int, end: Optional[int]) -> Tuple[int, int]:
+    bits = addr_bits(root)
+    check_addr(root, start)
+    lo = raw_addr(root, start)
+    if end is None:
+        hi = 1 << bits
+    else:
+        if end <= start:
+            raise AddressError(f"empty range {start:#x}-{end:#x}")
+        check_addr(root, end - 1)
+        hi = raw_addr(root, end - 1) + 1
+        if hi - lo != end - start:
+            raise AddressError(f"range {start:#x}-{end:#x} crosses the non-canonical hole")
+    return lo, hi
+
+
+def _iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int,
+                 hi: int) -> Iterator[Union[LeafRun, Unreadable]]:
+    level = root_start_level(root)
+    if level != PT32E_ROOT_LEVEL:
+        yield from _leaves_in(mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi)
+        return
+    if root.pae_root_hpa is None:
+        return
+    try:
+        data = mem.read(root.pae_root_hpa, 32)
+    except PhysMemError as e:
+        yield Unreadable(level, root.pae_root_hpa, 0, 1 << 32, str(e))
+        return
+    for i, entry in enumerate(np.frombuffer(data, dtype=_U64).tolist()):
+        base = i << 30
+        table = entry & fmt.base_addr_mask
+        if base + (1 << 30) <= lo or base >= hi:
+            continue
+        if entry & PT_PRESENT_MASK and entry != (1 << 64) - 1 and table:
+            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi)
+
+
+def _leaves_in(mem: PhysMem, fmt: SpteFormat, root: Root, table: int, level: int,
+               base: int, lo: int, hi: int) -> Iterator[Union[LeafRun, Unreadable]]:
+    shift = level_shift(level)
+    size = 1 << shift
+    first = max(0, (lo - base) >> shift) if lo > base else 0
+    last = min(ENTRIES_PER_TABLE, ((hi - 1 - base) >> shift) + 1)
+    try:
+        entries = np.frombuffer(mem.read(table, PAGE_SIZE), dtype=_U64)
+    except PhysMemError as e:
+        yield Unreadable(level, table, canonical(root, base), size * ENTRIES_PER_TABLE, str(e))
+        return
+    present, leaf = classify_table(fmt, entries, level)
+    if first or last < ENTRIES_PER_TABLE:
+        window = np.zeros(ENTRIES_PER_TABLE, dtype=bool)
+        window[first:last] = True
+        present &= window
+        leaf &= window
+    cbase = canonical(root, base)
+    if level == 1:
+        index = np.flatnonzero(leaf)
+        if index.size:
+            yield LeafRun(level, table, cbase, index, entries[index])
+        return
+    children = np.flatnonzero(present & ~leaf).tolist()
+    leaves = np.flatnonzero(leaf)
+    done = 0
+    for child in children:
+        # The leaves before this child come first, in address order.
+        cut = int(np.searchsorted(leaves, child))
+        if cut > done:
+            index = leaves[done:cut]
+            yield LeafRun(level, table, cbase, index, entries[index])
+            done = cut
+        yield from _leaves_in(mem, fmt, root, int(entries[child]) & fmt.base_addr_mask,
+                              level - 1, base + child * size, lo, hi)
+    if leaves.size > done:
+        index = leaves[done:]
+        yield LeafRun(level, table, cbase, index, entries[index])
+
+
+def count_table_leaves(mem: PhysMem, fmt: SpteFormat, table: int, level: int) -> int:
+    """The number of leaf SPTEs in one table page at ``level``.
+
+    :raises PhysMemError: the page cannot be read
+    """
+    entries = np.frombuffer(mem.read(table, PAGE_SIZE), dtype=_U64)
+    return int(np.count_nonzero(classify_table(fmt, entries, level)[1]))

@@ -1,0 +1,125 @@
+"""Cross-checks of KVM's tables against KVM's own books.
+
+Leaf SPTE counts per page size over every live table of a VM, beside the
+per-VM counters KVM keeps (``kvm->stat.pages_4k/2m/1g``, arch/x86/kvm/mmu.h
+``kvm_update_page_stats()``; ``kvm->stat.lpages`` before them):
+
+- TDP MMU: every root on ``kvm->arch.tdp_mmu_roots`` (invalid roots too:
+  their SPTEs stay counted until they are zapped), walked from the root as
+  :func:`~drgn_kvmwalk.leaves.iter_leaves` does;
+- legacy (shadow) MMU: every shadow page on ``kvm->arch.active_mmu_pages``,
+  each counted on its own, because shadow pages are shared between roots
+  and KVM counts an SPTE once (``__rmap_add()`` / ``mmu_spte_clear_track_bits()``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from drgn import FaultError, Object, Program
+from drgn.helpers.linux.list import list_for_each_entry
+from drgn.helpers.linux.mm import virt_to_phys
+
+from .kvm import Vm
+from .leaves import LeafRun, count_table_leaves, iter_leaves
+from .mmu import DrgnPhysMem, spte_format
+from .walk import PhysMemError, Root
+
+__all__ = ["LEVEL_KEYS", "VmStats", "kvm_page_counters", "vm_stats"]
+
+# JSON keys of the page sizes, per level.
+LEVEL_KEYS = {1: "4K", 2: "2M", 3: "1G"}
+
+
+class VmStats(NamedTuple):
+    """Leaf counts of one VM beside KVM's counters.
+
+    ``kvm`` holds the counters the kernel has (``pages_4k``... or ``lpages``);
+    ``differences`` names each one that does not match the leaves counted.
+    """
+
+    pid: int
+    roots: int                     # TDP MMU roots + legacy shadow pages in use as roots
+    tables: int                    # table pages read
+    leaves: Dict[str, int]         # "4K", "2M", "1G"
+    kvm: Dict[str, int]
+    differences: List[str]
+    unreadable: List[Tuple[int, str]]  # (table HPA, error)
+
+
+def kvm_page_counters(kvm: Object) -> Dict[str, int]:
+    """KVM's per-VM leaf counters, by their kernel names.
+
+    :param kvm: ``struct kvm *``
+    """
+    stat = kvm.stat
+    try:
+        # Since Linux kernel commit 71f51d2c3253 ("KVM: x86/mmu: Add detailed
+        # page size stats") (in v5.15), KVM counts leaves per page size.
+        return {name: int(stat.member_(name).counter) for name in
+                ("pages_4k", "pages_2m", "pages_1g")}
+    except LookupError:
+        pass
+    # Before, only large leaves were counted, in one number (an unsigned
+    # long in v5.10, an atomic64_t in some later kernels).
+    lpages = stat.lpages
+    try:
+        lpages = lpages.counter
+    except AttributeError:
+        pass
+    return {"lpages": int(lpages)}
+
+
+def _differences(leaves: Dict[str, int], counters: Dict[str, int]) -> List[str]:
+    if "lpages" in counters:
+        large = leaves["2M"] + leaves["1G"]
+        return [] if large == counters["lpages"] else ["lpages"]
+    return [name for name, key in (("pages_4k", "4K"), ("pages_2m", "2M"), ("pages_1g", "1G"))
+            if counters[name] != leaves[key]]
+
+
+def _sp_list(kvm: Object, member: str) -> Iterator[Object]:
+    head = kvm.arch.member_(member)
+    return list_for_each_entry("struct kvm_mmu_page", head.address_of_(), "link")
+
+
+def vm_stats(prog: Program, vm: Vm) -> VmStats:
+    """Count the leaves of every live table of ``vm`` and read KVM's counters.
+
+    :raises MissingDebugInfo: kvm.ko's debug info is missing
+    """
+    fmt = spte_format(prog, vm.kvm)
+    mem = DrgnPhysMem(prog)
+    counts = {1: 0, 2: 0, 3: 0}
+    roots = tables = 0
+    unreadable: List[Tuple[int, str]] = []
+    try:
+        tdp_roots: List[Object] = list(_sp_list(vm.kvm, "tdp_mmu_roots"))
+    except AttributeError:  # a 32-bit host has no TDP MMU
+        tdp_roots = []
+    for sp in tdp_roots:
+        level = int(sp.role.level)
+        hpa = int(virt_to_phys(prog, sp.spt))
+        roots += 1
+        for run in iter_leaves(mem, fmt, Root(hpa, level, True, level)):
+            if isinstance(run, LeafRun):
+                counts[run.level] += len(run.indexes)
+            else:
+                unreadable.append((run.table, run.error))
+    for sp in _sp_list(vm.kvm, "active_mmu_pages"):
+        level = int(sp.role.level)
+        if int(sp.root_count):
+            roots += 1
+        try:
+            hpa = int(virt_to_phys(prog, sp.spt))
+            n = count_table_leaves(mem, fmt, hpa, level)
+        except (PhysMemError, FaultError) as e:
+            unreadable.append((int(sp.spt), str(e)))
+            continue
+        tables += 1
+        if level in counts:
+            counts[level] += n
+    leaves = {LEVEL_KEYS[level]: n for level, n in counts.items()}
+    counters = kvm_page_counters(vm.kvm)
+    return VmStats(vm.pid, roots, tables, leaves, counters, _differences(leaves, counters),
+                   unreadable)

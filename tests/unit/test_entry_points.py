@@ -1,0 +1,71 @@
+"""The console script and the drgn command, without a kernel."""
+
+import io
+import subprocess
+import sys
+
+import drgn
+import pytest
+from drgn.commands import run_command
+
+from drgn_kvmwalk import console, plugin
+
+
+def test_console_script_reports_a_bad_target_in_one_line():
+    out, err = io.StringIO(), io.StringIO()
+    rc = console.main(["-c", "/nonexistent/vmcore", "--list"], out=out, err=err)
+    assert rc == 2 and out.getvalue() == ""
+    assert err.getvalue().startswith("kvmwalk: error: cannot open /nonexistent/vmcore")
+    assert len(err.getvalue().splitlines()) == 1
+
+
+def test_console_script_checks_arguments_before_opening_the_target():
+    out, err = io.StringIO(), io.StringIO()
+    assert console.main(["-k", "--vcpu", "0"], out=out, err=err) == 2
+    assert "missing --addr" in err.getvalue()
+    assert console.main(["-k", "-c", "x", "--list"], out=out, err=io.StringIO()) == 2
+
+
+def test_console_help_names_the_target_options(capsys):
+    with pytest.raises(SystemExit):
+        console.main(["--help"])
+    text = capsys.readouterr().out
+    for opt in ("-k, --kernel", "-c VMCORE, --core VMCORE", "--qemu SOCKET", "-s PATH"):
+        assert opt in text
+
+
+@pytest.mark.parametrize("argv", [
+    "--vcpu 1 --addr 0x1000 --addr 0x2000",
+    "--vm 42 --vcpu 0 --dump --range 0x1000-0x2000",
+    "--vcpu 0 --map",
+    "--list",
+    "--stats",
+    "--vm 7 --stats",
+    "--vcpu 0 --addr 1 --annotate",
+])
+def test_drgn_command_prints_valid_python(capsys, argv):
+    plugin.register()
+    prog = drgn.Program(drgn.host_platform)
+    run_command(prog, f"kvmwalk {argv} --drgn")
+    code = capsys.readouterr().out
+    assert "from drgn_kvmwalk import" in code
+    assert "find_vcpu(vm.kvm, None)" not in code
+    compile(code, "<kvmwalk --drgn>", "exec")
+
+
+def test_drgn_command_runs_the_command_line(capsys):
+    plugin.register()
+    prog = drgn.Program(drgn.host_platform)
+    run_command(prog, "kvmwalk --vcpu 0 --addr 0x1000")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("kvmwalk: no debug info for vmlinux")
+    run_command(prog, "kvmwalk --help")  # argparse's exit must not end the REPL
+    assert "--annotate" in capsys.readouterr().out
+
+
+def test_one_address_walk_does_not_import_numpy():
+    code = "import sys, drgn_kvmwalk.cli, drgn_kvmwalk; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

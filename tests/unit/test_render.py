@@ -1,0 +1,125 @@
+"""--dump and --map rendering of leaf runs (no kernel needed)."""
+
+import json
+
+from hypothesis import given, settings, strategies as st
+
+from drgn_kvmwalk.render import (
+    FlagCache,
+    RangeMerger,
+    dump_lines,
+    map_line,
+    map_segments,
+)
+from drgn_kvmwalk.leaves import iter_leaves
+
+from .test_leaves import flatten
+from .test_walk import X86, X86_LEAF, npt
+
+NX = 1 << 63
+
+
+def build(leaves):
+    """Tables holding (addr, level, hpa, extra bits) leaves; the runs over them."""
+    mem, t, root = npt(4)
+    for addr, level, hpa, extra in leaves:
+        t.map(addr, hpa, level=level, extra=extra)
+    return list(iter_leaves(mem, X86, root))
+
+
+def ranges(runs, as_json=True):
+    flags = FlagCache(X86)
+    merger = RangeMerger(flags)
+    out = []
+    for run in runs:
+        for seg in map_segments(run, X86, flags):
+            done = merger.add(seg)
+            if done:
+                out.append(done)
+    last = merger.flush()
+    if last:
+        out.append(last)
+    return [json.loads(map_line(r, flags, 7, 1, True)) for r in out] if as_json else out
+
+
+def test_dump_json_lines_are_the_contract():
+    runs = build([(0x1000, 1, 0x5000, 0), (0x20_0000, 2, 0x40_0000, NX)])
+    flags = FlagCache(X86)
+    recs = [json.loads(line) for r in runs for line in dump_lines(r, X86, flags, 7, 1, True)]
+    assert [list(r) for r in recs] == [["vm", "vcpu", "addr", "level", "sptep", "spte", "hpa",
+                                        "flags"]] * 2
+    assert [(r["addr"], r["level"], r["hpa"]) for r in recs] == [(0x1000, 1, 0x5000),
+                                                                  (0x20_0000, 2, 0x40_0000)]
+    assert recs[0]["spte"] == 0x5000 | X86_LEAF
+    assert recs[1]["flags"][-1:] != ["NX"] and "NX" in recs[1]["flags"] and "PS" in recs[1]["flags"]
+    text = [line for r in runs for line in dump_lines(r, X86, flags, 7, 1, False)]
+    assert text[0].startswith("0x0000000000001000    4K  ") and "P W U A D" in text[0]
+    assert text[1].split()[1] == "2M"
+
+
+def test_map_merges_contiguous_leaves_only():
+    leaves = [(0x1000 * i, 1, 0x10_0000 + 0x1000 * i, 0) for i in range(1, 5)]   # one range
+    leaves += [(0x5000, 1, 0x20_0000, 0)]                                         # HPA jumps
+    leaves += [(0x6000, 1, 0x20_1000, NX)]                                        # other flags
+    leaves += [(0x8000, 1, 0x20_3000, NX)]                                        # address gap
+    leaves += [(0x20_0000, 2, 0x40_0000, 0), (0x40_0000, 2, 0x60_0000, 0)]        # 2M x 2
+    got = [(r["start"], r["end"], r["hpa"], r["level"]) for r in ranges(build(leaves))]
+    assert got == [(0x1000, 0x5000, 0x10_1000, 1), (0x5000, 0x6000, 0x20_0000, 1),
+                   (0x6000, 0x7000, 0x20_1000, 1), (0x8000, 0x9000, 0x20_3000, 1),
+                   (0x20_0000, 0x60_0000, 0x40_0000, 2)]
+
+
+def test_map_joins_across_table_pages():
+    # 4K leaves at the end of one page table and the start of the next.
+    leaves = [(0x1F_F000, 1, 0x30_0000, 0), (0x20_0000, 1, 0x30_1000, 0)]
+    assert [(r["start"], r["end"]) for r in ranges(build(leaves))] == [(0x1F_F000, 0x20_1000)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2047), st.integers(0, 7), st.booleans()),
+                max_size=60, unique_by=lambda x: x[0]))
+def test_map_covers_exactly_the_dump(pages):
+    """Random 4K leaves (some with contiguous HPAs, some with NX): the ranges
+    are sorted, disjoint, and cover exactly the leaves, each range's leaves
+    contiguous in HPA and with the range's flags."""
+    runs = build([(i << 12, 1, (0x100000 + i + 7 * j) << 12, NX if nx else 0)
+                  for i, j, nx in pages])
+    leaves, _ = flatten(runs, X86)
+    nx = {i << 12: n for i, _, n in pages}
+    covered = {}
+    prev_end = -1
+    for r in ranges(runs):
+        assert r["start"] >= prev_end and r["end"] > r["start"]
+        prev_end = r["end"]
+        for a in range(r["start"], r["end"], 0x1000):
+            covered[a] = r["hpa"] + (a - r["start"])
+            assert nx[a] == ("NX" in r["flags"])
+    assert covered == {addr: hpa for addr, _, _, _, hpa in leaves}
+
+
+def test_stats_rendering_flags_differences():
+    from drgn_kvmwalk.render import stats_json, stats_text
+    from drgn_kvmwalk.verify import VmStats, _differences
+
+    leaves = {"4K": 10, "2M": 2, "1G": 1}
+    assert _differences(leaves, {"pages_4k": 10, "pages_2m": 2, "pages_1g": 1}) == []
+    assert _differences(leaves, {"pages_4k": 9, "pages_2m": 2, "pages_1g": 0}) == [
+        "pages_4k", "pages_1g"]
+    assert _differences(leaves, {"lpages": 3}) == []
+    assert _differences(leaves, {"lpages": 2}) == ["lpages"]
+    st = VmStats(42, 1, 3, leaves, {"lpages": 2}, ["lpages"], [(0x5000, "gone")])
+    js = stats_json(st)
+    assert js["match"] is False and js["vm"] == 42 and js["leaves"] == leaves
+    text = stats_text(st)
+    assert "DIFFERENT: lpages" in text and "0x5000 not accessible" in text
+
+
+def test_annotation_text_names_the_role():
+    from drgn_kvmwalk.mmu import ShadowPage
+    from drgn_kvmwalk.render import sp_json, sp_text
+
+    sp = ShadowPage(0xFFFF888001234000, 4, True, 7, 0, False, False, 0, 0x0, 1, True)
+    assert sp_text(sp) == ("kvm_mmu_page 0xffff888001234000: level 4, direct, gfn 0x0, "
+                           "access uwx, as 0, root_count 1, TDP MMU")
+    assert sp_json(sp)["root_count"] == 1 and sp_json(None) is None
+    assert "special root" in sp_text(None)
