@@ -11,13 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
 from drgn import FaultError, Program
 
-from .errors import KvmWalkError
+from .errors import KvmWalkError, NoRoot
 from .kvm import find_vcpu, find_vm, for_each_vm
-from .mmu import DrgnPhysMem, ShadowPage, mmu_info, shadow_page, spte_format, vm_summary
+from .kvm import Vm
+from .mmu import (
+    ROOT_CHOICES,
+    DrgnPhysMem,
+    LabelledRoot,
+    ShadowPage,
+    select_roots,
+    shadow_page,
+    spte_format,
+    vm_summary,
+)
+from .spte import SpteFormat
 from .render import (
     FlagCache,
     RangeMerger,
@@ -159,6 +171,12 @@ def build_parser(prog_name: str) -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true",
                    help="list the VMs (pid, MMU kind), their vCPUs (current root and "
                         "level) and memslots")
+    p.add_argument("--root", choices=ROOT_CHOICES, default="current",
+                   help="with --addr, --dump or --map: which roots to walk: the vCPU's "
+                        "current root (default), the MMU's cache of previous roots "
+                        "(prev_roots), or all: those, the nested guest MMU's root and every "
+                        "other top-level root of the VM (SMM, invalid); each root's output is "
+                        "labelled, and JSON records get a \"root\" key")
     p.add_argument("--annotate", action="store_true",
                    help="with --addr, --dump or --map: name the struct kvm_mmu_page behind "
                         "each table page (role: level, direct, access, address space, guest "
@@ -203,6 +221,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str],
         raise UsageError("--range goes with --dump or --map")
     if args.annotate and not (args.addr or args.dump or args.map):
         raise UsageError("--annotate goes with --addr, --dump or --map")
+    if args.root != "current" and not (args.addr or args.dump or args.map):
+        raise UsageError("--root goes with --addr, --dump or --map")
     whole_vm = args.list or args.stats
     if whole_vm and args.vcpu is not None:
         raise UsageError(f"{actions[0]} covers every vCPU; leave out --vcpu")
@@ -230,32 +250,48 @@ def run(prog: Program, args: argparse.Namespace, *, prog_name: str = "kvmwalk",
     return EXIT_USAGE
 
 
-def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+def _roots(prog: Program, args: argparse.Namespace) -> Tuple[Vm, List[LabelledRoot]]:
     vm = find_vm(prog, args.vm)
     vcpu = find_vcpu(vm.kvm, args.vcpu)
-    info = mmu_info(vcpu)
+    roots = select_roots(vcpu, args.root)
+    if not roots:
+        raise NoRoot(f"the vCPU has no {args.root} roots")
+    return vm, roots
+
+
+def _root_header(vm: Vm, args: argparse.Namespace, lr: LabelledRoot, fmt: SpteFormat) -> str:
+    head = header_text(vm.pid, args.vcpu, lr.kind, lr.tdp_mmu, fmt, lr.root)
+    return head if args.root == "current" else f"[{lr.label}] {head}"
+
+
+def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+    vm, roots = _roots(prog, args)
     fmt = spte_format(prog, vm.kvm)
     mem = TableCache(DrgnPhysMem(prog))
     # Check every address before printing anything, so that a bad one does not
     # leave half an answer behind.
-    walks = [walk_addr(mem, fmt, info.root, addr) for addr in args.addr]
+    walks = [(lr, [walk_addr(mem, fmt, lr.root, addr) for addr in args.addr]) for lr in roots]
     sps: Optional[Dict[int, Optional[ShadowPage]]] = None
     if args.annotate:
         sps = {}
-        for w in walks:
-            for step in w.steps:
-                if not step.pae_root and step.table not in sps:
-                    sps[step.table] = shadow_page(prog, step.table)
-    if args.json:
-        for w in walks:
-            out.write(json.dumps(walk_json(w, vm.pid, args.vcpu, info.kind, info.tdp_mmu, fmt,
-                                           sps)) + "\n")
-    else:
-        lines: List[str] = [header_text(vm.pid, args.vcpu, info.kind, info.tdp_mmu, fmt,
-                                        info.root)]
-        for w in walks:
-            lines += walk_text(w, sps)
-        out.write("\n".join(lines) + "\n")
+        for _, ws in walks:
+            for w in ws:
+                for step in w.steps:
+                    if not step.pae_root and step.table not in sps:
+                        sps[step.table] = shadow_page(prog, step.table)
+    lines: List[str] = []
+    for lr, ws in walks:
+        if args.json:
+            for w in ws:
+                record = walk_json(w, vm.pid, args.vcpu, lr.kind, lr.tdp_mmu, fmt, sps)
+                if args.root != "current":
+                    record["root"] = lr.label
+                lines.append(json.dumps(record))
+        else:
+            lines.append(_root_header(vm, args, lr, fmt))
+            for w in ws:
+                lines += walk_text(w, sps)
+    out.write("\n".join(lines) + "\n")
     out.flush()
     return EXIT_OK
 
@@ -264,51 +300,91 @@ _CHUNK = 8192  # lines per write: streamed output, bounded memory
 
 
 def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """--dump and --map: every leaf under the vCPU's current root."""
+    """--dump and --map: every leaf under the vCPU's root(s)."""
     from .leaves import Unreadable, iter_leaves  # numpy: only for whole-table views
 
-    vm = find_vm(prog, args.vm)
-    vcpu = find_vcpu(vm.kvm, args.vcpu)
-    info = mmu_info(vcpu)
+    vm, roots = _roots(prog, args)
     fmt = spte_format(prog, vm.kvm)
     start, end = args.range if args.range else (0, None)
-    runs = iter_leaves(DrgnPhysMem(prog), fmt, info.root, start, end)  # checks the range
+    # Every range is checked before anything is printed.
+    walks = [(lr, iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end)) for lr in roots]
     flags = FlagCache(fmt)
-    direct = info.root.direct
-    lines: List[str] = []
-    if not args.json:
-        lines += [header_text(vm.pid, args.vcpu, info.kind, info.tdp_mmu, fmt, info.root),
-                  map_header(direct) if args.map else dump_header(direct)]
-    merger = RangeMerger(flags)
     sps: Dict[int, Optional[ShadowPage]] = {}
     annotate: Optional[Dict[int, Optional[ShadowPage]]] = sps if args.annotate else None
-    for run in runs:
-        if isinstance(run, Unreadable):
-            err.write(f"warning: {unreadable_line(run, direct)}\n")
-            continue
-        if args.annotate and run.table not in sps:
-            sps[run.table] = shadow_page(prog, run.table)
-            # Ranges stop at table pages, so that each has one kvm_mmu_page.
-            done = merger.flush()
-            if done is not None:
-                lines.append(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
-        if args.dump:
-            lines += dump_lines(run, fmt, flags, vm.pid, args.vcpu, args.json, annotate)
-        else:
-            for seg in map_segments(run, fmt, flags):
-                done = merger.add(seg)
+    progress = Progress(err, enabled=not args.json)
+    lines: List[str] = []
+
+    def emit(text: str) -> None:
+        lines.append(text if args.root == "current" or not args.json
+                     else text[:-1] + f', "root": {json.dumps(lr.label)}}}')
+
+    for lr, runs in walks:
+        direct = lr.root.direct
+        if not args.json:
+            lines += [_root_header(vm, args, lr, fmt),
+                      map_header(direct) if args.map else dump_header(direct)]
+        merger = RangeMerger(flags)
+        for run in runs:
+            if isinstance(run, Unreadable):
+                progress.clear()
+                err.write(f"warning: {unreadable_line(run, direct)}\n")
+                continue
+            progress.update(len(run.indexes), run.base, direct)
+            if args.annotate and run.table not in sps:
+                sps[run.table] = shadow_page(prog, run.table)
+                # Ranges stop at table pages, so that each has one kvm_mmu_page.
+                done = merger.flush()
                 if done is not None:
-                    lines.append(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
-        if len(lines) >= _CHUNK:
-            out.write("\n".join(lines) + "\n")
-            lines = []
-    last = merger.flush()
-    if last is not None:
-        lines.append(map_line(last, flags, vm.pid, args.vcpu, args.json, annotate))
+                    emit(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
+            if args.dump:
+                for line in dump_lines(run, fmt, flags, vm.pid, args.vcpu, args.json, annotate):
+                    emit(line)
+            else:
+                for seg in map_segments(run, fmt, flags):
+                    done = merger.add(seg)
+                    if done is not None:
+                        emit(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
+            if len(lines) >= _CHUNK:
+                progress.clear()
+                out.write("\n".join(lines) + "\n")
+                lines = []
+        last = merger.flush()
+        if last is not None:
+            emit(map_line(last, flags, vm.pid, args.vcpu, args.json, annotate))
+    progress.clear()
     if lines:
         out.write("\n".join(lines) + "\n")
     out.flush()
     return EXIT_OK
+
+
+class Progress:
+    """A one-line count of the leaves walked so far, redrawn on ``err`` at most
+    twice a second, when ``err`` is a terminal (never into a pipe or a file,
+    never mixed into JSON output)."""
+
+    def __init__(self, err: TextIO, enabled: bool = True) -> None:
+        isatty = getattr(err, "isatty", None)
+        self.err = err
+        self.on = enabled and bool(isatty and isatty())
+        self.leaves = 0
+        self.next = time.monotonic() + 0.5
+        self.shown = False
+
+    def update(self, leaves: int, addr: int, direct: bool) -> None:
+        self.leaves += leaves
+        if self.on and time.monotonic() >= self.next:
+            self.err.write(f"\r{self.leaves} leaves so far, at {'GPA' if direct else 'GVA'} "
+                           f"{addr:#x} ")
+            self.err.flush()
+            self.shown = True
+            self.next = time.monotonic() + 0.5
+
+    def clear(self) -> None:
+        if self.shown:
+            self.err.write("\r\033[K")
+            self.err.flush()
+            self.shown = False
 
 
 def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:

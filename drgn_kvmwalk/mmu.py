@@ -8,9 +8,10 @@ a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from drgn import FaultError, Object, Program
+from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
 from .errors import KvmWalkError, MissingDebugInfo, NoRoot
@@ -31,12 +32,15 @@ from .walk import PhysMemError, Root
 
 __all__ = [
     "DrgnPhysMem",
+    "LabelledRoot",
     "MmuInfo",
+    "ROOT_CHOICES",
     "ShadowPage",
     "VcpuSummary",
     "VmSummary",
     "mmu_info",
     "mmu_root",
+    "select_roots",
     "shadow_page",
     "spte_format",
     "vcpu_mmu",
@@ -382,3 +386,111 @@ def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
                           int(role.quadrant), int(sp.gfn), int(sp.root_count), tdp_mmu)
     except (FaultError, LookupError, ValueError, AttributeError):
         return None
+
+
+ROOT_CHOICES = ("current", "prev", "all")
+
+
+class LabelledRoot(NamedTuple):
+    """A root to walk, and which one it is (for --root)."""
+
+    label: str        # "current", "prev[1]", "guest_mmu", "vm root 0x..."
+    root: Root
+    kind: str         # "tdp" or "shadow": what the root translates
+    tdp_mmu: bool
+
+
+def _root_from_page(prog: Program, hpa: int, cpu_level: int,
+                    pae_root_hpa: Optional[int]) -> Optional[Root]:
+    """A root given only its HPA (a cached or another vCPU's root): its level
+    and directness come from its own struct kvm_mmu_page."""
+    sp = shadow_page(prog, hpa)
+    if sp is None:
+        return None
+    return Root(hpa, sp.level, sp.direct, cpu_level if not sp.direct else sp.level,
+                pae_root_hpa)
+
+
+def _prev_roots(prog: Program, mmu: Object, cur: Root) -> List[Tuple[str, Root]]:
+    out: List[Tuple[str, Root]] = []
+    # mmu->prev_roots[KVM_MMU_NUM_PREV_ROOTS] (v4.19+): roots KVM keeps for a
+    # fast switch back (guest CR3 changes, nested transitions); PAE roots are
+    # never cached (shadow_walk_init_using_root() BUG()s on them).
+    for i in range(mmu.prev_roots.type_.length or 0):
+        hpa = _int(mmu.prev_roots[i].hpa)
+        if hpa in (INVALID_PAGE, 0):
+            continue
+        root = _root_from_page(prog, hpa, cur.cpu_level, None)
+        if root is not None:
+            out.append((f"prev[{i}]", root))
+    return out
+
+
+def select_roots(vcpu: Object, which: str) -> List[LabelledRoot]:
+    """The roots ``--root`` names for ``vcpu``.
+
+    - ``current``: the vCPU's current root (``vcpu->arch.mmu->root``);
+    - ``prev``: the MMU's cache of previous roots (``mmu->prev_roots``);
+    - ``all``: those, the nested guest MMU's root (``vcpu->arch.guest_mmu``,
+      when L1 runs an L2 guest with nested paging), and every other top-level
+      root of the VM (TDP MMU roots, including SMM and invalid ones; legacy
+      shadow pages in use as roots), each once.
+
+    :param vcpu: ``struct kvm_vcpu *``
+    :raises NoRoot: ``current`` and the vCPU has no valid root
+    """
+    prog = vcpu.prog_
+    info = mmu_info(vcpu)
+    tdp = _tdp_enabled(prog)
+
+    def labelled(label: str, root: Root) -> LabelledRoot:
+        return LabelledRoot(label, root, "tdp" if root.direct and tdp else "shadow",
+                            _is_tdp_mmu_root(prog, root.hpa))
+
+    roots: List[LabelledRoot] = []
+    if which in ("current", "all"):
+        roots.append(LabelledRoot("current", info.root, info.kind, info.tdp_mmu))
+    if which in ("prev", "all"):
+        roots += [labelled(label, r) for label, r in _prev_roots(prog, info.mmu, info.root)]
+    if which == "all":
+        try:
+            guest_mmu = vcpu.arch.guest_mmu
+            if guest_mmu.type_.kind.name == "STRUCT":
+                guest_mmu = guest_mmu.address_of_()
+            if guest_mmu.value_() != info.mmu.value_():
+                roots.append(labelled("guest_mmu", mmu_root(guest_mmu)))
+        except (AttributeError, NoRoot):
+            pass
+        seen = {r.root.hpa for r in roots}
+        for sp_hpa, sp in _vm_root_pages(prog, vcpu.kvm):
+            if sp_hpa in seen or sp.level < 4:
+                continue  # PAE roots' pages are reached through pae_root
+            seen.add(sp_hpa)
+            extra = "".join([f", as {sp.as_id}" if sp.as_id else "",
+                             ", invalid" if sp.invalid else "",
+                             ", guest mode" if sp.guest_mode else ""])
+            roots.append(labelled(f"vm root {sp_hpa:#x}{extra}",
+                                  Root(sp_hpa, sp.level, sp.direct,
+                                       info.root.cpu_level if not sp.direct else sp.level)))
+    return roots
+
+
+def _vm_root_pages(prog: Program, kvm: Object) -> List[Tuple[int, ShadowPage]]:
+    """Top-level pages of the VM: TDP MMU roots, and legacy shadow pages with
+    a root count."""
+    pages: List[Object] = []
+    try:
+        pages += list(list_for_each_entry("struct kvm_mmu_page",
+                                          kvm.arch.tdp_mmu_roots.address_of_(), "link"))
+    except AttributeError:
+        pass
+    pages += [sp for sp in list_for_each_entry("struct kvm_mmu_page",
+                                               kvm.arch.active_mmu_pages.address_of_(), "link")
+              if int(sp.root_count)]
+    out = []
+    for page in pages:
+        hpa = int(virt_to_phys(prog, page.spt))
+        sp = shadow_page(prog, hpa)
+        if sp is not None:
+            out.append((hpa, sp))
+    return out

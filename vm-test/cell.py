@@ -395,6 +395,8 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
                 r = wl["vcpus"].get(str(vcpu), {})
                 problems += _check_annotated(result, f"{where} vcpu {vcpu}", r.get("annotated"),
                                              truth)
+                problems += _check_all_roots(result, f"{where} vcpu {vcpu}", r.get("all_roots"),
+                                             r.get("walks") or [], truth)
                 problems += _check_map(result, f"{where} vcpu {vcpu}", r.get("map"),
                                        r.get("dump"), truth, truth["pages"], kind)
     return problems
@@ -431,6 +433,24 @@ def _check_annotated(result: Dict[str, Any], where: str, ann: Any,
             if i == 0 and sp["root_count"] < 1:
                 problems.append(f"{at}: the root's kvm_mmu_page has root_count "
                                 f"{sp['root_count']}")
+    return problems
+
+
+def _check_all_roots(result: Dict[str, Any], where: str, ar: Any, walks: List[Dict[str, Any]],
+                     truth: Dict[str, Any]) -> List[str]:
+    """--root all: the current root is among the labelled roots and gives the
+    same answer as the plain walk; every root is listed once."""
+    if not ar or ar["rc"] != 0:
+        return [f"{where} --root all failed: {ar and ar['stderr']}"]
+    recs = ar["records"]
+    labels = [r.get("root") for r in recs]
+    problems = []
+    if labels.count("current") != 1 or len({r["root_hpa"] for r in recs}) != len(recs):
+        problems.append(f"{where} --root all: roots {labels}")
+    cur = [r for r in recs if r.get("root") == "current"]
+    first = walks[0] if walks else None
+    if cur and first and (cur[0]["root_hpa"], cur[0]["hpa"]) != (first["root_hpa"], first["hpa"]):
+        problems.append(f"{where} --root all: the current root's walk differs from --addr's")
     return problems
 
 

@@ -52,6 +52,9 @@ def run(prog, truth, view, addr_kind):
             a for page in truth["pages"][:: max(1, len(truth["pages"]) // 4)]
             for a in ("--addr", hex(page[addr_kind]))])
         result["vcpus"][str(vcpu)]["annotated"] = annotated
+        # Every root the vCPU can reach, for the first page.
+        result["vcpus"][str(vcpu)]["all_roots"] = whole_table(
+            prog, argv[:5] + ["--root", "all", "--addr", hex(truth["pages"][0][addr_kind])])
         # The whole table under the vCPU's root, as leaves and as ranges.
         for what in ("dump", "map"):
             result["vcpus"][str(vcpu)][what] = whole_table(

@@ -67,6 +67,9 @@
 #define SLOT1_PAGES       (SLOT1_SIZE / PAGE_SIZE) /* scramble domain (1024) */
 #define SLOT1_SIZE_1G     (1024 * MIB)
 #define HUGE_2M           (2 * MIB)
+/* --prefault-mib: slot 2, for benchmarks: anon 4K pages at 4 GiB, written by
+ * the VMM and then mapped into KVM's TDP tables with KVM_PRE_FAULT_MEMORY */
+#define SLOT2_GPA         0x100000000ULL
 #define HUGE_1G           (1024 * MIB)
 
 /* data GVAs, 64-bit mode */
@@ -199,6 +202,7 @@ struct memslot {
 	uint32_t flags;    /* KVM_MEM_* flags */
 	const char *backing;
 	bool thp;
+	bool bench;        /* --prefault-mib slot: not in host_runs */
 };
 
 struct tagged_page {
@@ -267,7 +271,7 @@ struct vm {
 	int kvm_fd;
 	int vm_fd;
 	size_t run_size;
-	struct memslot slots[2];
+	struct memslot slots[3];
 	int nr_slots;
 	struct vcpu vcpus[NR_VCPUS];
 	const struct paging_mode *paging;
@@ -294,6 +298,7 @@ static bool opt_verbose;
 static const char *opt_paging = "64";
 static const char *opt_backing = "anon";
 static bool opt_guest_2m;
+static long opt_prefault_mib;
 
 static volatile sig_atomic_t stop_signal;
 static struct timespec start_ts;
@@ -785,6 +790,60 @@ static void add_memslot(struct vm *vm, int slot, uint64_t gpa, uint64_t size, bo
 	     (unsigned long long)gpa, (unsigned long long)size, (void *)ms->hva, ms->backing);
 }
 
+#ifndef KVM_PRE_FAULT_MEMORY
+struct kvm_pre_fault_memory {
+	__u64 gpa;
+	__u64 size;
+	__u64 flags;
+	__u64 padding[5];
+};
+#define KVM_PRE_FAULT_MEMORY _IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)
+#endif
+
+/* Slot 2 (--prefault-mib): written from here so that every page is a real,
+ * distinct host page, then mapped into the TDP tables page by page. */
+static void add_prefault_slot(struct vm *vm)
+{
+	struct memslot *ms = &vm->slots[vm->nr_slots++];
+	struct kvm_userspace_memory_region r;
+	uint64_t size = (uint64_t)opt_prefault_mib * MIB;
+
+	memset(ms, 0, sizeof(*ms));
+	ms->slot = 2;
+	ms->gpa = SLOT2_GPA;
+	ms->size = size;
+	backing_anon_alloc(vm, ms, false);
+	ms->bench = true;
+	for (uint64_t off = 0; off < size; off += PAGE_SIZE)
+		*(volatile uint64_t *)(ms->hva + off) = SLOT2_GPA + off;
+
+	memset(&r, 0, sizeof(r));
+	r.slot = 2;
+	r.guest_phys_addr = SLOT2_GPA;
+	r.memory_size = size;
+	r.userspace_addr = (uintptr_t)ms->hva;
+	IOCTLP(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r);
+}
+
+static void prefault_slot(struct vm *vm)
+{
+	struct kvm_pre_fault_memory range;
+	uint64_t size = (uint64_t)opt_prefault_mib * MIB;
+
+	memset(&range, 0, sizeof(range));
+	range.gpa = SLOT2_GPA;
+	range.size = size;
+	while (range.size) {
+		/* the kernel advances gpa/size; EINTR/EAGAIN: call again */
+		if (ioctl(vm->vcpus[0].fd, KVM_PRE_FAULT_MEMORY, &range) < 0 &&
+		    errno != EINTR && errno != EAGAIN)
+			die("ioctl(KVM_PRE_FAULT_MEMORY) at gpa 0x%llx failed: %s",
+			    (unsigned long long)range.gpa, strerror(errno));
+		check_timeout("while pre-faulting slot 2");
+	}
+	vlog("slot 2: %ld MiB pre-faulted after %.2f s", opt_prefault_mib, elapsed());
+}
+
 static void open_kvm(struct vm *vm)
 {
 	int ver, mmap_size;
@@ -1190,6 +1249,9 @@ static void verify_pages(struct vm *vm)
 	for (int i = 0; i < vm->nr_slots; i++) {
 		struct memslot *ms = &vm->slots[i];
 		uint64_t np = ms->size / PAGE_SIZE;
+
+		if (ms->bench)
+			continue;
 		uint64_t *ents = malloc(np * sizeof(*ents));
 		uint64_t off = ((uint64_t)(uintptr_t)ms->hva >> PAGE_SHIFT) * 8;
 		ssize_t n;
@@ -1310,6 +1372,10 @@ static void usage(FILE *f)
 		"  --guest-2m           map the data pages with guest 2 MiB pages (64, pae)\n"
 		"  --backing KIND       guest memory backing: anon (default) or hugetlb1g\n"
 		"                       (slot 1 = 1 GiB MAP_HUGETLB|MAP_HUGE_1GB page)\n"
+		"  --prefault-mib N     add slot 2 (N MiB of 4K anon pages at GPA 4 GiB), write\n"
+		"                       every page, then map all of it into KVM's TDP tables\n"
+		"                       with KVM_PRE_FAULT_MEMORY (Linux 6.10+, TDP only): a\n"
+		"                       large table for benchmarks; not in host_runs\n"
 		"  -v, --verbose        progress messages on stderr\n"
 		"  -h, --help           this help\n"
 		"exit codes: 0 stopped after READY, 1 error, 2 usage, 3 timeout\n",
@@ -1327,6 +1393,7 @@ static void parse_args(int argc, char **argv)
 		{ "guest-paging", required_argument, NULL, 'g' },
 		{ "backing", required_argument, NULL, 'b' },
 		{ "guest-2m", no_argument, NULL, 'M' },
+		{ "prefault-mib", required_argument, NULL, 'P' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1364,6 +1431,16 @@ static void parse_args(int argc, char **argv)
 		case 'g': opt_paging = optarg; break;
 		case 'b': opt_backing = optarg; break;
 		case 'M': opt_guest_2m = true; break;
+		case 'P':
+			errno = 0;
+			opt_prefault_mib = strtol(optarg, &end, 0);
+			if (errno || *end || opt_prefault_mib < 2 || opt_prefault_mib % 2 ||
+			    opt_prefault_mib > 64 * 1024) {
+				fprintf(stderr, "l2vmm: bad --prefault-mib '%s' (an even number, "
+					"2..65536)\n", optarg);
+				exit(EXIT_USAGE);
+			}
+			break;
 		case 'v': opt_verbose = true; break;
 		case 'h': usage(stdout); exit(EXIT_OK);
 		default: usage(stderr); exit(EXIT_USAGE);
@@ -1437,6 +1514,8 @@ int main(int argc, char **argv)
 	open_kvm(&vm);
 	add_memslot(&vm, 0, SLOT0_GPA, SLOT0_SIZE, false);
 	add_memslot(&vm, 1, SLOT1_GPA, vm.backing->slot1_size, true);
+	if (opt_prefault_mib)
+		add_prefault_slot(&vm);
 	build_guest(&vm);
 
 	cpuid = get_supported_cpuid(&vm);
@@ -1473,6 +1552,8 @@ int main(int argc, char **argv)
 	vlog("guest done after %.2f s", elapsed());
 
 	verify_pages(&vm);
+	if (opt_prefault_mib)
+		prefault_slot(&vm);
 	write_truth(&vm);
 	printf("L2VMM READY pid=%d truth=%s\n", (int)getpid(), opt_truth);
 	fflush(stdout);

@@ -123,3 +123,37 @@ def test_annotation_text_names_the_role():
                            "access uwx, as 0, root_count 1, TDP MMU")
     assert sp_json(sp)["root_count"] == 1 and sp_json(None) is None
     assert "special root" in sp_text(None)
+
+
+class _Tty:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_only_on_a_terminal_and_never_with_json(monkeypatch):
+    from drgn_kvmwalk import cli
+
+    clock = iter(range(0, 100))
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    tty = _Tty(True)
+    p = cli.Progress(tty)
+    p.update(512, 0x200000, True)
+    p.update(512, 0x400000, True)
+    assert "1024 leaves so far, at GPA 0x400000" in tty.text
+    p.clear()
+    assert tty.text.endswith("\r\033[K")
+    for stream, enabled in ((_Tty(False), True), (_Tty(True), False)):
+        q = cli.Progress(stream, enabled=enabled)
+        q.update(512, 0, True)
+        q.update(512, 0, True)
+        q.clear()
+        assert stream.text == ""

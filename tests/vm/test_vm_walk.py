@@ -135,6 +135,12 @@ def test_annotate_names_the_shadow_pages(cell_result, view):
 
 
 @pytest.mark.parametrize("view", cell.VIEWS)
+def test_root_all_includes_the_current_root(cell_result, view):
+    problems = _whole_table_problems(cell_result, view, "--root all")
+    assert not problems, "\n".join(problems[:40])
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
 def test_stats_equal_kvm_counters(cell_result, view):
     """--stats: leaf SPTEs counted over all of each VM's tables equal KVM's own
     per-VM counters, and the large leaves the workloads make are among them."""

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Benchmark the whole-table views and one-address start-up on a real dump.
+
+    vm-test/bench.py [--suite trixie] [--mib 1024] [--runs 5] [--keep DIR]
+
+1. Boots the suite's kernel as L1 (TDP MMU on NPT, under TCG) with one L2 VM
+   from build/l2vmm --prefault-mib MIB: MIB of 4K host pages (THP off for
+   them), written by the VMM and mapped into KVM's tables with
+   KVM_PRE_FAULT_MEMORY (Linux 6.10+), i.e. MIB*256 4K leaf SPTEs.
+2. Takes an ELF dump of L1 over QMP and powers L1 off.
+3. On the dump, for each view (--stats, --map, --map --json, --dump,
+   --dump --json): one drgn process, ``--runs`` in-process runs of
+   ``cli.main(prog, argv)`` with the output thrown away
+   (vm-test/bench_inproc.py); leaves/s from the median run; peak RSS above
+   drgn's own once its symbols are loaded.
+4. Whole processes, median of ``--runs``: drgn's own start-up with the same
+   symbols (``drgn -c DUMP -s ... -e pass``), one ``--addr`` walk through
+   contrib/kvmwalk.py and through the ``kvmwalk`` console script, and each
+   view with its output to /dev/null.
+
+Prints a table and writes everything to DIR/bench.json (DIR defaults to
+build/bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+HERE = Path(__file__).resolve().parent
+TOP = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import cell  # noqa: E402
+import kernels  # noqa: E402
+from l1 import L1, agent_command  # noqa: E402
+
+VIEWS = ["stats", "map", "map-json", "dump", "dump-json"]
+VIEW_ARGS = {"stats": ["--stats"], "map": ["--vcpu", "0", "--map"],
+             "map-json": ["--vcpu", "0", "--map", "--json"],
+             "dump": ["--vcpu", "0", "--dump"],
+             "dump-json": ["--vcpu", "0", "--dump", "--json"]}
+
+
+def timed(cmd: List[str], runs: int) -> Dict[str, Any]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append(time.perf_counter() - t0)
+        if p.returncode:
+            raise RuntimeError(f"{shlex.join(cmd)}: exit {p.returncode}: {p.stderr[-2000:]}")
+    return {"cmd": shlex.join(cmd), "seconds": times, "median": statistics.median(times)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", default="trixie", choices=sorted(kernels.SUITES),
+                    help="L1 kernel (needs KVM_PRE_FAULT_MEMORY: trixie or sid)")
+    ap.add_argument("--mib", type=int, default=1024, help="guest memory pre-faulted at 4K")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--keep", type=Path, default=TOP / "build" / "bench",
+                    help="work directory (the dump is deleted at the end)")
+    args = ap.parse_args()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    kernel = kernels.fetch(args.suite, log=log)
+    spec = cell.MODES["tdp_mmu"]
+    work = args.keep.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    shared = work / "shared"
+    truth_file = shared / "truth.json"
+    l2vmm = TOP / "build" / "l2vmm"
+    workload = shlex.join([str(l2vmm), "--truth", str(truth_file), "--prefault-mib",
+                           str(args.mib), "--stop-file", str(shared / "release"),
+                           "--timeout", "3000", "-v"])
+    elf = work / "l1.elf"
+    t0 = time.monotonic()
+    with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=work,
+            memory="4G", log=log,
+            agent_cmd=agent_command([workload], {}, python=sys.executable,
+                                    ready_timeout=2400, timeout=3000)) as l1:
+        ready = l1.wait_ready(2700)
+        if not ready.get("ok"):
+            raise SystemExit(f"L1 failed: {ready.get('errors')}")
+        truth = json.loads(truth_file.read_text())
+        l1.dump_elf(elf)
+        l1.release(180)
+    log(f"[bench] dump ready after {time.monotonic() - t0:.0f} s")
+    pid = str(truth["pid"])
+    drgn = cell.drgn_bin()
+    syms = cell.symbol_args(kernel)
+    target = ["-c", str(elf)]
+    result: Dict[str, Any] = {"suite": args.suite, "release": kernel.release, "mib": args.mib,
+                              "runs": args.runs, "inproc": {}, "process": {}}
+    for view in VIEWS:
+        out = work / f"inproc-{view}.json"
+        subprocess.run([drgn, *target, *syms, str(HERE / "bench_inproc.py"), "--pid", pid,
+                        "--view", view, "--runs", str(args.runs), "--out", str(out)],
+                       check=True)
+        r = json.loads(out.read_text())
+        leaves = sum(r["stats"]["leaves"].values())
+        med = statistics.median(r["seconds"])
+        r.update(leaves=leaves, median=med, leaves_per_s=leaves / med,
+                 extra_peak_mib=(r["rss_kib_after"] - r["rss_kib_before"]) / 1024)
+        result["inproc"][view] = r
+    addr = hex(truth["pages"][0]["gpa"])
+    script = str(TOP / "contrib" / "kvmwalk.py")
+    kvmwalk = str(Path(sys.executable).parent / "kvmwalk")
+    sym_files = [a for a in syms if a not in ("-s", "--no-default-symbols")]
+    console_syms = [x for f in sym_files for x in ("-s", f)]
+    procs = {
+        "drgn start-up": [drgn, *target, *syms, "-e", "pass"],
+        "--addr (drgn script)": [drgn, *target, *syms, script, "--vm", pid, "--vcpu", "0",
+                                 "--addr", addr],
+        "--addr (kvmwalk)": [kvmwalk, *target, *console_syms, "--vm", pid, "--vcpu", "0",
+                             "--addr", addr],
+    }
+    for view in VIEWS:
+        procs[f"--{view} (kvmwalk)"] = [kvmwalk, *target, *console_syms, "--vm", pid,
+                                        *VIEW_ARGS[view]]
+    for name, cmd in procs.items():
+        result["process"][name] = timed(cmd, args.runs)
+    elf.unlink(missing_ok=True)
+    (work / "bench.json").write_text(json.dumps(result, indent=1))
+    base = result["process"]["drgn start-up"]["median"]
+    print(f"{args.suite} ({kernel.release}), {args.mib} MiB guest pre-faulted at 4K, "
+          f"median of {args.runs} runs")
+    print(f"{'in-process view':<14} {'leaves':>8} {'median s':>9} {'leaves/s':>12} "
+          f"{'peak MiB over drgn':>19}")
+    for view, r in result["inproc"].items():
+        print(f"{view:<14} {r['leaves']:>8} {r['median']:>9.4f} {r['leaves_per_s']:>12,.0f} "
+              f"{r['extra_peak_mib']:>19.1f}")
+    print(f"{'whole process':<24} {'median s':>9} {'x drgn start-up':>16}")
+    for name, r in result["process"].items():
+        print(f"{name:<24} {r['median']:>9.3f} {r['median'] / base:>16.2f}")
+    print(f"details: {work / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
