@@ -42,6 +42,7 @@ __all__ = [
     "mmu_root",
     "select_roots",
     "shadow_page",
+    "shadow_page_list",
     "spte_format",
     "vcpu_mmu",
     "vm_summary",
@@ -475,18 +476,30 @@ def select_roots(vcpu: Object, which: str) -> List[LabelledRoot]:
     return roots
 
 
+def shadow_page_list(kvm: Object, name: str) -> List[Object]:
+    """The ``struct kvm_mmu_page``s on ``kvm->arch.<name>`` (``tdp_mmu_roots``
+    or ``active_mmu_pages``), linked by ``sp->link``.
+
+    A VM without the TDP MMU never initialises ``tdp_mmu_roots``
+    (``kvm_mmu_init_tdp_mmu()`` returns early), so a zeroed list head means
+    an empty list; so does a 32-bit host, which has no such member.
+
+    :param kvm: ``struct kvm *``
+    """
+    try:
+        head = kvm.arch.member_(name)
+    except LookupError:
+        return []
+    if not head.next.value_():
+        return []
+    return list(list_for_each_entry("struct kvm_mmu_page", head.address_of_(), "link"))
+
+
 def _vm_root_pages(prog: Program, kvm: Object) -> List[Tuple[int, ShadowPage]]:
     """Top-level pages of the VM: TDP MMU roots, and legacy shadow pages with
     a root count."""
-    pages: List[Object] = []
-    try:
-        pages += list(list_for_each_entry("struct kvm_mmu_page",
-                                          kvm.arch.tdp_mmu_roots.address_of_(), "link"))
-    except AttributeError:
-        pass
-    pages += [sp for sp in list_for_each_entry("struct kvm_mmu_page",
-                                               kvm.arch.active_mmu_pages.address_of_(), "link")
-              if int(sp.root_count)]
+    pages = shadow_page_list(kvm, "tdp_mmu_roots")
+    pages += [sp for sp in shadow_page_list(kvm, "active_mmu_pages") if int(sp.root_count)]
     out = []
     for page in pages:
         hpa = int(virt_to_phys(prog, page.spt))

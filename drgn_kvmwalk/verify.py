@@ -14,15 +14,14 @@ per-VM counters KVM keeps (``kvm->stat.pages_4k/2m/1g``, arch/x86/kvm/mmu.h
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from drgn import FaultError, Object, Program
-from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import virt_to_phys
 
 from .kvm import Vm
 from .leaves import LeafRun, count_table_leaves, iter_leaves
-from .mmu import DrgnPhysMem, spte_format
+from .mmu import DrgnPhysMem, shadow_page_list, spte_format
 from .walk import PhysMemError, Root
 
 __all__ = ["LEVEL_KEYS", "VmStats", "kvm_page_counters", "vm_stats"]
@@ -78,11 +77,6 @@ def _differences(leaves: Dict[str, int], counters: Dict[str, int]) -> List[str]:
             if counters[name] != leaves[key]]
 
 
-def _sp_list(kvm: Object, member: str) -> Iterator[Object]:
-    head = kvm.arch.member_(member)
-    return list_for_each_entry("struct kvm_mmu_page", head.address_of_(), "link")
-
-
 def vm_stats(prog: Program, vm: Vm) -> VmStats:
     """Count the leaves of every live table of ``vm`` and read KVM's counters.
 
@@ -93,11 +87,7 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
     counts = {1: 0, 2: 0, 3: 0}
     roots = tables = 0
     unreadable: List[Tuple[int, str]] = []
-    try:
-        tdp_roots: List[Object] = list(_sp_list(vm.kvm, "tdp_mmu_roots"))
-    except AttributeError:  # a 32-bit host has no TDP MMU
-        tdp_roots = []
-    for sp in tdp_roots:
+    for sp in shadow_page_list(vm.kvm, "tdp_mmu_roots"):
         level = int(sp.role.level)
         hpa = int(virt_to_phys(prog, sp.spt))
         roots += 1
@@ -106,7 +96,7 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
                 counts[run.level] += len(run.indexes)
             else:
                 unreadable.append((run.table, run.error))
-    for sp in _sp_list(vm.kvm, "active_mmu_pages"):
+    for sp in shadow_page_list(vm.kvm, "active_mmu_pages"):
         level = int(sp.role.level)
         if int(sp.root_count):
             roots += 1
