@@ -81,7 +81,8 @@ def walk_text(w: Walk, sps: Optional[Dict[int, Optional[ShadowPage]]] = None) ->
     for s in w.steps:
         lines.append(_step_line(s))
         if sps is not None and not s.pae_root:
-            lines.append("           in " + sp_text(sps.get(s.table)))
+            sp = sps.get(s.table)
+            lines.append("           in " + sp_text(sp) + _level_note(sp, s.level))
     if w.hpa is not None:
         lines.append(f"  => HPA {w.hpa:#x} ({page_size_name(w.page_size)} page)")
     else:
@@ -333,9 +334,11 @@ def list_text(vms: Sequence[VmSummary]) -> List[str]:
 
 def stats_json(st: VmStats) -> Dict[str, Any]:
     """``{"vm", "roots", "tables", "leaves": {"4K", "2M", "1G"}, "kvm": {...},
-    "match", "differences", "unreadable"}``."""
+    "match", "differences", "by_mmu": {"tdp_mmu", "legacy"}, "notes",
+    "unreadable"}``."""
     return {"vm": st.pid, "roots": st.roots, "tables": st.tables, "leaves": st.leaves,
             "kvm": st.kvm, "match": not st.differences, "differences": st.differences,
+            "by_mmu": st.by_mmu, "notes": st.notes,
             "unreadable": [{"table": t, "error": e} for t, e in st.unreadable]}
 
 
@@ -346,6 +349,8 @@ def stats_text(st: VmStats) -> str:
                else "DIFFERENT: " + ", ".join(st.differences))
     text = (f"VM pid {st.pid}: {st.roots} roots; leaf SPTEs {leaves}; "
             f"KVM counts {kvm}: {verdict}")
+    for note in st.notes:
+        text += f"\n  note: {note}"
     for table, error in st.unreadable:
         text += f"\n  table page {table:#x} not accessible ({error}): its leaves are not counted"
     return text
@@ -360,6 +365,18 @@ def sp_json(sp: Optional[ShadowPage]) -> Optional[Dict[str, Any]]:
             "access": sp.access, "as_id": sp.as_id, "guest_mode": sp.guest_mode,
             "invalid": sp.invalid, "quadrant": sp.quadrant, "gfn": sp.gfn,
             "root_count": sp.root_count, "tdp_mmu": sp.tdp_mmu}
+
+
+def _level_note(sp: Optional[ShadowPage], level: int) -> str:
+    if sp is None or sp.level == level:
+        return ""
+    if sp.tdp_mmu and sp.level == level + 1:
+        # Before Linux kernel commit f1b832550832 ("KVM: x86/mmu: Fix TDP MMU
+        # page table level") (in v5.14) a TDP MMU child page got its parent's
+        # level; the root's was right.
+        return (f" (role.level is its parent's: the TDP MMU set it so before Linux "
+                f"commit f1b832550832, v5.14)")
+    return f" (role.level {sp.level} is not this table's level {level})"
 
 
 def _access(access: int) -> str:

@@ -99,7 +99,7 @@ def test_map_covers_exactly_the_dump(pages):
 
 def test_stats_rendering_flags_differences():
     from drgn_kvmwalk.render import stats_json, stats_text
-    from drgn_kvmwalk.verify import VmStats, _differences
+    from drgn_kvmwalk.verify import VmStats, _differences, _notes
 
     leaves = {"4K": 10, "2M": 2, "1G": 1}
     assert _differences(leaves, {"pages_4k": 10, "pages_2m": 2, "pages_1g": 1}) == []
@@ -107,11 +107,16 @@ def test_stats_rendering_flags_differences():
         "pages_4k", "pages_1g"]
     assert _differences(leaves, {"lpages": 3}) == []
     assert _differences(leaves, {"lpages": 2}) == ["lpages"]
-    st = VmStats(42, 1, 3, leaves, {"lpages": 2}, ["lpages"], [(0x5000, "gone")])
+    by_mmu = {"tdp_mmu": {"4K": 10, "2M": 2, "1G": 0}, "legacy": {"4K": 0, "2M": 0, "1G": 1}}
+    notes = _notes(by_mmu, {"lpages": 1}, ["lpages"])
+    assert len(notes) == 1 and "1699f65c8b65" in notes[0]
+    assert _notes(by_mmu, {"lpages": 2}, ["lpages"]) == []  # not that explanation
+    st = VmStats(42, 1, 3, leaves, {"lpages": 2}, ["lpages"], [(0x5000, "gone")], by_mmu, notes)
     js = stats_json(st)
     assert js["match"] is False and js["vm"] == 42 and js["leaves"] == leaves
     text = stats_text(st)
     assert "DIFFERENT: lpages" in text and "0x5000 not accessible" in text
+    assert "note: lpages counts only" in text
 
 
 def test_annotation_text_names_the_role():
