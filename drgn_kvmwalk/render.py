@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from .spte import SpteFormat, decode_spte, describe_flags, level_size
+from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
 
 if TYPE_CHECKING:
@@ -201,25 +201,31 @@ class MapRange(NamedTuple):
 
 def map_segments(run: LeafRun, fmt: SpteFormat, flags: FlagCache) -> List[MapRange]:
     """Split ``run`` where the next leaf does not continue the range: not the
-    next entry, not the next host page, or other SPTE attribute bits."""
+    next entry, or not the next host page with the same SPTE attribute bits.
+
+    Both tests are one comparison each: leaf ``i`` continues leaf ``i-1``'s
+    host page and attributes exactly when ``spte - index * size`` is the same
+    for both (the address field only ever grows by ``size``).
+    """
     import numpy as np  # already loaded by leaves.py, which made ``run``
 
-    n = len(run.indexes)
-    size = level_size(run.level)
-    hpas = run.hpas(fmt)
-    attrs = run.sptes & np.uint64(flags.attr_mask)
+    idx = run.indexes
+    shift = level_shift(run.level)
+    n = len(idx)
     if n > 1:
-        brk = ((np.diff(run.indexes) != 1) | (np.diff(hpas) != np.uint64(size))
-               | (attrs[1:] != attrs[:-1]))
-        starts = np.concatenate(([0], np.flatnonzero(brk) + 1))
+        key = run.sptes - (idx.astype(np.uint64) << np.uint64(shift))
+        brk = (key[1:] != key[:-1]) | ((idx[1:] - idx[:-1]) != 1)
+        cut = np.flatnonzero(brk)
+        starts = [0, *(cut + 1).tolist()]
     else:
-        starts = np.zeros(1, dtype=np.int64)
-    ends = np.append(starts[1:], n)
-    addrs = run.addrs()
-    return [MapRange(a, a + (e - s) * size, h, run.level, v, run.table)
-            for a, h, v, s, e in zip(addrs[starts].tolist(), hpas[starts].tolist(),
-                                     run.sptes[starts].tolist(), starts.tolist(),
-                                     ends.tolist())]
+        starts = [0]
+    ends = starts[1:] + [n]
+    first_idx = idx[starts].tolist()
+    first_spte = run.sptes[starts].tolist()
+    mask = fmt.base_addr_mask & ~((1 << shift) - 1)
+    return [MapRange(run.base + (i << shift), run.base + ((i + e - st) << shift), v & mask,
+                     run.level, v, run.table)
+            for i, v, st, e in zip(first_idx, first_spte, starts, ends)]
 
 
 class RangeMerger:
