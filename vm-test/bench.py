@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--suite", default="trixie", choices=sorted(kernels.SUITES),
                     help="L1 kernel (needs KVM_PRE_FAULT_MEMORY: trixie or sid)")
     ap.add_argument("--mib", type=int, default=1024, help="guest memory pre-faulted at 4K")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--keep", type=Path, default=TOP / "build" / "bench",
                     help="work directory (the dump is deleted at the end)")
     args = ap.parse_args()

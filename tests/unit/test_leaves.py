@@ -179,3 +179,26 @@ def test_matches_a_plain_reading(level, maps, junk, window):
     start, length = window
     part, _ = flatten(iter_leaves(mem, X86, root, start, start + length), X86)
     assert part == [x for x in full if x[0] < start + length and x[0] + level_size(x[1]) > start]
+
+
+def test_page_tables_under_one_pd_are_batched_like_one_by_one():
+    """Many page tables under one page directory (the batched path), one of
+    them unreadable, a 2M leaf between them, and ranges that cut the first
+    and last: the same leaves as the plain reading, in address order."""
+    mem, t, root = npt(4)
+    for i in range(0, 40):
+        if i == 7:
+            t.map(i << 21, 0x4000_0000, level=2)
+            continue
+        for j in range(0, 512, 37 + i):
+            t.map((i << 21) | (j << 12), 0x1_0000_0000 + (i << 21) + (j << 12))
+    bad = t.table_for(9 << 21, 1)
+    full = reference(mem, X86, t.root, 4)
+    del mem.pages[bad]
+    expect = [x for x in full if not (9 << 21) <= x[0] < (10 << 21)]
+    leaves, holes = flatten(iter_leaves(mem, X86, root), X86)
+    assert leaves == expect
+    assert [(h.level, h.table, h.base) for h in holes] == [(1, bad, 9 << 21)]
+    lo, hi = (3 << 21) + 0x5000, (30 << 21) + 0x3000
+    part, _ = flatten(iter_leaves(mem, X86, root, lo, hi), X86)
+    assert part == [x for x in expect if x[0] < hi and x[0] + level_size(x[1]) > lo]
