@@ -156,15 +156,33 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         return [str(HERE / "walk_first"), str(first), kind, drgn, *target, *syms,
                 str(TOP / "contrib" / "kvmwalk.py")]
 
+    # The kvmwalk console script opens the target itself and loads only
+    # vmlinux and the kvm modules (here from the -s files).
+    console = str(Path(sys.executable).parent / "kvmwalk")
+    console_syms = [a for f in syms if f.startswith("/") for a in ("-s", f)]
+
+    def console_cmd(target: List[str]) -> List[str]:
+        return [str(HERE / "walk_first"), str(first), kind, console, *target, *console_syms]
+
+    def plugin_cmd(target: List[str]) -> List[str]:
+        # %kvmwalk through drgn's own command machinery (the drgn.plugins
+        # entry point registers it when drgn sets up the program).
+        page = json.loads(first.read_text())
+        command = (f"kvmwalk --vm {page['pid']} --vcpu 0 --addr "
+                   f"{hex(page['pages'][0][kind])}")
+        return [drgn, *target, *syms, "-e",
+                f"from drgn.commands import run_command; run_command(prog, {command!r})"]
+
     checks = {
         "live": shlex.join(views_cmd(["-k"], "live", shared / "live.json")),
         "live-one": shlex.join(one_walk_cmd(["-k"])),
+        "live-console": shlex.join(console_cmd(["-k"])),
     }
     result: Dict[str, Any] = {"suite": suite, "mode": mode, "release": kernel.release,
                               "addr_kind": kind,
                               "root_levels": {name: spec.expected_root_level(suite, name)
                                               for name in spec.workloads},
-                              "views": {}, "one_walk": {}}
+                              "views": {}, "one_walk": {}, "console": {}, "plugin": {}}
     t_cell = time.monotonic()
     with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir,
             memory=spec.memory, log=log, agent_cmd=agent_command(workloads, checks, python=sys.executable)) as l1:
@@ -175,7 +193,7 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
             raise RuntimeError(f"L2 workloads {missing} wrote no truth: {ready.get('errors')}; "
                                f"see {shared}/workload-*.err and {l1.console_log}")
         result["truth"] = {name: json.loads(path.read_text()) for name, path in truths.items()}
-        for name in ("live", "live-one"):
+        for name in ("live", "live-one", "live-console"):
             check = {c["name"]: c for c in ready.get("checks", [])}.get(name, {})
             out_file = shared / f"check-{name}.out"
             err_file = shared / f"check-{name}.err"
@@ -186,13 +204,17 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
                 live = shared / "live.json"
                 result["views"]["live"] = (json.loads(live.read_text()) if live.exists()
                                            else {"error": entry})
-            else:
+            elif name == "live-one":
                 result["one_walk"]["live"] = entry
+            else:
+                result["console"]["live"] = entry
         qmp = ["--qemu", str(l1.qmp_drgn)]
         r = _run(views_cmd(qmp, "qmp", workdir / "qmp.json"), 600)
         result["views"]["qmp"] = (json.loads((workdir / "qmp.json").read_text())
                                   if r["rc"] == 0 else {"error": r})
         result["one_walk"]["qmp"] = _run(one_walk_cmd(qmp), 600)
+        result["console"]["qmp"] = _run(console_cmd(qmp), 600)
+        result["plugin"]["qmp"] = _run(plugin_cmd(qmp), 600)
         result["errors"] = error_cases(drgn, qmp, syms, result["truth"], kind)
         elf = workdir / "l1.elf"
         result["dump_seconds"] = round(l1.dump_elf(elf), 3)
@@ -214,6 +236,8 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         r = _run(views_cmd(["-c", str(path)], view, out), 600)
         result["views"][view] = json.loads(out.read_text()) if r["rc"] == 0 else {"error": r}
         result["one_walk"][view] = _run(one_walk_cmd(["-c", str(path)]), 600)
+        result["console"][view] = _run(console_cmd(["-c", str(path)]), 600)
+        result["plugin"][view] = _run(plugin_cmd(["-c", str(path)]), 600)
     if not keep_dumps:
         for path in (elf, kdump):
             path.unlink(missing_ok=True)
@@ -550,6 +574,21 @@ def _check_map(result: Dict[str, Any], where: str, mp: Any, dump: Any, truth: Di
     return problems
 
 
+def check_entry_points(result: Dict[str, Any]) -> List[str]:
+    """The kvmwalk console script and %kvmwalk walked the first tagged page
+    to the pagemap HPA."""
+    page = next(iter(result["truth"].values()))["pages"][0]
+    want = f"=> HPA {page['pfn'] << 12 | (page[result['addr_kind']] & 0xFFF):#x} "
+    problems = []
+    for what in ("console", "plugin"):
+        for view, r in result.get(what, {}).items():
+            if r.get("rc") != 0 or want not in r.get("stdout", ""):
+                problems.append(f"{view} {what}: rc {r.get('rc')}, stdout "
+                                f"{r.get('stdout', '')[-300:]!r}, stderr "
+                                f"{r.get('stderr', '')[-300:]!r}")
+    return problems
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="Run one (kernel, MMU mode) cell of the VM tests.")
     ap.add_argument("suite", choices=sorted(kernels.SUITES), help="Debian suite of the L1 kernel")
@@ -560,7 +599,7 @@ def main() -> int:
     workdir = args.workdir or TOP / "build" / "vm" / f"{args.suite}-{args.mode}"
     result = run_cell(args.suite, args.mode, workdir.resolve(),
                       log=lambda m: print(m, file=sys.stderr), keep_dumps=args.keep_dumps)
-    problems = check_cell(result) + check_whole_tables(result)
+    problems = check_cell(result) + check_whole_tables(result) + check_entry_points(result)
     for view, w in result["one_walk"].items():
         print(f"--- {view}: one whole-process walk, {w.get('seconds')} s, rc {w.get('rc')}")
         print(w.get("stdout", "").rstrip())

@@ -184,6 +184,28 @@ def test_one_whole_process_walk(cell_result, view):
     assert int(m.group(1), 16) == want
 
 
+def _first_page_hpa(cell_result):
+    page = first_truth(cell_result)["pages"][0]
+    return page["pfn"] << 12 | (page[cell_result["addr_kind"]] & 0xFFF)
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
+def test_console_script(cell_result, view):
+    """kvmwalk -k | --qemu SOCK | -c DUMP -s vmlinux -s kvm.ko ...: the
+    console script opens the target itself."""
+    r = cell_result["console"][view]
+    assert r["rc"] == 0, r
+    assert f"=> HPA {_first_page_hpa(cell_result):#x} " in r["stdout"], r
+
+
+@pytest.mark.parametrize("view", ["qmp", "elf", "kdump"])
+def test_drgn_command(cell_result, view):
+    """%kvmwalk in drgn, registered by the drgn.plugins entry point."""
+    r = cell_result["plugin"][view]
+    assert r["rc"] == 0, r
+    assert f"=> HPA {_first_page_hpa(cell_result):#x} " in r["stdout"], r
+
+
 @pytest.mark.parametrize("case,message", [
     ("not_a_vm", r"^kvmwalk\.py: process 1 has no VM; VMs: pid \d+ \(2 vCPUs\)(, pid \d+ \(2 vCPUs\))*$"),
     ("no_such_vcpu", r"^kvmwalk\.py: the VM has no vCPU 7; its vCPUs: 0, 1$"),
