@@ -307,7 +307,8 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     fmt = spte_format(prog, vm.kvm)
     start, end = args.range if args.range else (0, None)
     # Every range is checked before anything is printed.
-    walks = [(lr, iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end)) for lr in roots]
+    walks = [(lr, iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end,
+                              segments=args.map and not args.annotate)) for lr in roots]
     flags = FlagCache(fmt)
     sps: Dict[int, Optional[ShadowPage]] = {}
     annotate: Optional[Dict[int, Optional[ShadowPage]]] = sps if args.annotate else None

@@ -12,6 +12,7 @@ Nothing here imports drgn.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -62,6 +63,10 @@ class LeafRun(NamedTuple):
     base: int   # the address entry 0 of the table translates (canonical)
     indexes: "np.ndarray[Any, Any]"
     sptes: "np.ndarray[Any, Any]"
+    # With iter_leaves(segments=True), for runs of page tables tested together:
+    # the run cut where a leaf does not continue the previous one's address,
+    # host page and attributes, as (first entry index, leaves, first SPTE).
+    segments: Optional[List[Tuple[int, int, int]]] = None
 
     def addrs(self) -> "np.ndarray[Any, Any]":
         """The address each leaf starts at (uint64)."""
@@ -118,7 +123,8 @@ def raw_addr(root: Root, addr: int) -> int:
 
 
 def iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, start: int = 0,
-                end: Optional[int] = None) -> Iterator[Union[LeafRun, Unreadable]]:
+                end: Optional[int] = None,
+                segments: bool = False) -> Iterator[Union[LeafRun, Unreadable]]:
     """Every leaf SPTE under ``root`` whose page overlaps ``[start, end)``, in
     address order, as :class:`LeafRun` chunks; a table page that cannot be
     read is reported as :class:`Unreadable` and the walk goes on.
@@ -130,11 +136,15 @@ def iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, start: int = 0,
     with :func:`check_addr`); ``end`` defaults to the end of what the root
     translates.
 
+    With ``segments``, runs of page tables that were tested together also
+    carry :attr:`LeafRun.segments` (for --map), computed for all of them at
+    once.
+
     :raises AddressError: the range is outside what the root translates
         (raised at once, before any table is read)
     """
     lo, hi = _raw_range(root, start, end)
-    return _iter_leaves(mem, fmt, root, lo, hi)
+    return _iter_leaves(mem, fmt, root, lo, hi, segments)
 
 
 def _raw_range(root: Root, start: int, end: Optional[int]) -> Tuple[int, int]:
@@ -153,11 +163,12 @@ def _raw_range(root: Root, start: int, end: Optional[int]) -> Tuple[int, int]:
     return lo, hi
 
 
-def _iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int,
-                 hi: int) -> Iterator[Union[LeafRun, Unreadable]]:
+def _iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int,
+                 segments: bool) -> Iterator[Union[LeafRun, Unreadable]]:
     level = root_start_level(root)
     if level != PT32E_ROOT_LEVEL:
-        yield from _leaves_in(mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi)
+        yield from _leaves_in(mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi,
+                              segments)
         return
     if root.pae_root_hpa is None:
         return
@@ -172,11 +183,12 @@ def _iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int,
         if base + (1 << 30) <= lo or base >= hi:
             continue
         if entry & PT_PRESENT_MASK and entry != (1 << 64) - 1 and table:
-            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi)
+            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi, segments)
 
 
 def _leaves_in(mem: PhysMem, fmt: SpteFormat, root: Root, table: int, level: int,
-               base: int, lo: int, hi: int) -> Iterator[Union[LeafRun, Unreadable]]:
+               base: int, lo: int, hi: int,
+               segments: bool) -> Iterator[Union[LeafRun, Unreadable]]:
     shift = level_shift(level)
     size = 1 << shift
     first = max(0, (lo - base) >> shift) if lo > base else 0
@@ -202,7 +214,8 @@ def _leaves_in(mem: PhysMem, fmt: SpteFormat, root: Root, table: int, level: int
     leaves = np.flatnonzero(leaf)
     # Page tables under a level-2 table are read and tested together: one
     # numpy pass for all of them instead of one per table page.
-    batch = _page_tables(mem, fmt, root, entries, children, base, lo, hi) if level == 2 else {}
+    batch = (_page_tables(mem, fmt, root, entries, children, base, lo, hi, segments)
+             if level == 2 else {})
     done = 0
     for child in children:
         # The leaves before this child come first, in address order.
@@ -217,15 +230,15 @@ def _leaves_in(mem: PhysMem, fmt: SpteFormat, root: Root, table: int, level: int
                 yield run
             continue
         yield from _leaves_in(mem, fmt, root, int(entries[child]) & fmt.base_addr_mask,
-                              level - 1, base + child * size, lo, hi)
+                              level - 1, base + child * size, lo, hi, segments)
     if leaves.size > done:
         index = leaves[done:]
         yield LeafRun(level, table, cbase, index, entries[index])
 
 
 def _page_tables(mem: PhysMem, fmt: SpteFormat, root: Root, entries: "np.ndarray[Any, Any]",
-                 children: List[int], base: int, lo: int,
-                 hi: int) -> Dict[int, LeafRun]:
+                 children: List[int], base: int, lo: int, hi: int,
+                 segments: bool) -> Dict[int, LeafRun]:
     """The leaves of the level-1 tables that ``children`` of a level-2 table
     point to, for those that lie wholly inside ``[lo, hi)`` and can be read:
     entry index -> its LeafRun (maybe empty).  The others are left to the
@@ -249,13 +262,36 @@ def _page_tables(mem: PhysMem, fmt: SpteFormat, root: Root, entries: "np.ndarray
     rows, cols = np.nonzero(leaf)
     sptes = pages[rows, cols]
     ends = np.cumsum(np.count_nonzero(leaf, axis=1)).tolist()
+    cuts = _segment_starts(kept, rows, cols, sptes, ends) if segments else None
     out = {}
     start = 0
     for (child, table), end in zip(kept, ends):
+        segs = None
+        if cuts is not None:
+            pos, first_idx, first_spte = cuts
+            a, b = bisect_left(pos, start), bisect_left(pos, end)
+            nxt = pos[a + 1:b] + [end]
+            segs = [(first_idx[k], nxt[k - a] - pos[k], first_spte[k]) for k in range(a, b)]
         out[child] = LeafRun(1, table, canonical(root, base + child * span), cols[start:end],
-                             sptes[start:end])
+                             sptes[start:end], segs)
         start = end
     return out
+
+
+def _segment_starts(kept: List[Tuple[int, int]], rows: "np.ndarray[Any, Any]",
+                    cols: "np.ndarray[Any, Any]", sptes: "np.ndarray[Any, Any]",
+                    ends: List[int]) -> Tuple[List[int], List[int], List[int]]:
+    """Where, in a batch of page tables' leaves (in address order), a leaf
+    does not continue the previous one: not the next 4K of address, or not
+    the next host page with the same attributes (``spte - address`` changes).
+    Every table's first leaf starts one too.  Positions, and the entry index
+    and SPTE of the leaf at each."""
+    page = (np.array([child for child, _ in kept], dtype=np.int64)[rows] << 9) + cols
+    key = sptes - (page.astype(_U64) << np.uint64(12))
+    brk = np.flatnonzero((key[1:] != key[:-1]) | ((page[1:] - page[:-1]) != 1)) + 1
+    pos = np.union1d(brk, np.array([0, *ends[:-1]], dtype=np.int64))
+    pos = pos[pos < len(cols)]
+    return pos.tolist(), cols[pos].tolist(), sptes[pos].tolist()
 
 
 def count_table_leaves(mem: PhysMem, fmt: SpteFormat, table: int, level: int) -> int:

@@ -207,10 +207,14 @@ def map_segments(run: LeafRun, fmt: SpteFormat, flags: FlagCache) -> List[MapRan
     host page and attributes exactly when ``spte - index * size`` is the same
     for both (the address field only ever grows by ``size``).
     """
+    shift = level_shift(run.level)
+    mask = fmt.base_addr_mask & ~((1 << shift) - 1)
+    if run.segments is not None:  # computed for a whole batch of tables
+        return [MapRange(run.base + (i << shift), run.base + ((i + n) << shift), v & mask,
+                         run.level, v, run.table) for i, n, v in run.segments]
     import numpy as np  # already loaded by leaves.py, which made ``run``
 
     idx = run.indexes
-    shift = level_shift(run.level)
     n = len(idx)
     if n > 1:
         key = run.sptes - (idx.astype(np.uint64) << np.uint64(shift))
@@ -222,7 +226,6 @@ def map_segments(run: LeafRun, fmt: SpteFormat, flags: FlagCache) -> List[MapRan
     ends = starts[1:] + [n]
     first_idx = idx[starts].tolist()
     first_spte = run.sptes[starts].tolist()
-    mask = fmt.base_addr_mask & ~((1 << shift) - 1)
     return [MapRange(run.base + (i << shift), run.base + ((i + e - st) << shift), v & mask,
                      run.level, v, run.table)
             for i, v, st, e in zip(first_idx, first_spte, starts, ends)]

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from drgn_kvmwalk.render import (
@@ -19,12 +20,12 @@ from .test_walk import X86, X86_LEAF, npt
 NX = 1 << 63
 
 
-def build(leaves):
+def build(leaves, segments=False):
     """Tables holding (addr, level, hpa, extra bits) leaves; the runs over them."""
     mem, t, root = npt(4)
     for addr, level, hpa, extra in leaves:
         t.map(addr, hpa, level=level, extra=extra)
-    return list(iter_leaves(mem, X86, root))
+    return list(iter_leaves(mem, X86, root, segments=segments))
 
 
 def ranges(runs, as_json=True):
@@ -57,33 +58,37 @@ def test_dump_json_lines_are_the_contract():
     assert text[1].split()[1] == "2M"
 
 
-def test_map_merges_contiguous_leaves_only():
+@pytest.mark.parametrize("segments", [False, True])
+def test_map_merges_contiguous_leaves_only(segments):
     leaves = [(0x1000 * i, 1, 0x10_0000 + 0x1000 * i, 0) for i in range(1, 5)]   # one range
     leaves += [(0x5000, 1, 0x20_0000, 0)]                                         # HPA jumps
     leaves += [(0x6000, 1, 0x20_1000, NX)]                                        # other flags
     leaves += [(0x8000, 1, 0x20_3000, NX)]                                        # address gap
     leaves += [(0x20_0000, 2, 0x40_0000, 0), (0x40_0000, 2, 0x60_0000, 0)]        # 2M x 2
-    got = [(r["start"], r["end"], r["hpa"], r["level"]) for r in ranges(build(leaves))]
+    got = [(r["start"], r["end"], r["hpa"], r["level"]) for r in ranges(build(leaves, segments))]
     assert got == [(0x1000, 0x5000, 0x10_1000, 1), (0x5000, 0x6000, 0x20_0000, 1),
                    (0x6000, 0x7000, 0x20_1000, 1), (0x8000, 0x9000, 0x20_3000, 1),
                    (0x20_0000, 0x60_0000, 0x40_0000, 2)]
 
 
-def test_map_joins_across_table_pages():
+@pytest.mark.parametrize("segments", [False, True])
+def test_map_joins_across_table_pages(segments):
     # 4K leaves at the end of one page table and the start of the next.
     leaves = [(0x1F_F000, 1, 0x30_0000, 0), (0x20_0000, 1, 0x30_1000, 0)]
-    assert [(r["start"], r["end"]) for r in ranges(build(leaves))] == [(0x1F_F000, 0x20_1000)]
+    runs = build(leaves, segments)
+    assert all((r.segments is not None) == segments for r in runs)
+    assert [(r["start"], r["end"]) for r in ranges(runs)] == [(0x1F_F000, 0x20_1000)]
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2047), st.integers(0, 7), st.booleans()),
-                max_size=60, unique_by=lambda x: x[0]))
-def test_map_covers_exactly_the_dump(pages):
+                max_size=60, unique_by=lambda x: x[0]), st.booleans())
+def test_map_covers_exactly_the_dump(pages, segments):
     """Random 4K leaves (some with contiguous HPAs, some with NX): the ranges
     are sorted, disjoint, and cover exactly the leaves, each range's leaves
     contiguous in HPA and with the range's flags."""
     runs = build([(i << 12, 1, (0x100000 + i + 7 * j) << 12, NX if nx else 0)
-                  for i, j, nx in pages])
+                  for i, j, nx in pages], segments)
     leaves, _ = flatten(runs, X86)
     nx = {i << 12: n for i, _, n in pages}
     covered = {}
