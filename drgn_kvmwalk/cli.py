@@ -332,11 +332,12 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                 continue
             progress.update(len(run.indexes), run.base, direct)
             if args.annotate and run.table not in sps:
-                sps[run.table] = shadow_page(prog, run.table)
                 # Ranges stop at table pages, so that each has one kvm_mmu_page.
                 done = merger.flush()
                 if done is not None:
                     emit(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
+                sps.clear()  # only the current table's: memory stays bounded
+                sps[run.table] = shadow_page(prog, run.table)
             if args.dump:
                 for line in dump_lines(run, fmt, flags, vm.pid, args.vcpu, args.json, annotate):
                     emit(line)

@@ -429,6 +429,8 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
                                              truth)
                 problems += _check_all_roots(result, f"{where} vcpu {vcpu}", r.get("all_roots"),
                                              r.get("walks") or [], truth)
+                problems += _check_map_annotated(result, f"{where} vcpu {vcpu}",
+                                                 r.get("map_annotated"), r.get("map"))
                 problems += _check_map(result, f"{where} vcpu {vcpu}", r.get("map"),
                                        r.get("dump"), truth, truth["pages"], kind)
     return problems
@@ -470,6 +472,35 @@ def _check_annotated(result: Dict[str, Any], where: str, ann: Any,
             if i == 0 and sp["root_count"] < 1:
                 problems.append(f"{at}: the root's kvm_mmu_page has root_count "
                                 f"{sp['root_count']}")
+    return problems
+
+
+def _check_map_annotated(result: Dict[str, Any], where: str, ann: Any,
+                         mp: Any) -> List[str]:
+    """--map --annotate: the same addresses as --map, each range with the
+    struct kvm_mmu_page of its table, of the range's level."""
+    if not ann or ann["rc"] != 0 or not mp:
+        return [f"{where} --map --annotate failed: {ann and ann['stderr']}"]
+
+    def covered(records: List[Dict[str, Any]]) -> List[List[int]]:
+        out: List[List[int]] = []
+        for r in records:
+            if out and out[-1][1] == r["start"]:
+                out[-1][1] = r["end"]
+            else:
+                out.append([r["start"], r["end"]])
+        return out
+
+    problems = []
+    if covered(ann["records"]) != covered(mp["records"]):
+        problems.append(f"{where} --map --annotate: covers other addresses than --map")
+    for r in ann["records"]:
+        sp = r.get("sp")
+        quirk = (sp is not None and result["suite"] == "bullseye" and sp["tdp_mmu"]
+                 and sp["level"] == r["level"] + 1)
+        if sp is None or (sp["level"] != r["level"] and not quirk):
+            problems.append(f"{where} --map --annotate: range {r['start']:#x}: sp {sp}")
+            break
     return problems
 
 

@@ -59,6 +59,9 @@ def run(prog, truth, view, addr_kind):
         for what in ("dump", "map"):
             result["vcpus"][str(vcpu)][what] = whole_table(
                 prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--" + what, "--json"])
+        result["vcpus"][str(vcpu)]["map_annotated"] = whole_table(
+            prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate",
+                   "--json"])
     return result
 
 

@@ -135,6 +135,12 @@ def test_annotate_names_the_shadow_pages(cell_result, view):
 
 
 @pytest.mark.parametrize("view", cell.VIEWS)
+def test_map_annotate_names_each_ranges_table(cell_result, view):
+    problems = _whole_table_problems(cell_result, view, "--map --annotate")
+    assert not problems, "\n".join(problems[:40])
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
 def test_root_all_includes_the_current_root(cell_result, view):
     problems = _whole_table_problems(cell_result, view, "--root all")
     assert not problems, "\n".join(problems[:40])
