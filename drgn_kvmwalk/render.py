@@ -261,6 +261,9 @@ def map_header(direct: bool) -> str:
             f"{'pages':>7}  flags")
 
 
+_SIZE_COLUMN = {level: f"{page_size_name(level_size(level)):>4}" for level in range(1, 6)}
+
+
 def map_line(r: MapRange, flags: FlagCache, vm_pid: int, vcpu_id: int, as_json: bool,
              sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> str:
     """Text columns, or JSON ``{"vm", "vcpu", "start", "end", "hpa", "level",
@@ -271,9 +274,9 @@ def map_line(r: MapRange, flags: FlagCache, vm_pid: int, vcpu_id: int, as_json: 
         sp = "" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(r.table)))}'
         return (f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "start": {r.start}, "end": {r.end}, '
                 f'"hpa": {r.hpa}, "level": {r.level}, "flags": {js}{sp}}}')
-    size = level_size(r.level)
-    line = (f"{r.start:#018x}  {r.end:#018x}  {r.hpa:#014x}  {page_size_name(size):>4}  "
-            f"{(r.end - r.start) // size:>7}  {text}")
+    shift = level_shift(r.level)
+    line = (f"{r.start:#018x}  {r.end:#018x}  {r.hpa:#014x}  {_SIZE_COLUMN[r.level]}  "
+            f"{(r.end - r.start) >> shift:>7}  {text}")
     return line if sps is None else table_line(r.table, sps) + "\n" + line
 
 
