@@ -87,10 +87,7 @@ def vm_pid(kvm: Object) -> int:
     pid = kvm.userspace_pid.value_()
     if pid:
         return int(pid)
-    try:
-        m = re.match(rb"kvm-(\d+)", kvm.stats_id.string_())
-    except AttributeError:
-        m = None
+    m = re.match(r"kvm-(\d+)", vm_stats_id(kvm) or "")
     if m:
         return int(m.group(1))
     mm = kvm.mm.value_()

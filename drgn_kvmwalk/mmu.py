@@ -380,7 +380,7 @@ def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
         role = sp.role
         try:
             tdp_mmu = bool(sp.tdp_mmu_page)
-        except AttributeError:
+        except AttributeError:  # kernels before the TDP MMU (v5.10) lack the field
             tdp_mmu = False
         return ShadowPage(private, int(role.level), bool(role.direct), int(role.access),
                           int(role.smm), bool(role.guest_mode), bool(role.invalid),
@@ -401,15 +401,11 @@ class LabelledRoot(NamedTuple):
     tdp_mmu: bool
 
 
-def _root_from_page(prog: Program, hpa: int, cpu_level: int,
-                    pae_root_hpa: Optional[int]) -> Optional[Root]:
-    """A root given only its HPA (a cached or another vCPU's root): its level
-    and directness come from its own struct kvm_mmu_page."""
-    sp = shadow_page(prog, hpa)
-    if sp is None:
-        return None
-    return Root(hpa, sp.level, sp.direct, cpu_level if not sp.direct else sp.level,
-                pae_root_hpa)
+def _root_of_page(hpa: int, sp: ShadowPage, cpu_level: int) -> Root:
+    """A root known only by its page (a cached or another vCPU's root): its
+    level and directness come from its own struct kvm_mmu_page; a shadow
+    root keeps the vCPU's guest paging level.  PAE roots are never such."""
+    return Root(hpa, sp.level, sp.direct, sp.level if sp.direct else cpu_level)
 
 
 def _prev_roots(prog: Program, mmu: Object, cur: Root) -> List[Tuple[str, Root]]:
@@ -421,9 +417,9 @@ def _prev_roots(prog: Program, mmu: Object, cur: Root) -> List[Tuple[str, Root]]
         hpa = _int(mmu.prev_roots[i].hpa)
         if hpa in (INVALID_PAGE, 0):
             continue
-        root = _root_from_page(prog, hpa, cur.cpu_level, None)
-        if root is not None:
-            out.append((f"prev[{i}]", root))
+        sp = shadow_page(prog, hpa)
+        if sp is not None:
+            out.append((f"prev[{i}]", _root_of_page(hpa, sp, cur.cpu_level)))
     return out
 
 
@@ -471,8 +467,7 @@ def select_roots(vcpu: Object, which: str) -> List[LabelledRoot]:
                              ", invalid" if sp.invalid else "",
                              ", guest mode" if sp.guest_mode else ""])
             roots.append(labelled(f"vm root {sp_hpa:#x}{extra}",
-                                  Root(sp_hpa, sp.level, sp.direct,
-                                       info.root.cpu_level if not sp.direct else sp.level)))
+                                  _root_of_page(sp_hpa, sp, info.root.cpu_level)))
     return roots
 
 

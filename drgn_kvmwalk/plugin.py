@@ -14,13 +14,9 @@ import sys
 from typing import Any, Dict, List, Sequence
 
 from drgn import Program
-from drgn.commands import DrgnCodeBuilder, ParsedCommand, custom_command, parse_shell_command
+from drgn.commands import DrgnCodeBuilder, custom_command, parse_shell_command
 
 __all__ = ["drgn_code", "drgn_prog_set", "register"]
-
-
-def _parse(source: str) -> ParsedCommand[Sequence[str]]:
-    return parse_shell_command(source)
 
 
 def drgn_code(prog: Program, args: argparse.Namespace) -> str:
@@ -116,7 +112,7 @@ def register() -> None:
         long_description="Walk KVM's own page tables for a vCPU of a VM, as KVM's "
                          "for_each_shadow_entry() does; or list the VMs, or dump or map every "
                          "leaf SPTE under a vCPU's root.  '%kvmwalk --help' shows every option.",
-        parse=_parse,
+        parse=parse_shell_command,
     )(_cmd_kvmwalk)
     _registered = True
 

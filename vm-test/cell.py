@@ -436,6 +436,17 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
     return problems
 
 
+def _sp_level_ok(result: Dict[str, Any], sp: Dict[str, Any], level: int, root: bool) -> bool:
+    """The kvm_mmu_page of a level-``level`` table has that level; except that
+    before Linux kernel commit f1b832550832 ("KVM: x86/mmu: Fix TDP MMU page
+    table level") (v5.14) a TDP MMU child page got its parent's level, which
+    Debian's 5.10 shows."""
+    if sp["level"] == level:
+        return True
+    return (result["suite"] == "bullseye" and sp["tdp_mmu"] and not root
+            and sp["level"] == level + 1)
+
+
 def _check_annotated(result: Dict[str, Any], where: str, ann: Any,
                      truth: Dict[str, Any]) -> List[str]:
     """--annotate: every table on the path has its struct kvm_mmu_page, of the
@@ -454,12 +465,7 @@ def _check_annotated(result: Dict[str, Any], where: str, ann: Any,
             if sp is None:
                 problems.append(f"{at}: no kvm_mmu_page")
                 continue
-            # Before Linux kernel commit f1b832550832 ("KVM: x86/mmu: Fix TDP
-            # MMU page table level") (v5.14) a TDP MMU child page's role.level
-            # was its parent's; Debian's 5.10 has that.
-            quirk = (result["suite"] == "bullseye" and sp["tdp_mmu"] and i > 0
-                     and sp["level"] == step["level"] + 1)
-            if (sp["level"] != step["level"] and not quirk) or sp["invalid"]:
+            if not _sp_level_ok(result, sp, step["level"], i == 0) or sp["invalid"]:
                 problems.append(f"{at}: kvm_mmu_page {sp}")
             if result["addr_kind"] == "gpa":
                 span = 9 * step["level"]
@@ -496,9 +502,7 @@ def _check_map_annotated(result: Dict[str, Any], where: str, ann: Any,
         problems.append(f"{where} --map --annotate: covers other addresses than --map")
     for r in ann["records"]:
         sp = r.get("sp")
-        quirk = (sp is not None and result["suite"] == "bullseye" and sp["tdp_mmu"]
-                 and sp["level"] == r["level"] + 1)
-        if sp is None or (sp["level"] != r["level"] and not quirk):
+        if sp is None or not _sp_level_ok(result, sp, r["level"], False):
             problems.append(f"{where} --map --annotate: range {r['start']:#x}: sp {sp}")
             break
     return problems

@@ -553,12 +553,18 @@ static uint64_t pg64_walk(struct vm *vm, uint64_t gva)
 	return table | (gva & (PAGE_SIZE - 1));
 }
 
-static void pg64_setup_sregs(struct vm *vm, struct kvm_sregs *s)
+/*
+ * Flat segments, paging on: long mode (L=1, EFER.LME|LMA) for "64", 32-bit
+ * protected mode (D/B=1, EFER 0) for "pae" and "32".  With CR0.PG and
+ * CR4.PAE but no LMA, KVM_SET_SREGS loads the PDPTEs from guest memory at
+ * CR3; the tables are already written by then.
+ */
+static void setup_flat_sregs(struct vm *vm, struct kvm_sregs *s, bool long_mode, uint64_t cr4)
 {
 	struct kvm_segment code = {
 		.base = 0, .limit = 0xffffffff, .selector = 0x8,
 		.type = 11, /* execute/read, accessed */
-		.present = 1, .dpl = 0, .db = 0, .s = 1, .l = 1, .g = 1,
+		.present = 1, .dpl = 0, .db = !long_mode, .s = 1, .l = long_mode, .g = 1,
 	};
 	struct kvm_segment data = {
 		.base = 0, .limit = 0xffffffff, .selector = 0x10,
@@ -567,7 +573,7 @@ static void pg64_setup_sregs(struct vm *vm, struct kvm_sregs *s)
 	};
 	struct kvm_segment tr = {
 		.base = 0, .limit = 0x67, .selector = 0x18,
-		.type = 11, /* busy 64-bit TSS */
+		.type = 11, /* busy TSS (32- or 64-bit) */
 		.present = 1, .dpl = 0, .db = 0, .s = 0, .l = 0, .g = 0,
 	};
 
@@ -579,8 +585,13 @@ static void pg64_setup_sregs(struct vm *vm, struct kvm_sregs *s)
 	s->ldt.present = 0;
 	s->cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
 	s->cr3 = vm->cr3;
-	s->cr4 = CR4_PAE;
-	s->efer = EFER_LME | EFER_LMA;
+	s->cr4 = cr4;
+	s->efer = long_mode ? EFER_LME | EFER_LMA : 0;
+}
+
+static void pg64_setup_sregs(struct vm *vm, struct kvm_sregs *s)
+{
+	setup_flat_sregs(vm, s, true, CR4_PAE);
 }
 
 /* ------------------------------------------------------------------ */
@@ -657,43 +668,9 @@ static uint64_t pgpae_walk(struct vm *vm, uint64_t gva)
 }
 
 /* flat 32-bit protected mode; paging bits in CR4 as given, EFER = 0 */
-static void setup_sregs32(struct vm *vm, struct kvm_sregs *s, uint64_t cr4)
-{
-	struct kvm_segment code = {
-		.base = 0, .limit = 0xffffffff, .selector = 0x8,
-		.type = 11, /* execute/read, accessed */
-		.present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
-	};
-	struct kvm_segment data = {
-		.base = 0, .limit = 0xffffffff, .selector = 0x10,
-		.type = 3, /* read/write, accessed */
-		.present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
-	};
-	struct kvm_segment tr = {
-		.base = 0, .limit = 0x67, .selector = 0x18,
-		.type = 11, /* busy 32-bit TSS */
-		.present = 1, .dpl = 0, .db = 0, .s = 0, .l = 0, .g = 0,
-	};
-
-	s->cs = code;
-	s->ds = s->es = s->fs = s->gs = s->ss = data;
-	s->tr = tr;
-	s->ldt.unusable = 1;
-	s->ldt.selector = 0;
-	s->ldt.present = 0;
-	s->cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
-	/*
-	 * With CR0.PG and CR4.PAE (and no LMA), KVM_SET_SREGS loads the PDPTEs
-	 * from guest memory at CR3; the tables are already written by then.
-	 */
-	s->cr3 = vm->cr3;
-	s->cr4 = cr4;
-	s->efer = 0;
-}
-
 static void pgpae_setup_sregs(struct vm *vm, struct kvm_sregs *s)
 {
-	setup_sregs32(vm, s, CR4_PAE);
+	setup_flat_sregs(vm, s, false, CR4_PAE);
 }
 
 /* ------------------------------------------------------------------ */
@@ -751,7 +728,7 @@ static uint64_t pg32_walk(struct vm *vm, uint64_t gva)
 
 static void pg32_setup_sregs(struct vm *vm, struct kvm_sregs *s)
 {
-	setup_sregs32(vm, s, 0); /* CR4.PSE = 0: 4K pages only */
+	setup_flat_sregs(vm, s, false, 0); /* CR4.PSE = 0: 4K pages only */
 }
 
 static const struct paging_mode paging_modes[] = {
