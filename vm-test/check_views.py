@@ -56,6 +56,8 @@ def run(prog, truth, view, addr_kind):
         result["vcpus"][str(vcpu)]["all_roots"] = whole_table(
             prog, argv[:5] + ["--root", "all", "--addr", hex(truth["pages"][0][addr_kind])])
         # The whole table under the vCPU's root, as leaves and as ranges.
+        # In this order: cell._check_map allows, live, only an Accessed bit that
+        # the host cleared after --dump and before --map.
         for what in ("dump", "map"):
             result["vcpus"][str(vcpu)][what] = whole_table(
                 prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--" + what, "--json"])
