@@ -83,9 +83,11 @@ MODES: Dict[str, Mode] = {
     # (4-level root); a 32-bit PAE guest and a 32-bit non-PAE guest, whose
     # shadow pages KVM enters through mmu->pae_root (3 levels); and a 64-bit
     # guest mapping its data with 2 MiB pages over THP-backed host memory,
-    # which KVM shadows with 2M leaves.
+    # which KVM shadows with 2M leaves.  The 64-bit guest starts on a copy of
+    # its top-level table and then loads the real one, so KVM keeps its first
+    # root in mmu->prev_roots (--root prev).
     "shadow": Mode(["kvm_amd.npt=0"], [], {
-        "base": Workload([]),
+        "base": Workload(["--switch-cr3"]),
         "pae": Workload(["--guest-paging", "pae"], root_level=3),
         "32": Workload(["--guest-paging", "32"], root_level=3),
         "2m": Workload(["--guest-2m", "--thp"]),
@@ -387,7 +389,8 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
     byte for byte, as the guest's tables (shadow paging) and the host's
     pagemap say, and every tagged page is in a range.  --dump: the same
     leaves as --map, each inside its range.  --stats: the leaves counted in
-    all of the VM's tables equal KVM's own counters.
+    all of the VM's tables equal KVM's own counters.  --root prev: a guest
+    that switched CR3 still translates through its first root.
     """
     problems: List[str] = []
     kind = result["addr_kind"]
@@ -429,6 +432,8 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
                                              truth)
                 problems += _check_all_roots(result, f"{where} vcpu {vcpu}", r.get("all_roots"),
                                              r.get("walks") or [], truth)
+                problems += _check_prev_root(f"{where} vcpu {vcpu}", r.get("prev_root"),
+                                             r.get("walks") or [], truth, kind)
                 problems += _check_map_annotated(result, f"{where} vcpu {vcpu}",
                                                  r.get("map_annotated"), r.get("map"))
                 problems += _check_map(result, f"{where} vcpu {vcpu}", r.get("map"),
@@ -524,6 +529,47 @@ def _check_all_roots(result: Dict[str, Any], where: str, ar: Any, walks: List[Di
     first = walks[0] if walks else None
     if cur and first and (cur[0]["root_hpa"], cur[0]["hpa"]) != (first["root_hpa"], first["hpa"]):
         problems.append(f"{where} --root all: the current root's walk differs from --addr's")
+    if _switched_cr3(truth) and not any(str(lb).startswith("prev[") for lb in labels):
+        problems.append(f"{where} --root all: no previous root, though the guest switched CR3")
+    return problems
+
+
+def _switched_cr3(truth: Dict[str, Any]) -> bool:
+    return bool(truth.get("first_cr3", truth["cr3"]) != truth["cr3"])
+
+
+def _check_prev_root(where: str, pr: Any, walks: List[Dict[str, Any]], truth: Dict[str, Any],
+                     kind: str) -> List[str]:
+    """--root prev --annotate, for a guest that started on a copy of its
+    top-level table and then loaded the real one (l2vmm --switch-cr3): KVM
+    kept the first root in mmu->prev_roots (fast_pgd_switch()).  It is the
+    one previous root, its kvm_mmu_page shadows the first CR3's table, it is
+    not the current root, and through it every tagged page still reaches the
+    pagemap HPA (the guest wrote every tag under both CR3s)."""
+    if not _switched_cr3(truth):
+        return []
+    if not pr or pr["rc"] != 0 or pr["stderr"]:
+        return [f"{where} --root prev failed: {pr and pr['stderr']}"]
+    recs = pr["records"]
+    labels = sorted({r.get("root") for r in recs})
+    if len(labels) != 1 or not str(labels[0]).startswith("prev["):
+        return [f"{where} --root prev: roots {labels}, expected the one the first CR3 had"]
+    problems = []
+    root_sp = recs[0]["steps"][0].get("sp") if recs and recs[0]["steps"] else None
+    if root_sp is None or root_sp["gfn"] != truth["first_cr3"] >> 12 or root_sp["direct"]:
+        problems.append(f"{where} --root prev: root kvm_mmu_page {root_sp}, expected one "
+                        f"shadowing gfn {truth['first_cr3'] >> 12:#x} (the first CR3)")
+    if walks and recs[0]["root_hpa"] == walks[0].get("root_hpa"):
+        problems.append(f"{where} --root prev: the previous root is the current one")
+    if len(recs) != len(truth["pages"]):
+        problems.append(f"{where} --root prev: {len(recs)} walks for {len(truth['pages'])} "
+                        f"addresses")
+    for rec, page in zip(recs, truth["pages"]):
+        want = page["pfn"] << 12 | (page[kind] & 0xFFF)
+        if rec["addr"] != page[kind] or rec["hpa"] != want:
+            problems.append(f"{where} --root prev: {rec['addr']:#x} -> HPA {rec['hpa']}, "
+                            f"pagemap says {want:#x}")
+            break
     return problems
 
 

@@ -55,6 +55,11 @@ def run(prog, truth, view, addr_kind):
         # Every root the vCPU can reach, for the first page.
         result["vcpus"][str(vcpu)]["all_roots"] = whole_table(
             prog, argv[:5] + ["--root", "all", "--addr", hex(truth["pages"][0][addr_kind])])
+        # A guest that switched CR3 (l2vmm --switch-cr3): under shadow
+        # paging its first root is in mmu->prev_roots.
+        if truth.get("first_cr3", truth["cr3"]) != truth["cr3"]:
+            result["vcpus"][str(vcpu)]["prev_root"] = whole_table(
+                prog, argv[:5] + ["--root", "prev", "--annotate"] + argv[5:])
         # The whole table under the vCPU's root, as leaves and as ranges.
         # In this order: cell._check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.

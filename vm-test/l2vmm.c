@@ -129,20 +129,35 @@
 /* ------------------------------------------------------------------ */
 /*
  * Loaded at CODE_GPA (identity mapped).  Inputs: RSI = GVA of the tag table
- * (array of {u64 gva; u64 tag;}), RCX = number of entries.
+ * (array of {u64 gva; u64 tag;}), RCX = number of entries, RDI = 0, or the
+ * CR3 to switch to after a first pass over the table (--switch-cr3): the
+ * guest then loads it and writes every tag again under the new CR3.
  *
- *  0: 48 85 c9        loop: test %rcx,%rcx
- *  3: 74 13                 jz   done            (-> 24)
- *  5: 48 8b 06              mov  (%rsi),%rax      ; gva
- *  8: 48 8b 56 08           mov  0x8(%rsi),%rdx   ; tag
+ *  0: 49 89 f0              mov  %rsi,%r8         ; keep the table
+ *  3: 49 89 c9              mov  %rcx,%r9
+ *  6: 48 85 c9        loop: test %rcx,%rcx
+ *  9: 74 13                 jz   check           (-> 0x1e)
+ *  b: 48 8b 06              mov  (%rsi),%rax      ; gva
+ *  e: 48 8b 56 08           mov  0x8(%rsi),%rdx   ; tag
  * 12: 48 89 10              mov  %rdx,(%rax)      ; *gva = tag
  * 15: 48 83 c6 10           add  $0x10,%rsi
  * 19: 48 ff c9              dec  %rcx
- * 22: eb e8                 jmp  loop            (-> 0)
- * 24: f4              done: hlt
- * 25: eb fd                 jmp  done            (-> 24)
+ * 1c: eb e8                 jmp  loop            (-> 6)
+ * 1e: 48 85 ff       check: test %rdi,%rdi
+ * 21: 74 0d                 jz   done            (-> 0x30)
+ * 23: 0f 22 df              mov  %rdi,%cr3
+ * 26: 31 ff                 xor  %edi,%edi
+ * 28: 4c 89 c6              mov  %r8,%rsi
+ * 2b: 4c 89 c9              mov  %r9,%rcx
+ * 2e: eb d6                 jmp  loop            (-> 6)
+ * 30: f4              done: hlt
+ * 31: eb fd                 jmp  done            (-> 0x30)
+ *
+ * (Assembled with GNU as --64 and read back with objdump -d.)
  */
 static const uint8_t guest_code[] = {
+	0x49, 0x89, 0xf0,
+	0x49, 0x89, 0xc9,
 	0x48, 0x85, 0xc9,
 	0x74, 0x13,
 	0x48, 0x8b, 0x06,
@@ -151,6 +166,13 @@ static const uint8_t guest_code[] = {
 	0x48, 0x83, 0xc6, 0x10,
 	0x48, 0xff, 0xc9,
 	0xeb, 0xe8,
+	0x48, 0x85, 0xff,
+	0x74, 0x0d,
+	0x0f, 0x22, 0xdf,
+	0x31, 0xff,
+	0x4c, 0x89, 0xc6,
+	0x4c, 0x89, 0xc9,
+	0xeb, 0xd6,
 	0xf4,
 	0xeb, 0xfd,
 };
@@ -276,7 +298,9 @@ struct vm {
 	struct vcpu vcpus[NR_VCPUS];
 	const struct paging_mode *paging;
 	const struct backing *backing;
-	uint64_t cr3;
+	uint64_t cr3;              /* the guest's page tables (its CR3 at the end) */
+	uint64_t first_cr3;        /* the CR3 it starts with: cr3, or with
+				      --switch-cr3 a copy of its top-level table */
 	uint64_t pt_next;          /* next free page in PT pool */
 	uint64_t pt_pages[256];
 	int nr_pt_pages;
@@ -299,6 +323,7 @@ static const char *opt_paging = "64";
 static const char *opt_backing = "anon";
 static bool opt_guest_2m;
 static long opt_prefault_mib;
+static bool opt_switch_cr3;
 
 static volatile sig_atomic_t stop_signal;
 static struct timespec start_ts;
@@ -584,7 +609,7 @@ static void setup_flat_sregs(struct vm *vm, struct kvm_sregs *s, bool long_mode,
 	s->ldt.selector = 0;
 	s->ldt.present = 0;
 	s->cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
-	s->cr3 = vm->cr3;
+	s->cr3 = vm->first_cr3;
 	s->cr4 = cr4;
 	s->efer = long_mode ? EFER_LME | EFER_LMA : 0;
 }
@@ -894,6 +919,7 @@ static void setup_vcpu(struct vm *vm, int id, struct kvm_cpuid2 *cpuid)
 	regs.rsp = STACK_GPA(id) + STACK_SIZE;
 	regs.rsi = vc->table_gva;
 	regs.rcx = vc->nr_entries;
+	regs.rdi = vm->first_cr3 != vm->cr3 ? vm->cr3 : 0; /* CR3 for the second pass */
 	regs.rflags = 0x2; /* IF=0 */
 	IOCTLP(vc->fd, KVM_SET_REGS, &regs);
 }
@@ -1028,8 +1054,19 @@ static void build_guest(struct vm *vm)
 			die("internal: guest page-table self-check failed for gva 0x%llx",
 			    (unsigned long long)tp->gva);
 	}
-	vlog("guest: cr3 0x%llx, %d page-table pages, %d tagged pages",
-	     (unsigned long long)vm->cr3, vm->nr_pt_pages, vm->nr_pages);
+	/*
+	 * --switch-cr3: start on a copy of the top-level table, then switch to
+	 * the original.  Under shadow paging KVM keeps the first root in
+	 * mmu->prev_roots (fast_pgd_switch()), where --root prev finds it.
+	 */
+	vm->first_cr3 = vm->cr3;
+	if (opt_switch_cr3) {
+		vm->first_cr3 = pt_alloc(vm);
+		memcpy(gpa_to_hva(vm, vm->first_cr3), gpa_to_hva(vm, vm->cr3), PAGE_SIZE);
+	}
+	vlog("guest: cr3 0x%llx (first 0x%llx), %d page-table pages, %d tagged pages",
+	     (unsigned long long)vm->cr3, (unsigned long long)vm->first_cr3, vm->nr_pt_pages,
+	     vm->nr_pages);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1295,7 +1332,8 @@ static void write_truth(struct vm *vm)
 			(unsigned long long)ms->size, (unsigned long long)(uintptr_t)ms->hva,
 			ms->flags, ms->backing, i + 1 < vm->nr_slots ? "," : "");
 	}
-	fprintf(f, " ],\n \"cr3\": %llu,\n \"guest_pt_pages\": [", (unsigned long long)vm->cr3);
+	fprintf(f, " ],\n \"cr3\": %llu,\n \"first_cr3\": %llu,\n \"guest_pt_pages\": [",
+		(unsigned long long)vm->cr3, (unsigned long long)vm->first_cr3);
 	for (int i = 0; i < vm->nr_pt_pages; i++)
 		fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)vm->pt_pages[i]);
 	fprintf(f, "],\n \"guest_maps\": [");
@@ -1349,6 +1387,8 @@ static void usage(FILE *f)
 		"  --guest-2m           map the data pages with guest 2 MiB pages (64, pae)\n"
 		"  --backing KIND       guest memory backing: anon (default) or hugetlb1g\n"
 		"                       (slot 1 = 1 GiB MAP_HUGETLB|MAP_HUGE_1GB page)\n"
+		"  --switch-cr3         (64 only) start on a copy of the top-level table, write\n"
+		"                       the tags, load the real CR3 and write them again\n"
 		"  --prefault-mib N     add slot 2 (N MiB of 4K anon pages at GPA 4 GiB), write\n"
 		"                       every page, then map all of it into KVM's TDP tables\n"
 		"                       with KVM_PRE_FAULT_MEMORY (Linux 6.10+, TDP only): a\n"
@@ -1371,6 +1411,7 @@ static void parse_args(int argc, char **argv)
 		{ "backing", required_argument, NULL, 'b' },
 		{ "guest-2m", no_argument, NULL, 'M' },
 		{ "prefault-mib", required_argument, NULL, 'P' },
+		{ "switch-cr3", no_argument, NULL, 'C' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1408,6 +1449,7 @@ static void parse_args(int argc, char **argv)
 		case 'g': opt_paging = optarg; break;
 		case 'b': opt_backing = optarg; break;
 		case 'M': opt_guest_2m = true; break;
+		case 'C': opt_switch_cr3 = true; break;
 		case 'P':
 			errno = 0;
 			opt_prefault_mib = strtol(optarg, &end, 0);
@@ -1462,6 +1504,10 @@ int main(int argc, char **argv)
 	if (opt_guest_2m && !vm.paging->map_2m) {
 		fprintf(stderr, "l2vmm: --guest-2m is not supported with --guest-paging %s "
 			"(its large pages are 4 MiB)\n", vm.paging->name);
+		exit(EXIT_USAGE);
+	}
+	if (opt_switch_cr3 && vm.paging->code != guest_code) {
+		fprintf(stderr, "l2vmm: --switch-cr3 needs --guest-paging 64\n");
 		exit(EXIT_USAGE);
 	}
 	for (i = 0; i < sizeof(backings) / sizeof(backings[0]); i++)
@@ -1526,6 +1572,14 @@ int main(int argc, char **argv)
 	}
 	for (int v = 0; v < NR_VCPUS; v++)
 		pthread_join(vm.vcpus[v].thread, NULL);
+	for (int v = 0; v < NR_VCPUS; v++) {
+		struct kvm_sregs sregs;
+
+		IOCTLP(vm.vcpus[v].fd, KVM_GET_SREGS, &sregs);
+		if (sregs.cr3 != vm.cr3)
+			die("vCPU %d halted with CR3 0x%llx, not 0x%llx", v,
+			    (unsigned long long)sregs.cr3, (unsigned long long)vm.cr3);
+	}
 	vlog("guest done after %.2f s", elapsed());
 
 	verify_pages(&vm);

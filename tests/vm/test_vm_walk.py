@@ -147,6 +147,23 @@ def test_root_all_includes_the_current_root(cell_result, view):
 
 
 @pytest.mark.parametrize("view", cell.VIEWS)
+def test_root_prev_is_the_first_cr3s_root(cell_result, view):
+    """--root prev: under shadow paging, the 64-bit guest started on a copy of
+    its top-level table and then loaded the real one; KVM kept the first root
+    in mmu->prev_roots, and every tagged page still translates through it."""
+    switched = [name for name, t in cell_result["truth"].items() if cell._switched_cr3(t)]
+    if cell_result["mode"] != "shadow":
+        pytest.skip("under TDP a guest's CR3 switch does not reach KVM's MMU: no previous "
+                    "roots to check")
+    assert switched, "no shadow-paging workload switched CR3"
+    for name in switched:
+        for vcpu in cell_result["truth"][name]["vcpus"]:
+            assert "prev_root" in cell_result["views"][view]["workloads"][name]["vcpus"][str(vcpu)]
+    problems = _whole_table_problems(cell_result, view, "--root prev")
+    assert not problems, "\n".join(problems[:40])
+
+
+@pytest.mark.parametrize("view", cell.VIEWS)
 def test_stats_equal_kvm_counters(cell_result, view):
     """--stats: leaf SPTEs counted over all of each VM's tables equal KVM's own
     per-VM counters, and the large leaves the workloads make are among them."""
