@@ -181,9 +181,52 @@ def dump_lines(run: LeafRun, fmt: SpteFormat, flags: FlagCache, vm_pid: int, vcp
                 for addr, sptep, spte, hpa in rows]
     size = page_size_name(level_size(level))
     lines = [] if sps is None else [table_line(run.table, sps)]
-    return lines + [f"{addr:#018x}  {size:>4}  {sptep:#014x}  {spte:#018x}  {hpa:#014x}  "
-                    f"{get(level, spte)[0]}"
+    fast = _dump_text_rows(run, fmt, flags, size)
+    if fast is not None:
+        return lines + fast
+    return lines + [dump_text_row(addr, size, sptep, spte, hpa, get(level, spte)[0])
                     for addr, sptep, spte, hpa in rows]
+
+
+def dump_text_row(addr: int, size: str, sptep: int, spte: int, hpa: int, flags: str) -> str:
+    """One text --dump line; :func:`_dump_text_rows` makes the same lines."""
+    return f"{addr:#018x}  {size:>4}  {sptep:#014x}  {spte:#018x}  {hpa:#014x}  {flags}"
+
+
+def _dump_text_rows(run: LeafRun, fmt: SpteFormat, flags: FlagCache,
+                    size: str) -> Optional[List[str]]:
+    """The text lines of ``run``, as :func:`dump_text_row` writes them, with
+    the hex columns of all leaves made at once: a character matrix whose
+    rows are the lines up to the flags.  None when a 12-digit column (SPTE
+    pointer, HPA) would need more digits: the caller formats those lines one
+    by one."""
+    import numpy as np  # already loaded by leaves.py, which made ``run``
+
+    spteps, hpas = run.spteps(), run.hpas(fmt)
+    if not len(hpas) or int(spteps.max()) >> 48 or int(hpas.max()) >> 48:
+        return None
+    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+    def hex_columns(values: "np.ndarray[Any, Any]", width: int) -> "np.ndarray[Any, Any]":
+        shifts = np.arange(4 * (width - 1), -1, -4, dtype=np.uint64)
+        nibbles = (values[:, None] >> shifts) & np.uint64(15)
+        return digits[nibbles.astype(np.intp)]
+
+    def text(t: str) -> "np.ndarray[Any, Any]":
+        return np.broadcast_to(np.frombuffer(t.encode(), dtype=np.uint8), (len(hpas), len(t)))
+
+    matrix = np.concatenate([
+        text("0x"), hex_columns(run.addrs(), 16), text(f"  {size:>4}  0x"),
+        hex_columns(spteps, 12), text("  0x"), hex_columns(run.sptes, 16), text("  0x"),
+        hex_columns(hpas, 12), text("  ")], axis=1)
+    width = matrix.shape[1]
+    block = matrix.tobytes().decode("ascii")
+    # Flags depend on the bits outside the page address: decode each once.
+    _, first, which = np.unique(run.sptes & np.uint64(flags.attr_mask), return_index=True,
+                                return_inverse=True)
+    names = [flags.get(run.level, spte)[0] for spte in run.sptes[first].tolist()]
+    return [block[i:i + width] + names[k]
+            for i, k in zip(range(0, len(block), width), which.ravel().tolist())]
 
 
 def table_line(table: int, sps: Dict[int, Optional[ShadowPage]]) -> str:

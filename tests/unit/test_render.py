@@ -9,10 +9,13 @@ from drgn_kvmwalk.render import (
     FlagCache,
     RangeMerger,
     dump_lines,
+    dump_text_row,
+    page_size_name,
     map_line,
     map_segments,
 )
 from drgn_kvmwalk.leaves import iter_leaves
+from drgn_kvmwalk.spte import x86_format
 
 from .test_leaves import flatten
 from .test_walk import X86, X86_LEAF, npt
@@ -167,3 +170,33 @@ def test_progress_only_on_a_terminal_and_never_with_json(monkeypatch):
         q.update(512, 0, True)
         q.clear()
         assert stream.text == ""
+
+
+X86_52 = x86_format(phys_bits=52)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 511), st.integers(1, 2),
+                          st.integers(0, (1 << 52) - 1), st.sampled_from([0, NX, 1 << 9, 1 << 10])),
+                min_size=1, max_size=40, unique_by=lambda x: x[0]),
+       st.booleans())
+def test_dump_text_block_equals_line_by_line(entries, big_hpas):
+    """The text --dump lines made as one character matrix are the lines
+    dump_text_row formats one at a time (HPAs of 13 digits take the
+    line-by-line path)."""
+    mem, t, root = npt(4)
+    for index, level, hpa, extra in entries:
+        size = 0x1000 if level == 1 else 0x20_0000
+        hpa &= ~(size - 1) & ((1 << (52 if big_hpas else 48)) - 1)
+        addr = index * 0x20_0000 if level == 2 else 0x4000_0000 + index * 0x1000
+        t.map(addr, hpa, level=level, extra=extra)
+    runs = list(iter_leaves(mem, X86_52, root))
+    flags = FlagCache(X86_52)
+    got = [line for r in runs for line in dump_lines(r, X86_52, flags, 7, 1, False)]
+    want = [dump_text_row(a, page_size_name(1 << (12 + 9 * (r.level - 1))), p, s, h,
+                          flags.get(r.level, s)[0])
+            for r in runs
+            for a, p, s, h in zip(r.addrs().tolist(), r.spteps().tolist(), r.sptes.tolist(),
+                                  r.hpas(X86_52).tolist())]
+    assert got == want
+    assert len(got) == len(entries)
