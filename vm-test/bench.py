@@ -61,6 +61,7 @@ def timed(cmd: List[str], runs: int) -> Dict[str, Any]:
 
 
 def main() -> int:
+    cell.use_project_venv()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", default="trixie", choices=sorted(kernels.SUITES),
                     help="L1 kernel (needs KVM_PRE_FAULT_MEMORY: trixie or sid)")

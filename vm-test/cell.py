@@ -689,7 +689,21 @@ def check_entry_points(result: Dict[str, Any]) -> List[str]:
     return problems
 
 
+def use_project_venv() -> None:
+    """Run this script again under the project's .venv Python (vm-test/setup
+    makes it, with drgn, virtme-ng and the tool) when another Python started
+    it: the cell runs drgn and the tool from the same environment, in L1 too."""
+    venv = TOP / ".venv"
+    if Path(sys.prefix).resolve() == venv.resolve():
+        return
+    python = venv / "bin" / "python"
+    if not python.exists():
+        sys.exit(f"{sys.argv[0]}: {venv} is missing: run vm-test/setup first")
+    os.execv(str(python), [str(python), *sys.argv])
+
+
 def main() -> int:
+    use_project_venv()
     ap = argparse.ArgumentParser(description="Run one (kernel, MMU mode) cell of the VM tests.")
     ap.add_argument("suite", choices=sorted(kernels.SUITES), help="Debian suite of the L1 kernel")
     ap.add_argument("mode", choices=sorted(MODES), help="KVM MMU mode in L1")
