@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
@@ -170,10 +171,9 @@ def dump_lines(run: LeafRun, fmt: SpteFormat, flags: FlagCache, vm_pid: int, vcp
     With ``sps`` (--annotate), JSON records get ``"sp"`` and the text a line
     naming the table's struct kvm_mmu_page before its leaves."""
     level = run.level
-    rows = zip(run.addrs().tolist(), run.spteps().tolist(), run.sptes.tolist(),
-               run.hpas(fmt).tolist())
     get = flags.get
     if as_json:
+        rows = _dump_rows(run, fmt)
         head = f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "addr": '
         tail = "}" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(run.table)))}}}'
         return [f'{head}{addr}, "level": {level}, "sptep": {sptep}, "spte": {spte}, '
@@ -185,7 +185,13 @@ def dump_lines(run: LeafRun, fmt: SpteFormat, flags: FlagCache, vm_pid: int, vcp
     if fast is not None:
         return lines + fast
     return lines + [dump_text_row(addr, size, sptep, spte, hpa, get(level, spte)[0])
-                    for addr, sptep, spte, hpa in rows]
+                    for addr, sptep, spte, hpa in _dump_rows(run, fmt)]
+
+
+def _dump_rows(run: LeafRun, fmt: SpteFormat) -> Iterator[Tuple[int, int, int, int]]:
+    """(address, SPTE pointer, SPTE, HPA) of each leaf of ``run``."""
+    return zip(run.addrs().tolist(), run.spteps().tolist(), run.sptes.tolist(),
+               run.hpas(fmt).tolist())
 
 
 def dump_text_row(addr: int, size: str, sptep: int, spte: int, hpa: int, flags: str) -> str:

@@ -107,6 +107,12 @@ def addr_kind(mode: str) -> str:
     return "gva" if mode == "shadow" else "gpa"
 
 
+def pagemap_hpa(page: Dict[str, Any], kind: str) -> int:
+    """The host physical address of a tagged page's ``kind`` address (gpa or
+    gva), from the PFN the VMM read in /proc/self/pagemap."""
+    return int(page["pfn"]) << 12 | (page[kind] & 0xFFF)
+
+
 def drgn_bin() -> str:
     cand = Path(sys.executable).parent / "drgn"
     return str(cand) if cand.exists() else "drgn"
@@ -346,7 +352,7 @@ def _check_page(result: Dict[str, Any], view: str, where: str, w: Any,
     if (first == "pae_root") != (want["root_level"] == 3):
         problems.append(f"{where}: first step is {first!r} under a "
                         f"{want['root_level']}-level root")
-    hpa = page["pfn"] << 12 | (page[kind] & 0xFFF)
+    hpa = pagemap_hpa(page, kind)
     if w["hpa"] != hpa:
         got = "unmapped (" + str(w["stop"]) + ")" if w["hpa"] is None else hex(w["hpa"])
         problems.append(f"{where}: HPA {got}, pagemap says {hpa:#x}")
@@ -535,7 +541,7 @@ def _check_all_roots(result: Dict[str, Any], where: str, ar: Any, walks: List[Di
 
 
 def _switched_cr3(truth: Dict[str, Any]) -> bool:
-    return bool(truth.get("first_cr3", truth["cr3"]) != truth["cr3"])
+    return bool(truth["first_cr3"] != truth["cr3"])
 
 
 def _check_prev_root(where: str, pr: Any, walks: List[Dict[str, Any]], truth: Dict[str, Any],
@@ -565,7 +571,7 @@ def _check_prev_root(where: str, pr: Any, walks: List[Dict[str, Any]], truth: Di
         problems.append(f"{where} --root prev: {len(recs)} walks for {len(truth['pages'])} "
                         f"addresses")
     for rec, page in zip(recs, truth["pages"]):
-        want = page["pfn"] << 12 | (page[kind] & 0xFFF)
+        want = pagemap_hpa(page, kind)
         if rec["addr"] != page[kind] or rec["hpa"] != want:
             problems.append(f"{where} --root prev: {rec['addr']:#x} -> HPA {rec['hpa']}, "
                             f"pagemap says {want:#x}")
@@ -654,7 +660,7 @@ def _check_map(result: Dict[str, Any], where: str, mp: Any, dump: Any, truth: Di
         r = ranges[i] if i >= 0 else None
         if r is None or not r["start"] <= page[kind] < r["end"]:
             problems.append(f"{where} --map: tagged {kind} {page[kind]:#x} in no range")
-        elif r["hpa"] + page[kind] - r["start"] != page["pfn"] << 12 | (page[kind] & 0xFFF):
+        elif r["hpa"] + page[kind] - r["start"] != pagemap_hpa(page, kind):
             problems.append(f"{where} --map: tagged {kind} {page[kind]:#x} to the wrong HPA")
     leaves = dump["records"]
     if len(leaves) != sum((r["end"] - r["start"]) >> (12 + 9 * (r["level"] - 1)) for r in ranges):
@@ -678,7 +684,7 @@ def check_entry_points(result: Dict[str, Any]) -> List[str]:
     """The kvmwalk console script and %kvmwalk walked the first tagged page
     to the pagemap HPA."""
     page = next(iter(result["truth"].values()))["pages"][0]
-    want = f"=> HPA {page['pfn'] << 12 | (page[result['addr_kind']] & 0xFFF):#x} "
+    want = f"=> HPA {pagemap_hpa(page, result['addr_kind']):#x} "
     problems = []
     for what in ("console", "plugin"):
         for view, r in result.get(what, {}).items():

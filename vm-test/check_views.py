@@ -57,7 +57,7 @@ def run(prog, truth, view, addr_kind):
             prog, argv[:5] + ["--root", "all", "--addr", hex(truth["pages"][0][addr_kind])])
         # A guest that switched CR3 (l2vmm --switch-cr3): under shadow
         # paging its first root is in mmu->prev_roots.
-        if truth.get("first_cr3", truth["cr3"]) != truth["cr3"]:
+        if truth["first_cr3"] != truth["cr3"]:
             result["vcpus"][str(vcpu)]["prev_root"] = whole_table(
                 prog, argv[:5] + ["--root", "prev", "--annotate"] + argv[5:])
         # The whole table under the vCPU's root, as leaves and as ranges.

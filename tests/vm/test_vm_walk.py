@@ -151,10 +151,10 @@ def test_root_prev_is_the_first_cr3s_root(cell_result, view):
     """--root prev: under shadow paging, the 64-bit guest started on a copy of
     its top-level table and then loaded the real one; KVM kept the first root
     in mmu->prev_roots, and every tagged page still translates through it."""
-    switched = [name for name, t in cell_result["truth"].items() if cell._switched_cr3(t)]
     if cell_result["mode"] != "shadow":
         pytest.skip("under TDP a guest's CR3 switch does not reach KVM's MMU: no previous "
                     "roots to check")
+    switched = [name for name, t in cell_result["truth"].items() if cell._switched_cr3(t)]
     assert switched, "no shadow-paging workload switched CR3"
     for name in switched:
         for vcpu in cell_result["truth"][name]["vcpus"]:
@@ -194,22 +194,19 @@ def test_map_and_dump_match_ground_truth(cell_result, view):
             assert len(r["map"]["records"]) <= len(r["dump"]["records"])
 
 
+def _first_page_hpa(cell_result):
+    return cell.pagemap_hpa(first_truth(cell_result)["pages"][0], cell_result["addr_kind"])
+
+
 @pytest.mark.parametrize("view", cell.VIEWS)
 def test_one_whole_process_walk(cell_result, view):
     """contrib/kvmwalk.py as a user runs it: text output, exit 0, right HPA."""
     w = cell_result["one_walk"][view]
     assert w["rc"] == 0, w
-    page = first_truth(cell_result)["pages"][0]
-    kind = cell_result["addr_kind"]
-    want = page["pfn"] << 12 | (page[kind] & 0xFFF)
+    want = _first_page_hpa(cell_result)
     m = re.search(r"=> HPA (0x[0-9a-f]+) \((\w+) page\)", w["stdout"])
     assert m, w["stdout"]
     assert int(m.group(1), 16) == want
-
-
-def _first_page_hpa(cell_result):
-    page = first_truth(cell_result)["pages"][0]
-    return page["pfn"] << 12 | (page[cell_result["addr_kind"]] & 0xFFF)
 
 
 @pytest.mark.parametrize("view", cell.VIEWS)
@@ -264,6 +261,5 @@ def test_vm_may_be_omitted_only_when_there_is_one(cell_result):
         assert sorted(int(p) for p in re.findall(r"pid (\d+)", m.group(2))) == pids
         return
     assert r["rc"] == 0, r
-    page = truths[0]["pages"][0]
-    want = page["pfn"] << 12 | (page[cell_result["addr_kind"]] & 0xFFF)
+    want = cell.pagemap_hpa(truths[0]["pages"][0], cell_result["addr_kind"])
     assert f"=> HPA {want:#x} (4K page)" in r["stdout"], r["stdout"]
