@@ -611,10 +611,11 @@ def _aged(dump_flags: List[str], map_flags: List[str]) -> bool:
     """The leaf's flags in --dump and in the --map that ran after it differ
     only by an Accessed bit that was set and is now clear.
 
-    On a live host the kernel keeps running while the tool reads: KVM's page
-    aging (kvm_age_gfn, reached through the MMU notifiers when the host ages
-    the VMM's memory) clears the Accessed bit of leaf SPTEs in place.  The
-    guest is halted, so nothing sets it again.  Seen on Debian's 7.2 in
+    On a live host the kernel keeps running while the tool reads, and the
+    Accessed bit of leaf SPTEs gets cleared in place: what KVM's page aging
+    does (kvm_age_gfn(), through the MMU notifiers; inferred from the bit,
+    the caller was not traced).  The guest is halted, so nothing sets it
+    again.  Seen on Debian's 7.2 in
     every MMU mode, between the live view and the dumps taken after it.
     """
     return "A" in dump_flags and "A" not in map_flags and \

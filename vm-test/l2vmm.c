@@ -692,7 +692,6 @@ static uint64_t pgpae_walk(struct vm *vm, uint64_t gva)
 	return (pte & PTE_ADDR_MASK) | (gva & (PAGE_SIZE - 1));
 }
 
-/* flat 32-bit protected mode; paging bits in CR4 as given, EFER = 0 */
 static void pgpae_setup_sregs(struct vm *vm, struct kvm_sregs *s)
 {
 	setup_flat_sregs(vm, s, false, CR4_PAE);
