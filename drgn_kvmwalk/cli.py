@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from typing import Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
@@ -246,8 +247,23 @@ def run(prog: Program, args: argparse.Namespace, *, prog_name: str = "kvmwalk",
     except (KvmWalkError, AddressError) as e:
         print(f"{prog_name}: {e}", file=err)
     except FaultError as e:
-        print(f"{prog_name}: cannot read the target's memory: {e}", file=err)
+        hint = ""
+        if "from kdump:" in str(e):
+            # libkdumpfile, drgn's reader of kdump-compressed dumps, refused.
+            hint = ("; the kvmwalk console script (kvmwalk -c DUMP) reads kdump-compressed "
+                    "dumps that libkdumpfile refuses with its own reader")
+        print(f"{prog_name}: cannot read the target's memory: {e}{hint}", file=err)
+    except AttributeError as e:
+        # drgn's word for a member this kernel's type lacks: a layout change
+        # that no probe covers yet.  Any other AttributeError is a bug here.
+        if not _NO_MEMBER.fullmatch(str(e)):
+            raise
+        print(f"{prog_name}: unknown kernel layout: {e}; this kvmwalk does not know "
+              "this kernel yet", file=err)
     return EXIT_USAGE
+
+
+_NO_MEMBER = re.compile(r"'(?:struct|union|class) [A-Za-z_]\w*' has no member '[A-Za-z_]\w*'")
 
 
 def _roots(prog: Program, args: argparse.Namespace) -> Tuple[Vm, List[LabelledRoot]]:

@@ -4,6 +4,8 @@ Every one of them means "exit status 2 and one line on stderr" to the command
 line; helpers raise them, :mod:`drgn_kvmwalk.cli` reports them.
 """
 
+from typing import Sequence
+
 __all__ = [
     "KvmWalkError",
     "MissingDebugInfo",
@@ -11,6 +13,7 @@ __all__ = [
     "NoRoot",
     "NoSuchVcpu",
     "NoSuchVm",
+    "UnknownLayout",
 ]
 
 
@@ -36,3 +39,19 @@ class NoSuchVcpu(KvmWalkError):
 
 class NoRoot(KvmWalkError):
     """The vCPU's MMU has no valid root (never run, or being reloaded)."""
+
+
+class UnknownLayout(KvmWalkError):
+    """A kernel structure has none of the layouts this tool knows.
+
+    :param struct: the C type, e.g. ``struct kvm_mmu``
+    :param members: the members looked for, newest layout first
+    """
+
+    def __init__(self, struct: str, members: Sequence[str], what: str = "") -> None:
+        self.struct = struct
+        self.members = tuple(members)
+        about = f" ({what})" if what else ""
+        super().__init__(f"unknown kernel layout: {struct} has none of the members "
+                         f"{', '.join(self.members)}{about}; this kvmwalk does not know "
+                         "this kernel yet")

@@ -8,13 +8,13 @@ a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, cast
 
-from drgn import FaultError, Object, Program
+from drgn import FaultError, Object, Program, Type
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
-from .errors import KvmWalkError, MissingDebugInfo, NoRoot
+from .errors import KvmWalkError, MissingDebugInfo, NoRoot, UnknownLayout
 from .kvm import Memslot, Vm, for_each_memslot, for_each_vcpu, kvm_debug_info_hint, vm_stats_id
 from .spte import (
     FROZEN_SPTE_VALUES,
@@ -96,31 +96,97 @@ def _int(obj: Object) -> int:
     return int(obj.value_())
 
 
+class _MmuLayout(NamedTuple):
+    """Where ``struct kvm_mmu`` keeps what the walk starts from: one member
+    path per value, each chosen by its own probe (see :func:`_mmu_layout`)."""
+
+    root_hpa: Tuple[str, ...]
+    root_level: Tuple[str, ...]
+    direct: Tuple[str, ...]
+    cpu_level: Tuple[str, ...]
+
+
+def _choose(struct: Type, what: str,
+            choices: Sequence[Tuple[str, Tuple[str, ...]]]) -> Tuple[str, ...]:
+    """The path of the first of ``choices`` (newest layout first) whose first
+    member ``struct`` has.
+
+    :raises UnknownLayout: it has none of them
+    """
+    for member, path in choices:
+        if struct.has_member(member):
+            return path
+    raise UnknownLayout(f"struct {struct.tag}", [m for m, _ in choices], what)
+
+
+def _mmu_layout(mmu: Object) -> _MmuLayout:
+    """Probe ``struct kvm_mmu`` once per program: each kernel change on its own,
+    so that a kernel with only some of them (a distribution backport) still
+    reads every value from where it is.
+
+    :param mmu: ``struct kvm_mmu *``
+    :raises UnknownLayout: a value is in none of the places known
+    """
+    prog = mmu.prog_
+    key = "drgn_kvmwalk.kvm_mmu_layout"
+    layout = prog.cache.get(key)
+    if layout is not None:
+        return cast(_MmuLayout, layout)
+    struct = mmu.type_.type.unqualified()
+    layout = _MmuLayout(
+        # Since Linux kernel commit b9e5603c2a3a ("KVM: x86: use struct
+        # kvm_mmu_root_info for mmu->root") (in v5.18), the root is
+        # mmu->root.hpa.
+        root_hpa=_choose(struct, "the root HPA", [
+            ("root", ("root", "hpa")),
+            ("root_hpa", ("root_hpa",))]),
+        # Since Linux kernel commit a972e29c1d6c ("KVM: x86/mmu: replace
+        # shadow_root_level with root_role.level") (in v5.19).  root_role
+        # came a few commits earlier in the same series, and while both
+        # existed they held the same level.
+        root_level=_choose(struct, "the root level", [
+            ("root_role", ("root_role", "level")),
+            ("shadow_root_level", ("shadow_root_level",))]),
+        # Since Linux kernel commit 347a0d0ded16 ("KVM: x86/mmu: replace
+        # direct_map with root_role.direct") (in v5.19).
+        direct=_choose(struct, "whether the root is direct", [
+            ("root_role", ("root_role", "direct")),
+            ("direct_map", ("direct_map",))]),
+        # The guest's paging level.  Since the series "KVM: apply chainsaw to
+        # struct kvm_mmu" (commits "KVM: x86/mmu: move CPU-related fields to
+        # struct kvm_pagewalk" and "KVM: x86/mmu: pull struct kvm_pagewalk out
+        # of struct kvm_mmu") (in v7.3; cited by title, their ids were
+        # rebased), it is mmu->w->cpu_role.  Since Linux kernel commit
+        # 4d25502aa12e ("KVM: x86/mmu: replace root_level with
+        # cpu_role.base.level") (in v5.19), mmu->cpu_role.
+        cpu_level=_choose(struct, "the guest's paging level", [
+            ("w", ("w", "cpu_role", "base", "level")),
+            ("cpu_role", ("cpu_role", "base", "level")),
+            ("root_level", ("root_level",))]),
+    )
+    prog.cache[key] = layout
+    return layout
+
+
+def _read_path(obj: Object, path: Tuple[str, ...]) -> int:
+    for name in path:
+        obj = obj.member_(name)
+    return int(obj.value_())
+
+
 def mmu_root(mmu: Object) -> Root:
     """The current root of ``mmu`` as ``shadow_walk_init_using_root()`` sees it.
 
     :param mmu: ``struct kvm_mmu *``
     :raises NoRoot: the MMU has no valid root
+    :raises UnknownLayout: ``struct kvm_mmu`` is laid out as no known kernel
     """
     prog = mmu.prog_
-    try:
-        # Since Linux kernel commits a972e29c1d6c ("KVM: x86/mmu: replace
-        # shadow_root_level with root_role.level"), 347a0d0ded16 ("KVM: x86/mmu:
-        # replace direct_map with root_role.direct") and 4d25502aa12e ("KVM:
-        # x86/mmu: replace root_level with cpu_role.base.level") (in v5.19).
-        level = _int(mmu.root_role.level)
-        direct = bool(_int(mmu.root_role.direct))
-        cpu_level = _int(mmu.cpu_role.base.level)
-    except AttributeError:
-        level = _int(mmu.shadow_root_level)
-        direct = bool(_int(mmu.direct_map))
-        cpu_level = _int(mmu.root_level)
-    try:
-        # Since Linux kernel commit b9e5603c2a3a ("KVM: x86: use struct
-        # kvm_mmu_root_info for mmu->root") (in v5.18).
-        hpa = _int(mmu.root.hpa)
-    except AttributeError:
-        hpa = _int(mmu.root_hpa)
+    layout = _mmu_layout(mmu)
+    hpa = _read_path(mmu, layout.root_hpa)
+    level = _read_path(mmu, layout.root_level)
+    direct = bool(_read_path(mmu, layout.direct))
+    cpu_level = _read_path(mmu, layout.cpu_level)
     if hpa == INVALID_PAGE or level == 0:
         raise NoRoot("the vCPU's MMU has no valid root (the vCPU has not run, or its "
                      "root is being reloaded)")
