@@ -16,11 +16,13 @@ import argparse
 import sys
 from typing import List, Optional, Sequence, TextIO
 
-from drgn import MainModule, MissingDebugInfoError, Program
+from drgn import FaultError, MainModule, MissingDebugInfoError, Program
 
 from .cli import EXIT_USAGE, UsageError, build_parser, parse_args, run
+from .kdump import KdumpError, KdumpFile, is_kdump, kdump_program
 
-__all__ = ["KVM_MODULES", "build_program", "console_parser", "load_kvm_debug_info", "main"]
+__all__ = ["KVM_MODULES", "build_program", "console_parser", "load_kvm_debug_info", "main",
+           "open_core"]
 
 KVM_MODULES = frozenset({"kvm", "kvm_amd", "kvm_intel"})
 
@@ -59,6 +61,39 @@ def load_kvm_debug_info(prog: Program, paths: Sequence[str]) -> None:
         prog.load_module_debug_info(*missing)
 
 
+def open_core(path: str) -> Program:
+    """A Program of the crash dump at ``path``: drgn's own reader, or for a
+    kdump-compressed dump that libkdumpfile cannot read (a kernel release
+    without a sublevel, such as Debian experimental's ``7.3-amd64``), this
+    package's :mod:`~drgn_kvmwalk.kdump` reader.
+
+    :raises OSError: the file cannot be opened
+    :raises ValueError: it is not a dump drgn or this package can read
+    """
+    prog = Program()
+    prog.set_core_dump(path)
+    if not is_kdump(path):
+        return prog
+    try:
+        dump = KdumpFile(path)
+    except KdumpError:
+        return prog  # libkdumpfile's word on it comes with the first read
+    pfn = dump.first_pfn()
+    dump.close()
+    if pfn is None:
+        return prog
+    try:
+        prog.read(pfn * dump.page_size, 1, True)
+        return prog
+    except FaultError as e:
+        refused = str(e)
+    try:
+        return kdump_program(path)
+    except KdumpError as e:
+        raise ValueError(f"libkdumpfile cannot read it ({refused}), nor can kvmwalk's own "
+                         f"reader ({e})") from None
+
+
 def build_program(args: argparse.Namespace) -> Program:
     """The target Program, with the debug info the walk needs.
 
@@ -67,7 +102,7 @@ def build_program(args: argparse.Namespace) -> Program:
     prog = Program()
     try:
         if args.core is not None:
-            prog.set_core_dump(args.core)
+            prog = open_core(args.core)
         elif args.qemu is not None:
             prog.set_qemu_qmp(args.qemu)
         else:
