@@ -23,6 +23,7 @@ import argparse
 import bisect
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -94,13 +95,14 @@ MODES: Dict[str, Mode] = {
     }, 4),
 }
 VIEWS = ["live", "qmp", "elf", "kdump"]
-# The kernels the tests cover (Debian suites; see kernels.py).
-SUITES = ["bullseye", "bookworm", "trixie", "sid"]
+# The kernels the tests cover (Debian suites; see kernels.py).  experimental
+# carries the newest kernel while it has one (see kernels.OPTIONAL).
+SUITES = ["bullseye", "bookworm", "trixie", "sid", "experimental"]
 # makedumpfile's page filter (-d 31 drops user, cache and free pages) reads
 # page flags whose layout changes between kernels; Debian bookworm's
 # makedumpfile 1.7.2 misjudges 6.12's and drops module notes that drgn needs,
 # so newer kernels get -d 1 (zero pages only, judged by content).
-DUMP_LEVEL = {"bullseye": 31, "bookworm": 31, "trixie": 1, "sid": 1}
+DUMP_LEVEL = {"bullseye": 31, "bookworm": 31, "trixie": 1, "sid": 1, "experimental": 1}
 
 
 def addr_kind(mode: str) -> str:
@@ -239,9 +241,19 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
     kdump = workdir / "l1.kdump"
     result["dump_level"] = DUMP_LEVEL.get(suite, 1)
     result["compress_seconds"] = round(compress_dump(elf, kdump, result["dump_level"]), 3)
+    result["libkdumpfile_reads"] = libkdumpfile_reads(kernel.release)
+    result["kdump_reader"] = compare_kdump_reader(elf, kdump, result["truth"])
     for view, path in (("elf", elf), ("kdump", kdump)):
         out = workdir / f"{view}.json"
-        r = _run(views_cmd(["-c", str(path)], view, out), 600)
+        if view == "kdump":
+            # Opened as the console script opens it: drgn's reader, or
+            # kvmwalk's own where libkdumpfile refuses the dump.
+            cmd = [sys.executable, str(HERE / "check_views.py"), "--core", str(path),
+                   *console_syms, *truth_args, "--out", str(out), "--view", view,
+                   "--addr-kind", kind]
+        else:
+            cmd = views_cmd(["-c", str(path)], view, out)
+        r = _run(cmd, 600)
         result["views"][view] = json.loads(out.read_text()) if r["rc"] == 0 else {"error": r}
         result["one_walk"][view] = _run(one_walk_cmd(["-c", str(path)]), 600)
         result["console"][view] = _run(console_cmd(["-c", str(path)]), 600)
@@ -252,6 +264,66 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
     result["seconds"] = round(time.monotonic() - t_cell, 1)
     (workdir / "cell.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def libkdumpfile_reads(release: str) -> bool:
+    """Whether libkdumpfile, drgn's reader of kdump-compressed dumps, reads a
+    dump of kernel ``release``: its linux_ver_revalidate() (0.5.x,
+    src/kdumpfile/util.c) wants VERSION.PATCHLEVEL.SUBLEVEL before it reads a
+    page, which Debian experimental's release candidates (7.3-amd64) lack."""
+    return re.match(r"\d+\.\d+\.\d", release) is not None
+
+
+# What contrib/kvmwalk.py and %kvmwalk say on a dump libkdumpfile refuses.
+KDUMP_REFUSED_HINT = ("kvmwalk -c DUMP) reads kdump-compressed dumps that libkdumpfile "
+                      "refuses")
+
+
+def compare_kdump_reader(elf: Path, kdump: Path, truths: Dict[str, Any],
+                         sample: int = 512) -> Dict[str, Any]:
+    """drgn_kvmwalk.kdump's pages of the kdump-compressed dump beside the same
+    pages of the ELF dump it was made from (read by drgn's own ELF reader):
+    every tagged page the dump holds, and ``sample`` more spread over it."""
+    import drgn
+
+    from drgn_kvmwalk.kdump import KdumpFile
+
+    dump = KdumpFile(str(kdump))
+    prog = drgn.Program()
+    prog.set_core_dump(str(elf))
+    held = [int(p) for p in dump.dumped.nonzero()[0]]
+    tagged = {int(p["pfn"]) for t in truths.values() for p in t["pages"]}
+    tagged = {p for p in tagged if p < len(dump.dumped) and dump.dumped[p]}
+    pfns = sorted(tagged | set(held[::max(1, len(held) // sample)]))
+    mismatches = []
+    for pfn in pfns:
+        try:
+            same = dump.page(pfn) == prog.read(pfn << 12, 4096, True)
+        except Exception as e:  # noqa: BLE001 (reported, not hidden)
+            mismatches.append(f"pfn {pfn:#x}: {e}")
+            continue
+        if not same:
+            mismatches.append(f"pfn {pfn:#x}: differs from the ELF dump")
+    dump.close()
+    return {"release": dump.release, "held": len(held), "compared": len(pfns),
+            "tagged": len(tagged), "mismatches": mismatches[:50]}
+
+
+def check_kdump_views(result: Dict[str, Any]) -> List[str]:
+    """kvmwalk's kdump reader gave the ELF dump's pages; where libkdumpfile
+    refuses the dump, contrib/kvmwalk.py under drgn -c said so in one line."""
+    r = result["kdump_reader"]
+    problems = [f"kdump reader: {m}" for m in r["mismatches"]]
+    if r["compared"] == 0 or (r["tagged"] == 0 and result.get("dump_level", 31) & 8 == 0):
+        problems.append(f"kdump reader: compared {r['compared']} pages ({r['tagged']} tagged)")
+    if not result["libkdumpfile_reads"]:
+        w = result["one_walk"]["kdump"]
+        lines = w.get("stderr", "").strip().splitlines()
+        if w.get("rc") != 2 or not lines or KDUMP_REFUSED_HINT not in lines[-1]:
+            problems.append(f"kdump one walk: libkdumpfile refuses {result['release']}, but "
+                            f"drgn -c contrib/kvmwalk.py did not say so: rc {w.get('rc')}, "
+                            f"{w.get('stderr', '')[-300:]!r}")
+    return problems
 
 
 def error_cases(drgn: str, target: List[str], syms: List[str],
@@ -689,6 +761,12 @@ def check_entry_points(result: Dict[str, Any]) -> List[str]:
     problems = []
     for what in ("console", "plugin"):
         for view, r in result.get(what, {}).items():
+            if what == "plugin" and view == "kdump" and not result["libkdumpfile_reads"]:
+                if KDUMP_REFUSED_HINT not in r.get("stderr", "") or want in r.get("stdout", ""):
+                    problems.append(f"kdump plugin: libkdumpfile refuses "
+                                    f"{result['release']}, but %kvmwalk did not say so: "
+                                    f"{r.get('stderr', '')[-300:]!r}")
+                continue
             if r.get("rc") != 0 or want not in r.get("stdout", ""):
                 problems.append(f"{view} {what}: rc {r.get('rc')}, stdout "
                                 f"{r.get('stdout', '')[-300:]!r}, stderr "
@@ -720,7 +798,8 @@ def main() -> int:
     workdir = args.workdir or TOP / "build" / "vm" / f"{args.suite}-{args.mode}"
     result = run_cell(args.suite, args.mode, workdir.resolve(),
                       log=lambda m: print(m, file=sys.stderr), keep_dumps=args.keep_dumps)
-    problems = check_cell(result) + check_whole_tables(result) + check_entry_points(result)
+    problems = (check_cell(result) + check_whole_tables(result) + check_entry_points(result)
+                + check_kdump_views(result))
     for view, w in result["one_walk"].items():
         print(f"--- {view}: one whole-process walk, {w.get('seconds')} s, rc {w.get('rc')}")
         print(w.get("stdout", "").rstrip())

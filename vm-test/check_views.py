@@ -88,7 +88,18 @@ def main():
     ap.add_argument("--view", default="unknown")
     ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True,
                     help="gpa under TDP, gva under shadow paging")
+    ap.add_argument("--core", help="run under plain Python: open this dump as the kvmwalk "
+                    "console script does (drgn's reader, or kvmwalk's own for a "
+                    "kdump-compressed dump libkdumpfile refuses)")
+    ap.add_argument("-s", "--symbols", action="append", default=[],
+                    help="with --core: debug info files (vmlinux, kvm.ko)")
     args = ap.parse_args()
+    global prog
+    if args.core:
+        from drgn_kvmwalk.console import load_kvm_debug_info, open_core
+
+        prog = open_core(args.core)
+        load_kvm_debug_info(prog, args.symbols)
     result = {"view": args.view, "workloads": {}}
     out, err = io.StringIO(), io.StringIO()
     rc = kvmwalk_main(prog, ["--list", "--json"], out=out, err=err)  # noqa: F821 (drgn's prog)

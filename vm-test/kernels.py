@@ -39,13 +39,23 @@ SUITES = {
     "bookworm": ["bookworm", "bookworm-updates"],
     "trixie": ["trixie", "trixie-updates"],
     "sid": ["sid"],
+    "experimental": ["experimental"],
 }
+# Suites that carry a kernel only some of the time: Debian experimental has
+# the next release candidates between a release and its upload to sid.  When
+# one has no kernel with its -dbg package, its matrix cells are skipped with
+# that reason (NoKernel); every other suite must have one.
+OPTIONAL = {"experimental"}
 SECURITY = {"bullseye": "bullseye-security", "bookworm": "bookworm-security",
             "trixie": "trixie-security"}
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+class NoKernel(RuntimeError):
+    """The suite has no kernel image with its -dbg package (now)."""
 
 
 def default_cache() -> Path:
@@ -163,12 +173,19 @@ def kernel_packages(apt: PrivateApt, meta: str, release: str) -> list[str]:
     return sorted(seen)
 
 
-def find_release(apt: PrivateApt) -> str:
-    for dep in apt.depends("linux-image-amd64"):
+def find_release(apt: PrivateApt, suite: str) -> str:
+    """The release (uname -r) behind the suite's linux-image-amd64: with an
+    ABI number (6.1.0-57-amd64), a Debian revision (7.2.13+deb14-amd64), or
+    none (experimental's 7.3-amd64)."""
+    try:
+        deps = apt.depends("linux-image-amd64")
+    except RuntimeError as e:
+        raise NoKernel(f"Debian {suite} has no linux-image-amd64 now ({e})") from None
+    for dep in deps:
         m = re.match(r"linux-image-(\d+\.\d+\S*-amd64)(?:-unsigned)?$", dep)
         if m:
             return m.group(1)
-    raise RuntimeError("could not find the kernel behind linux-image-amd64")
+    raise NoKernel(f"Debian {suite}'s linux-image-amd64 depends on no kernel image")
 
 
 def extract(deb: Path, dest: Path, members: list[str] | None = None) -> None:
@@ -218,12 +235,15 @@ def fetch(suite: str, cache: Path | None = None, log=print) -> Kernel:
     apt = PrivateApt(top / "apt", suite)
     log(f"[kernels] {suite}: updating private package lists")
     apt.update()
-    release = find_release(apt)
+    release = find_release(apt, suite)
     image_pkgs = kernel_packages(apt, "linux-image-amd64", release)
-    dbg_pkgs = [p for p in kernel_packages(apt, "linux-image-amd64-dbg", release)
-                if p.endswith("-dbg")]
+    try:
+        dbg_pkgs = [p for p in kernel_packages(apt, "linux-image-amd64-dbg", release)
+                    if p.endswith("-dbg")]
+    except RuntimeError as e:
+        raise NoKernel(f"Debian {suite} has no linux-image-amd64-dbg now ({e})") from None
     if not dbg_pkgs:
-        raise RuntimeError(f"no -dbg package for {release}")
+        raise NoKernel(f"Debian {suite} has {release} but no -dbg package for it")
     version = apt.version(image_pkgs[0])
     log(f"[kernels] {suite}: {release} ({version}): {' '.join(image_pkgs + dbg_pkgs)}")
     root, dbg = top / "root", top / "dbg"
