@@ -407,7 +407,8 @@ class Progress:
 
 def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     """--list: VMs, vCPUs and memslots."""
-    vms = [vm_summary(prog, vm) for vm in for_each_vm(prog)]
+    found = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
+    vms = [vm_summary(prog, vm) for vm in found]
     if args.json:
         out.write(json.dumps(list_json(vms)) + "\n")
     else:

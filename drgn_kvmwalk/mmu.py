@@ -337,7 +337,7 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
             prog, x_mask=_var(prog, "shadow_xs_mask"), xu_mask=_var(prog, "shadow_xu_mask"),
             mmio_gen=MMIO_GEN_LAYOUT_7_2, tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2)
     x_mask = _var(prog, "shadow_x_mask")
-    try:
+    if "shadow_host_writable_mask" in prog:
         # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
         # Host-writable and MMU-writable bit locations dynamic") and
         # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
@@ -345,8 +345,6 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         # variables, bit 11 means "present", shadow_mmio_mask is a variable
         # again and the MMIO generation sits in bits 3-10 and 52-62.
         return _present_bit_layout(prog, x_mask=x_mask, mmio_gen=MMIO_GEN_LAYOUT_5_13)
-    except KeyError:
-        pass
     if "shadow_mmio_mask" in prog:
         raise KvmWalkError("this kernel's SPTE layout (before v5.8: shadow_mmio_mask without "
                            "shadow_host_writable_mask) is not supported yet")

@@ -10,17 +10,40 @@ running it.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Optional, Sequence
 
 from drgn import Program
-from drgn.commands import DrgnCodeBuilder, custom_command, parse_shell_command
+from drgn.commands import CommandError, DrgnCodeBuilder, parse_shell_command
+from drgn.commands.linux import linux_kernel_custom_command
 
-__all__ = ["drgn_code", "drgn_prog_set", "register"]
+__all__ = ["drgn_code", "drgn_code_refusal", "drgn_prog_set", "register"]
+
+
+def drgn_code_refusal(args: argparse.Namespace) -> Optional[str]:
+    """Why :func:`drgn_code` cannot print code for ``args``, or None: it never
+    prints code that does something other than the command."""
+    if args.map:
+        return "--drgn has no code for --map yet; --dump's is the nearest"
+    if args.root != "current":
+        return "--drgn walks only the current root; leave out --root"
+    if args.annotate and not args.addr:
+        return "--drgn has --annotate code only with --addr"
+    if args.json:
+        return "--drgn prints Python that prints values, not JSON; leave out --json"
+    return None
 
 
 def drgn_code(prog: Program, args: argparse.Namespace) -> str:
-    """The Python that does what ``args`` ask, with the package's helpers."""
+    """The Python that does what ``args`` ask, with the package's helpers.
+
+    :raises ValueError: with :func:`drgn_code_refusal`'s reason, for options
+        it has no code for
+    """
+    refusal = drgn_code_refusal(args)
+    if refusal is not None:
+        raise ValueError(refusal)
     code = DrgnCodeBuilder(prog)
     if args.list:
         code.add_from_import("drgn_kvmwalk", "for_each_vm", "vm_summary")
@@ -75,25 +98,38 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
     return code.get()
 
 
-def _cmd_kvmwalk(prog: Program, name: str, args: Sequence[str], *,
-                 parser: argparse.ArgumentParser, globals: Dict[str, Any],
-                 **kwargs: Any) -> None:
-    from .cli import UsageError, build_parser, parse_args, run
+def _cmd_kvmwalk(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -> None:
+    """The command: the command line's ``run()``; a failure is drgn's
+    :class:`~drgn.commands.CommandError` with the one line the command line
+    would print, so that a script calling ``run_command()`` can tell."""
+    from .cli import EXIT_OK, UsageError, build_parser, parse_args, run
 
     own = build_parser(name)
     own.add_argument("--drgn", action="store_true",
-                     help="print how to do the same with drgn_kvmwalk's Python API")
+                     help="print how to do the same with drgn_kvmwalk's Python API (not "
+                          "for --map, --root, --json, nor --annotate without --addr)")
     try:
         parsed = parse_args(own, list(args), name)
     except UsageError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return
+        raise CommandError(f"{name}: error: {e}") from None
     except SystemExit:  # --help was printed; the REPL goes on
         return
     if parsed.drgn:
-        sys.stdout.write(drgn_code(prog, parsed))
+        try:
+            sys.stdout.write(drgn_code(prog, parsed))
+        except ValueError as e:
+            raise CommandError(f"{name}: {e}") from None
         return
-    run(prog, parsed, prog_name=name, out=sys.stdout, err=sys.stderr)
+    err = io.StringIO()
+    rc = run(prog, parsed, prog_name=name, out=sys.stdout, err=err)
+    lines = err.getvalue().splitlines()
+    if rc == EXIT_OK:
+        sys.stderr.write(err.getvalue())  # warnings: table pages not readable
+        return
+    # run() ends a failure with one line; warnings before it still go to stderr.
+    for line in lines[:-1]:
+        print(line, file=sys.stderr)
+    raise CommandError(lines[-1] if lines else f"{name}: failed")
 
 
 _registered = False
@@ -104,11 +140,14 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    custom_command(
+    # As drgn registers its own kernel commands: enabled for Linux kernel
+    # programs only.
+    linux_kernel_custom_command(
         name="kvmwalk",
         description="walk KVM's page tables (SPTEs) of a VM's vCPU",
-        usage="**kvmwalk** [--vm PID] (--vcpu N (--addr X... | --dump | --map) | --list) "
-              "[--range START-END] [--json] [--drgn]",
+        usage="**kvmwalk** [--vm PID] (--vcpu N (--addr X... | --dump | --map) | --list | "
+              "--stats) [--range START-END] [--root current|prev|all] [--annotate] [--json] "
+              "[--drgn]",
         long_description="Walk KVM's own page tables for a vCPU of a VM, as KVM's "
                          "for_each_shadow_entry() does; or list the VMs, or dump or map every "
                          "leaf SPTE under a vCPU's root.  '%kvmwalk --help' shows every option.",

@@ -22,7 +22,8 @@ from drgn.helpers.linux.mm import virt_to_phys
 from .kvm import Vm
 from .leaves import LeafRun, count_table_leaves, iter_leaves
 from .mmu import DrgnPhysMem, shadow_page_list, spte_format
-from .walk import PhysMemError, Root
+from .spte import PAGE_SIZE
+from .walk import PhysMem, PhysMemError, Root
 
 __all__ = ["LEVEL_KEYS", "VmStats", "kvm_page_counters", "vm_stats"]
 
@@ -39,7 +40,7 @@ class VmStats(NamedTuple):
 
     pid: int
     roots: int                     # TDP MMU roots + legacy shadow pages in use as roots
-    tables: int                    # table pages read
+    tables: int                    # table pages read: TDP MMU and legacy shadow pages
     leaves: Dict[str, int]         # "4K", "2M", "1G"
     kvm: Dict[str, int]
     differences: List[str]
@@ -99,15 +100,29 @@ def _notes(by_mmu: Dict[str, Dict[str, int]], counters: Dict[str, int],
     return []
 
 
+class _CountingMem:
+    """A PhysMem that counts the table pages read (one 4 KiB read each)."""
+
+    def __init__(self, mem: PhysMem) -> None:
+        self.mem = mem
+        self.tables = 0
+
+    def read(self, address: int, size: int) -> bytes:
+        data = self.mem.read(address, size)
+        if size == PAGE_SIZE:
+            self.tables += 1
+        return data
+
+
 def vm_stats(prog: Program, vm: Vm) -> VmStats:
     """Count the leaves of every live table of ``vm`` and read KVM's counters.
 
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
     fmt = spte_format(prog, vm.kvm)
-    mem = DrgnPhysMem(prog)
+    mem = _CountingMem(DrgnPhysMem(prog))
     counts = {"tdp_mmu": {1: 0, 2: 0, 3: 0}, "legacy": {1: 0, 2: 0, 3: 0}}
-    roots = tables = 0
+    roots = 0
     unreadable: List[Tuple[int, str]] = []
     for sp in shadow_page_list(vm.kvm, "tdp_mmu_roots"):
         level = int(sp.role.level)
@@ -128,12 +143,11 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
         except (PhysMemError, FaultError) as e:
             unreadable.append((int(sp.spt), str(e)))
             continue
-        tables += 1
         if level in counts["legacy"]:
             counts["legacy"][level] += n
     by_mmu = {mmu: {LEVEL_KEYS[level]: n for level, n in c.items()} for mmu, c in counts.items()}
     leaves = {key: by_mmu["tdp_mmu"][key] + by_mmu["legacy"][key] for key in LEVEL_KEYS.values()}
     counters = kvm_page_counters(vm.kvm)
     differences = _differences(leaves, counters)
-    return VmStats(vm.pid, roots, tables, leaves, counters, differences, unreadable, by_mmu,
+    return VmStats(vm.pid, roots, mem.tables, leaves, counters, differences, unreadable, by_mmu,
                    _notes(by_mmu, counters, differences))

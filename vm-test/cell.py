@@ -180,8 +180,11 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         page = json.loads(first.read_text())
         command = (f"kvmwalk --vm {page['pid']} --vcpu 0 --addr "
                    f"{hex(page['pages'][0][kind])}")
+        # A failure is drgn's CommandError: its message, exit status 2.
         return [drgn, *target, *syms, "-e",
-                f"from drgn.commands import run_command; run_command(prog, {command!r})"]
+                "import sys\nfrom drgn.commands import CommandError, run_command\n"
+                f"try:\n    run_command(prog, {command!r})\n"
+                "except CommandError as e:\n    print(e, file=sys.stderr)\n    sys.exit(2)\n"]
 
     checks = {
         "live": shlex.join(views_cmd(["-k"], "live", shared / "live.json")),
@@ -497,6 +500,14 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
                                     f"flagged and explained: {st}")
             elif st is None or not st["match"]:
                 problems.append(f"{view} {name} --stats: leaves and KVM's counters differ: {st}")
+            # Every table page is counted, the TDP MMU's too: at least the
+            # pages that hold --dump's leaves, and a root above them.
+            leaf_tables = {rec["sptep"] >> 12 for r in v["workloads"][name]["vcpus"].values()
+                           for rec in (r.get("dump") or {}).get("records", [])}
+            if st is not None and st["tables"] < len(leaf_tables) + 1:
+                problems.append(f"{view} {name} --stats: {st['tables']} table pages read, but "
+                                f"--dump's leaves lie in {len(leaf_tables)} table pages under "
+                                "a root")
             where = f"{view} {name}"
             vm = vms.get(truth["pid"])
             if vm is None:

@@ -21,11 +21,24 @@ SIZE = 1 << 16
 Field = Tuple[str, Union[Type, Tuple[Type, int]]]  # (name, type) or (name, (type, bits))
 
 
+# What drgn needs to take a program for a Linux kernel (drgn's kernel
+# commands are enabled only for those); nothing is read through it here.
+VMCOREINFO = (b"OSRELEASE=7.3-amd64\nPAGESIZE=4096\nKERNELOFFSET=0\n"
+              b"SYMBOL(swapper_pg_dir)=ffffffff82000000\nNUMBER(phys_base)=0\n")
+
+
+def kernel_program() -> Program:
+    """An empty drgn Program that is a Linux kernel: no types, no memory."""
+    prog = Program(drgn.host_platform)
+    prog.set_linux_kernel_custom(VMCOREINFO, False)
+    return prog
+
+
 class FakeKernel:
     """Types, variables and memory of a synthetic kernel."""
 
     def __init__(self) -> None:
-        self.prog = Program(drgn.host_platform)
+        self.prog = kernel_program()
         self.mem = bytearray(SIZE)
         self.next = BASE
         self.types: Dict[str, Type] = {}
@@ -103,13 +116,15 @@ class FakeKernel:
         self.objects[name] = Object(self.prog, t, address=address)
 
 
-def kvm_host(mmu_fields: Sequence[Field], values: Dict[str, int], pid: int = 4242,
+def kvm_host(mmu_fields: Sequence[Field], values: Dict[str, int],
+             pids: Sequence[int] = (4242,),
              vcpu_arch_fields: Optional[Sequence[Field]] = None) -> FakeKernel:
-    """A host with one VM (created by ``pid``) and one vCPU (id 0) whose MMU is a
-    ``struct kvm_mmu`` of ``mmu_fields``; ``values`` sets its members by path
-    (``"root.hpa"``, ``"w->cpu_role.base.level"``).  ``vcpu_arch_fields``
+    """A host with one VM per pid in ``pids``, each with one vCPU (id 0) whose
+    MMU is a ``struct kvm_mmu`` of ``mmu_fields``; ``values`` sets its members
+    by path (``"root.hpa"``, ``"w->cpu_role.base.level"``).  ``vcpu_arch_fields``
     replaces ``struct kvm_vcpu_arch`` (``mmu`` points at ``root_mmu``, when
-    there are both)."""
+    there are both).  The VMs have no memslots (``memslots[]`` all NULL, the
+    v5.16 layout)."""
     k = FakeKernel()
     p = k.prog
     # list_head points at itself: its members are made lazily.
@@ -136,36 +151,41 @@ def kvm_host(mmu_fields: Sequence[Field], values: Dict[str, int], pid: int = 424
         for name, t in vcpu_arch_fields or [("mmu", "mmu *"), ("root_mmu", "mmu")]])
     vcpu = k.struct("kvm_vcpu", [("vcpu_id", k.int), ("arch", vcpu_arch)])
     vcpu_ptr = p.pointer_type(vcpu)
+    memslots = k.struct("kvm_memslots", [("used_slots", k.int)])
     kvm = k.struct("kvm", [("vm_list", list_head), ("userspace_pid", k.int),
-                           ("online_vcpus", atomic), ("vcpus", p.array_type(vcpu_ptr, 4))])
+                           ("online_vcpus", atomic), ("vcpus", p.array_type(vcpu_ptr, 4)),
+                           ("memslots", p.array_type(p.pointer_type(memslots), 2))])
     head = k.alloc(list_head)
-    kvm_at, vcpu_at = k.alloc(kvm), k.alloc(vcpu)
-    walk_at = k.alloc(walk)
-    vm_link = k.member_address(kvm, kvm_at, "vm_list")
-    k.write(head, "<QQ", vm_link, vm_link)
-    k.write(vm_link, "<QQ", head, head)
-    k.write(k.member_address(kvm, kvm_at, "userspace_pid"), "<i", pid)
-    k.write(k.member_address(kvm, kvm_at, "online_vcpus"), "<i", 1)
-    k.write(k.member_address(kvm, kvm_at, "vcpus[0]"), "<Q", vcpu_at)
-    if vcpu_arch.has_member("root_mmu"):
-        mmu_at = k.member_address(vcpu, vcpu_at, "arch.root_mmu")
-        k.write(k.member_address(vcpu, vcpu_at, "arch.mmu"), "<Q", mmu_at)
-    else:
-        mmu_at = k.alloc(mmu)
-    if mmu.has_member("w"):
-        k.write(k.member_address(mmu, mmu_at, "w"), "<Q", walk_at)
-    for path, value in values.items():
-        if path.startswith("w->"):
-            sub = path[len("w->"):]
-            t, base = walk, walk_at
+    links = []
+    for pid in pids:
+        kvm_at, vcpu_at = k.alloc(kvm), k.alloc(vcpu)
+        walk_at = k.alloc(walk)
+        links.append(k.member_address(kvm, kvm_at, "vm_list"))
+        k.write(k.member_address(kvm, kvm_at, "userspace_pid"), "<i", pid)
+        k.write(k.member_address(kvm, kvm_at, "online_vcpus"), "<i", 1)
+        k.write(k.member_address(kvm, kvm_at, "vcpus[0]"), "<Q", vcpu_at)
+        if vcpu_arch.has_member("root_mmu"):
+            mmu_at = k.member_address(vcpu, vcpu_at, "arch.root_mmu")
+            k.write(k.member_address(vcpu, vcpu_at, "arch.mmu"), "<Q", mmu_at)
         else:
-            t, base, sub = mmu, mmu_at, path
-        obj = Object(p, t, address=base).subobject_(sub)
-        if obj.bit_field_size_ is not None:
-            off = int(obj.address_) - BASE
-            k.mem[off] |= value << (obj.bit_offset_ or 0)
-        else:
-            k.write(int(obj.address_), {1: "<B", 4: "<I", 8: "<Q"}[drgn.sizeof(obj)], value)
+            mmu_at = k.alloc(mmu)
+        if mmu.has_member("w"):
+            k.write(k.member_address(mmu, mmu_at, "w"), "<Q", walk_at)
+        for path, value in values.items():
+            if path.startswith("w->"):
+                t, base, sub = walk, walk_at, path[len("w->"):]
+            else:
+                t, base, sub = mmu, mmu_at, path
+            obj = Object(p, t, address=base).subobject_(sub)
+            if obj.bit_field_size_ is not None:
+                off = int(obj.address_) - BASE
+                k.mem[off] |= value << (obj.bit_offset_ or 0)
+            else:
+                k.write(int(obj.address_), {1: "<B", 4: "<I", 8: "<Q"}[drgn.sizeof(obj)], value)
+    # vm_list: head <-> each VM's kvm->vm_list, in order.
+    ring = [head, *links]
+    for i, at in enumerate(ring):
+        k.write(at, "<QQ", ring[(i + 1) % len(ring)], ring[i - 1])
     k.variable("vm_list", list_head, head)
     tdp_enabled = k.alloc(k.bool)
     k.variable("tdp_enabled", k.bool, tdp_enabled)  # false: shadow paging

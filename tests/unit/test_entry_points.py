@@ -6,9 +6,11 @@ import sys
 
 import drgn
 import pytest
-from drgn.commands import run_command
+from drgn.commands import CommandError, CommandNotFoundError, run_command
 
 from drgn_kvmwalk import console, plugin
+
+from .fake_kernel import kernel_program
 
 
 def test_console_script_reports_a_bad_target_in_one_line():
@@ -37,7 +39,6 @@ def test_console_help_names_the_target_options(capsys):
 @pytest.mark.parametrize("argv", [
     "--vcpu 1 --addr 0x1000 --addr 0x2000",
     "--vm 42 --vcpu 0 --dump --range 0x1000-0x2000",
-    "--vcpu 0 --map",
     "--list",
     "--stats",
     "--vm 7 --stats",
@@ -45,7 +46,7 @@ def test_console_help_names_the_target_options(capsys):
 ])
 def test_drgn_command_prints_valid_python(capsys, argv):
     plugin.register()
-    prog = drgn.Program(drgn.host_platform)
+    prog = kernel_program()
     run_command(prog, f"kvmwalk {argv} --drgn")
     code = capsys.readouterr().out
     assert "from drgn_kvmwalk import" in code
@@ -55,13 +56,20 @@ def test_drgn_command_prints_valid_python(capsys, argv):
 
 def test_drgn_command_runs_the_command_line(capsys):
     plugin.register()
-    prog = drgn.Program(drgn.host_platform)
-    run_command(prog, "kvmwalk --vcpu 0 --addr 0x1000")
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("kvmwalk: no debug info for vmlinux")
+    prog = kernel_program()
+    with pytest.raises(CommandError) as e:
+        run_command(prog, "kvmwalk --vcpu 0 --addr 0x1000")
+    assert str(e.value).startswith("kvmwalk: no debug info for vmlinux")
+    assert capsys.readouterr().out == ""
     run_command(prog, "kvmwalk --help")  # argparse's exit must not end the REPL
     assert "--annotate" in capsys.readouterr().out
+
+
+def test_drgn_command_is_for_kernels_only():
+    """Registered as drgn registers its own kernel commands."""
+    plugin.register()
+    with pytest.raises(CommandNotFoundError):
+        run_command(drgn.Program(drgn.host_platform), "kvmwalk --list")
 
 
 def test_one_address_walk_does_not_import_numpy():
