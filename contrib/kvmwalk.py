@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """drgn script: walk KVM's page tables for a vCPU (see --help).
 
     drgn [-k | -c VMCORE | --qemu SOCK] [-s SYMBOLS]... contrib/kvmwalk.py \\

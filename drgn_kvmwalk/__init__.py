@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """drgn-kvmwalk: read KVM's x86 shadow page tables (EPT, NPT, shadow paging)
 from a live kernel, a vmcore or a QEMU guest, with drgn.
 

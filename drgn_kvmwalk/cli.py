@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The ``kvmwalk`` command line: argument parsing, exit codes, output choice.
 
 ``main(prog, argv)`` holds all of it, so the contrib script, tests and (later)
@@ -18,8 +19,7 @@ from typing import Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 from drgn import FaultError, Program
 
 from .errors import KvmWalkError, NoRoot
-from .kvm import find_vcpu, find_vm, for_each_vm
-from .kvm import Vm
+from .kvm import Vm, find_vcpu, find_vm, for_each_vm
 from .mmu import (
     ROOT_CHOICES,
     DrgnPhysMem,
@@ -30,7 +30,6 @@ from .mmu import (
     spte_format,
     vm_summary,
 )
-from .spte import SpteFormat
 from .render import (
     FlagCache,
     RangeMerger,
@@ -48,6 +47,7 @@ from .render import (
     walk_json,
     walk_text,
 )
+from .spte import SpteFormat
 from .walk import AddressError, TableCache, walk_addr
 
 __all__ = [

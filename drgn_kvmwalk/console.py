@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The ``kvmwalk`` console script: the same command line as the drgn script,
 with the target chosen on it and the drgn Program built here.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Errors the helpers raise for targets that lack what the walk needs.
 
 Every one of them means "exit status 2 and one line on stderr" to the command

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A reader of makedumpfile's kdump-compressed dumps, for the dumps drgn's own
 reader (libkdumpfile) refuses.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """VMs, vCPUs and memslots of a KVM host, as plain records.
 
 Models ``struct kvm`` and ``struct kvm_vcpu`` (include/linux/kvm_host.h) and

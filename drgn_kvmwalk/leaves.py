@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Every leaf SPTE under a root, in address order, a table page at a time.
 
 The whole-table views (--dump, --map, --stats) need every leaf, not one

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A vCPU's MMU root and the host's SPTE format, read from the kernel.
 
 Models ``struct kvm_mmu`` (arch/x86/include/asm/kvm_host.h) and the SPTE mask

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """drgn plugin: the ``kvmwalk`` command in drgn's REPL (``%kvmwalk ...``).
 
 Registered through the ``drgn.plugins`` entry point: drgn calls

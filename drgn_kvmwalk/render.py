@@ -1,10 +1,10 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Text and JSON renderings of walks.  Nothing here reads the kernel."""
 
 from __future__ import annotations
 
 import json
-from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional,
-                    Sequence, Tuple)
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
@@ -435,8 +435,8 @@ def _level_note(sp: Optional[ShadowPage], level: int) -> str:
         # Before Linux kernel commit f1b832550832 ("KVM: x86/mmu: Fix TDP MMU
         # page table level") (in v5.14) a TDP MMU child page got its parent's
         # level; the root's was right.
-        return (f" (role.level is its parent's: the TDP MMU set it so before Linux "
-                f"commit f1b832550832, v5.14)")
+        return (" (role.level is its parent's: the TDP MMU set it so before Linux "
+                "commit f1b832550832, v5.14)")
     return f" (role.level {sp.level} is not this table's level {level})"
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Decoding of KVM shadow page table entries (SPTEs), as pure integer functions.
 
 Models arch/x86/kvm/mmu/spte.h and spte.c: the masks KVM sets at module load

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Cross-checks of KVM's tables against KVM's own books.
 
 Leaf SPTE counts per page size over every live table of a VM, beside the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """KVM's shadow walk (``for_each_shadow_entry``) over host physical memory.
 
 Mirrors arch/x86/kvm/mmu/mmu.c: ``shadow_walk_init_using_root()`` (root HPA,

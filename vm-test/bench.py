@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Benchmark the whole-table views and one-address start-up on a real dump.
 
     vm-test/bench.py [--suite trixie] [--mib 1024] [--runs 5] [--keep DIR]

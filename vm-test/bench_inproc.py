@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """drgn script: time one whole-table view of the benchmark VM, in-process.
 
     drgn -c DUMP -s vmlinux -s kvm.ko vm-test/bench_inproc.py --pid PID \\

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Run one cell of the VM test matrix: one L1 boot of one kernel in one MMU mode.
 
 In that boot:
@@ -37,6 +38,7 @@ sys.path.insert(0, str(HERE))
 
 import kernels  # noqa: E402
 from l1 import L1, L1Error, agent_command, compress_dump  # noqa: E402
+
 
 class Workload(NamedTuple):
     """One L2 guest (build/l2vmm) run in the cell's L1 boot."""

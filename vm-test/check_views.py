@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """drgn script: walk every ground-truth address of an L2 workload through the
 kvmwalk command line, in one drgn process, and read back what the guest wrote.
 

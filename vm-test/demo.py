@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Walk a real guest in a test VM and show the result.
 
 Boots Debian's kernel as a KVM host (L1) in QEMU, starts a small L2 guest in it

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fetch Debian kernels (image + modules + DWARF) into a private cache.
 
 Uses apt with a private configuration: its own sources list, package lists and

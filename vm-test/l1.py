@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Run one L1 guest (virtme-ng + QEMU) and everything done against it.
 
 The L1 guest boots a cached Debian kernel (see kernels.py) with the host's

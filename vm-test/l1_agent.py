@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Agent run INSIDE the L1 guest (as root, by ``vng --exec``); stdlib only.
 
     l1_agent.py --shared DIR --workload CMD [--workload CMD ...]

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT
+// SPDX-License-Identifier: LGPL-2.1-or-later
 /*
  * l2vmm.c - a tiny VMM on raw /dev/kvm ioctls, used by drgn-kvmwalk's VM
  * tests.  It runs inside a (nested) KVM host, creates one guest with two

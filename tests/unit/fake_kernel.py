@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A synthetic KVM host for tests: a drgn Program whose types, variables and
 memory are made here, so that a kernel layout no real kernel has can be made
 on purpose.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A tiny builder of synthetic KVM page tables in fake host physical memory."""
 
 from __future__ import annotations

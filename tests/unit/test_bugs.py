@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Bugs found by trying the tool as a new user would, each pinned by a test
 that failed before its fix (a synthetic host from fake_kernel)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Command-line behaviour that needs no kernel: arguments, errors, exit codes."""
 
 import io

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The console script and the drgn command, without a kernel."""
 
 import io

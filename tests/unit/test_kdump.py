@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """drgn_kvmwalk.kdump on kdump-compressed files written here in makedumpfile's
 layout (diskdump_mod.h): pages by PFN, filtered pages, compression methods,
 and a drgn Program reading physical memory through it."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The kernel fetcher's package logic (vm-test/kernels.py), on made-up apt
 answers: every Debian naming scheme, and a suite without a kernel."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Kernel layouts of struct kvm_mmu, made on purpose in a synthetic kernel:
 every known one is read from where it keeps each value, and one that no
 kernel has is one line and exit status 2, never a traceback."""

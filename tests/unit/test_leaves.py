@@ -1,15 +1,26 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """iter_leaves(): every leaf under a root, in address order, over synthetic tables."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from drgn_kvmwalk.spte import FROZEN_SPTE_VALUES, decode_spte, level_size
 from drgn_kvmwalk.leaves import LeafRun, Unreadable, iter_leaves
+from drgn_kvmwalk.spte import FROZEN_SPTE_VALUES, decode_spte, level_size
 from drgn_kvmwalk.walk import AddressError, Root, TableCache, walk_addr
 
 from .tables import FakeMem, Tables
-from .test_walk import EPT, EPT_LEAF, EPT_TABLE, X86, X86_LEAF, X86_TABLE, npt, old_layout, \
-    pae_setup
+from .test_walk import (
+    EPT,
+    EPT_LEAF,
+    EPT_TABLE,
+    X86,
+    X86_LEAF,
+    X86_TABLE,
+    npt,
+    old_layout,
+    pae_setup,
+)
 
 
 def flatten(runs, fmt):

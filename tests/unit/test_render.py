@@ -1,20 +1,22 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """--dump and --map rendering of leaf runs (no kernel needed)."""
 
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from drgn_kvmwalk.leaves import iter_leaves
 from drgn_kvmwalk.render import (
     FlagCache,
     RangeMerger,
     dump_lines,
     dump_text_row,
-    page_size_name,
     map_line,
     map_segments,
+    page_size_name,
 )
-from drgn_kvmwalk.leaves import iter_leaves
 from drgn_kvmwalk.spte import x86_format
 
 from .test_leaves import flatten

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The VM tests' own comparison of --dump with --map (vm-test/cell.py), on
 small made-up records: what it lets through on a live host and what it must
 still catch.  The VM tests run it on real output; this pins its bounds."""

@@ -1,7 +1,9 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The shadow walk and SPTE decoding on synthetic tables (no kernel needed)."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drgn_kvmwalk.spte import (
     FROZEN_SPTE_VALUES,
@@ -271,8 +273,9 @@ def test_random_tables_terminate(level, sptes, addr, ept):
 
 def old_layout(**kw):
     """v5.8 to v5.12: no MMU-present bit, MMIO = bits 52-53, writable bits 10/11."""
-    from drgn_kvmwalk.spte import MMIO_GEN_LAYOUT_5_6, REMOVED_SPTE_5_12, SPTE_MMIO_MASK_5_8
     import dataclasses
+
+    from drgn_kvmwalk.spte import MMIO_GEN_LAYOUT_5_6, REMOVED_SPTE_5_12, SPTE_MMIO_MASK_5_8
     return dataclasses.replace(x86_format(phys_bits=46, **kw),
         mmu_present_mask=0, mmio_mask=SPTE_MMIO_MASK_5_8, mmio_value=SPTE_MMIO_MASK_5_8,
         mmio_caching=True, host_writable_mask=1 << 10, mmu_writable_mask=1 << 11,

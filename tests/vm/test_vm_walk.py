@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Walk a real L2 guest's tables in real Debian KVM hosts (L1 in QEMU).
 
 One L1 boot per (kernel, MMU mode) (cell.run_cell) serves every check of it: the
@@ -10,9 +11,8 @@ import json
 import os
 import re
 
-import pytest
-
 import cell
+import pytest
 from conftest import fetch_kernel
 
 pytestmark = pytest.mark.vm
