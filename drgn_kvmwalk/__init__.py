@@ -20,8 +20,17 @@ else:
 
 # leaves.py needs numpy, which a one-address walk should not pay for: its
 # names are imported on first use (PEP 562).
-_LAZY = frozenset({"LeafRun", "Unreadable", "canonical", "classify_table",
-                   "count_table_leaves", "iter_leaves", "raw_addr"})
+_LAZY = frozenset(
+    {
+        "LeafRun",
+        "Unreadable",
+        "canonical",
+        "classify_table",
+        "count_table_leaves",
+        "iter_leaves",
+        "raw_addr",
+    }
+)
 
 
 def __getattr__(name: str) -> object:

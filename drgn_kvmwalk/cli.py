@@ -115,7 +115,8 @@ def parse_addr(text: str) -> int:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid address {text!r}: use hex (0x1000) or decimal (4096)") from None
+            f"invalid address {text!r}: use hex (0x1000) or decimal (4096)"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid address {text!r}: negative")
     if value >= 1 << 64:
@@ -137,8 +138,9 @@ def parse_range(text: str) -> Tuple[int, int]:
     """START-END (END exclusive), each hex or decimal."""
     start, sep, end = text.partition("-")
     if not sep:
-        raise argparse.ArgumentTypeError(f"invalid range {text!r}: use START-END, e.g. "
-                                         "0x0-0x40000000 (END exclusive)")
+        raise argparse.ArgumentTypeError(
+            f"invalid range {text!r}: use START-END, e.g. 0x0-0x40000000 (END exclusive)"
+        )
     lo, hi = parse_addr(start.strip()), parse_addr(end.strip())
     if hi <= lo:
         raise argparse.ArgumentTypeError(f"invalid range {text!r}: END must be above START")
@@ -146,52 +148,99 @@ def parse_range(text: str) -> Tuple[int, int]:
 
 
 def build_parser(prog_name: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog_name, description=DESCRIPTION, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vm", metavar="PID", type=_nonneg_int,
-                   help="the VM created by process PID (QEMU's pid); may be left out "
-                        "when the host has exactly one VM")
-    p.add_argument("--vcpu", metavar="N", type=_nonneg_int,
-                   help="the vCPU whose vcpu_id is N (debugfs vcpuN, QEMU's cpu index)")
-    p.add_argument("--addr", metavar="X", type=parse_addr, action="append",
-                   help="address to walk: GPA under TDP, GVA under shadow paging; hex or "
-                        "decimal; repeat for several addresses in one run")
-    p.add_argument("--dump", action="store_true",
-                   help="print every leaf SPTE under the vCPU's current root, in address "
-                        "order: address, size, SPTE address and value, HPA, flags")
-    p.add_argument("--map", action="store_true",
-                   help="like --dump, merged into ranges of one page size and one set of "
-                        "flags that are contiguous in address and in HPA")
-    p.add_argument("--range", metavar="START-END", type=parse_range,
-                   help="with --dump or --map: only leaves whose pages overlap "
-                        "[START, END) (GPAs or GVAs, as for --addr)")
-    p.add_argument("--stats", action="store_true",
-                   help="per VM: leaf SPTEs per page size over all its live tables (TDP MMU "
-                        "roots, legacy shadow pages) beside KVM's own counters "
-                        "(kvm->stat.pages_4k/2m/1g, or lpages); differences are flagged")
-    p.add_argument("--list", action="store_true",
-                   help="list the VMs (pid, MMU kind), their vCPUs (current root and "
-                        "level) and memslots")
-    p.add_argument("--root", choices=ROOT_CHOICES, default="current",
-                   help="with --addr, --dump or --map: which roots to walk: the vCPU's "
-                        "current root (default), the MMU's cache of previous roots "
-                        "(prev_roots), or all: those, the nested guest MMU's root and every "
-                        "other top-level root of the VM (SMM, invalid); each root's output is "
-                        "labelled, and JSON records get a \"root\" key")
-    p.add_argument("--annotate", action="store_true",
-                   help="with --addr, --dump or --map: name the struct kvm_mmu_page behind "
-                        "each table page (role: level, direct, access, address space, guest "
-                        "mode, invalid; GFN; root count); --map ranges then stop at table "
-                        "page boundaries")
-    p.add_argument("--json", action="store_true",
-                   help="JSON instead of text: JSON Lines for --addr, --dump, --map and "
-                        "--stats, one object for --list")
+    p = _Parser(
+        prog=prog_name,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--vm",
+        metavar="PID",
+        type=_nonneg_int,
+        help="the VM created by process PID (QEMU's pid); may be left out "
+        "when the host has exactly one VM",
+    )
+    p.add_argument(
+        "--vcpu",
+        metavar="N",
+        type=_nonneg_int,
+        help="the vCPU whose vcpu_id is N (debugfs vcpuN, QEMU's cpu index)",
+    )
+    p.add_argument(
+        "--addr",
+        metavar="X",
+        type=parse_addr,
+        action="append",
+        help="address to walk: GPA under TDP, GVA under shadow paging; hex or "
+        "decimal; repeat for several addresses in one run",
+    )
+    p.add_argument(
+        "--dump",
+        action="store_true",
+        help="print every leaf SPTE under the vCPU's current root, in address "
+        "order: address, size, SPTE address and value, HPA, flags",
+    )
+    p.add_argument(
+        "--map",
+        action="store_true",
+        help="like --dump, merged into ranges of one page size and one set of "
+        "flags that are contiguous in address and in HPA",
+    )
+    p.add_argument(
+        "--range",
+        metavar="START-END",
+        type=parse_range,
+        help="with --dump or --map: only leaves whose pages overlap "
+        "[START, END) (GPAs or GVAs, as for --addr)",
+    )
+    p.add_argument(
+        "--stats",
+        action="store_true",
+        help="per VM: leaf SPTEs per page size over all its live tables (TDP MMU "
+        "roots, legacy shadow pages) beside KVM's own counters "
+        "(kvm->stat.pages_4k/2m/1g, or lpages); differences are flagged",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the VMs (pid, MMU kind), their vCPUs (current root and level) and memslots",
+    )
+    p.add_argument(
+        "--root",
+        choices=ROOT_CHOICES,
+        default="current",
+        help="with --addr, --dump or --map: which roots to walk: the vCPU's "
+        "current root (default), the MMU's cache of previous roots "
+        "(prev_roots), or all: those, the nested guest MMU's root and every "
+        "other top-level root of the VM (SMM, invalid); each root's output is "
+        'labelled, and JSON records get a "root" key',
+    )
+    p.add_argument(
+        "--annotate",
+        action="store_true",
+        help="with --addr, --dump or --map: name the struct kvm_mmu_page behind "
+        "each table page (role: level, direct, access, address space, guest "
+        "mode, invalid; GFN; root count); --map ranges then stop at table "
+        "page boundaries",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON instead of text: JSON Lines for --addr, --dump, --map and "
+        "--stats, one object for --list",
+    )
     return p
 
 
-def main(prog: Program, argv: Optional[Sequence[str]] = None, *,
-         prog_name: str = "kvmwalk", out: Optional[TextIO] = None,
-         err: Optional[TextIO] = None) -> int:
+def main(
+    prog: Program,
+    argv: Optional[Sequence[str]] = None,
+    *,
+    prog_name: str = "kvmwalk",
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> int:
     """Run the command line on ``prog`` and return the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -204,20 +253,34 @@ def main(prog: Program, argv: Optional[Sequence[str]] = None, *,
     return run(prog, args, prog_name=prog_name, out=out, err=err)
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str],
-               prog_name: str) -> argparse.Namespace:
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str], prog_name: str
+) -> argparse.Namespace:
     """Parse and check the options that do not need the target.
 
     :raises UsageError: with the message for the user
     """
     args = parser.parse_args(argv)
-    actions = [opt for opt, on in (("--addr", args.addr), ("--dump", args.dump),
-                                   ("--map", args.map), ("--list", args.list),
-                                   ("--stats", args.stats)) if on]
+    actions = [
+        opt
+        for opt, on in (
+            ("--addr", args.addr),
+            ("--dump", args.dump),
+            ("--map", args.map),
+            ("--list", args.list),
+            ("--stats", args.stats),
+        )
+        if on
+    ]
     if len(actions) != 1:
-        raise UsageError(("choose one of --addr, --dump, --map, --list and --stats" if actions
-                          else "missing --addr (or --dump, --map, --list, --stats)")
-                         + f" (see {prog_name} --help)")
+        raise UsageError(
+            (
+                "choose one of --addr, --dump, --map, --list and --stats"
+                if actions
+                else "missing --addr (or --dump, --map, --list, --stats)"
+            )
+            + f" (see {prog_name} --help)"
+        )
     if args.range is not None and not (args.dump or args.map):
         raise UsageError("--range goes with --dump or --map")
     if args.annotate and not (args.addr or args.dump or args.map):
@@ -232,8 +295,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str],
     return args
 
 
-def run(prog: Program, args: argparse.Namespace, *, prog_name: str = "kvmwalk",
-        out: TextIO, err: TextIO) -> int:
+def run(
+    prog: Program, args: argparse.Namespace, *, prog_name: str = "kvmwalk", out: TextIO, err: TextIO
+) -> int:
     """Do what checked ``args`` ask on ``prog``; errors become one line on
     ``err`` and exit status 2."""
     try:
@@ -250,16 +314,20 @@ def run(prog: Program, args: argparse.Namespace, *, prog_name: str = "kvmwalk",
         hint = ""
         if "from kdump:" in str(e):
             # libkdumpfile, drgn's reader of kdump-compressed dumps, refused.
-            hint = ("; the kvmwalk console script (kvmwalk -c DUMP) reads kdump-compressed "
-                    "dumps that libkdumpfile refuses with its own reader")
+            hint = (
+                "; the kvmwalk console script (kvmwalk -c DUMP) reads kdump-compressed "
+                "dumps that libkdumpfile refuses with its own reader"
+            )
         print(f"{prog_name}: cannot read the target's memory: {e}{hint}", file=err)
     except AttributeError as e:
         # drgn's word for a member this kernel's type lacks: a layout change
         # that no probe covers yet.  Any other AttributeError is a bug here.
         if not _NO_MEMBER.fullmatch(str(e)):
             raise
-        print(f"{prog_name}: unknown kernel layout: {e}; this kvmwalk does not know "
-              "this kernel yet", file=err)
+        print(
+            f"{prog_name}: unknown kernel layout: {e}; this kvmwalk does not know this kernel yet",
+            file=err,
+        )
     return EXIT_USAGE
 
 
@@ -323,8 +391,15 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     fmt = spte_format(prog, vm.kvm)
     start, end = args.range if args.range else (0, None)
     # Every range is checked before anything is printed.
-    walks = [(lr, iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end,
-                              segments=args.map and not args.annotate)) for lr in roots]
+    walks = [
+        (
+            lr,
+            iter_leaves(
+                DrgnPhysMem(prog), fmt, lr.root, start, end, segments=args.map and not args.annotate
+            ),
+        )
+        for lr in roots
+    ]
     flags = FlagCache(fmt)
     sps: Dict[int, Optional[ShadowPage]] = {}
     annotate: Optional[Dict[int, Optional[ShadowPage]]] = sps if args.annotate else None
@@ -332,14 +407,19 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     lines: List[str] = []
 
     def emit(text: str) -> None:
-        lines.append(text if args.root == "current" or not args.json
-                     else text[:-1] + f', "root": {json.dumps(lr.label)}}}')
+        lines.append(
+            text
+            if args.root == "current" or not args.json
+            else text[:-1] + f', "root": {json.dumps(lr.label)}}}'
+        )
 
     for lr, runs in walks:
         direct = lr.root.direct
         if not args.json:
-            lines += [_root_header(vm, args, lr, fmt),
-                      map_header(direct) if args.map else dump_header(direct)]
+            lines += [
+                _root_header(vm, args, lr, fmt),
+                map_header(direct) if args.map else dump_header(direct),
+            ]
         merger = RangeMerger(flags)
         for run in runs:
             if isinstance(run, Unreadable):
@@ -392,8 +472,9 @@ class Progress:
     def update(self, leaves: int, addr: int, direct: bool) -> None:
         self.leaves += leaves
         if self.on and time.monotonic() >= self.next:
-            self.err.write(f"\r{self.leaves} leaves so far, at {'GPA' if direct else 'GVA'} "
-                           f"{addr:#x} ")
+            self.err.write(
+                f"\r{self.leaves} leaves so far, at {'GPA' if direct else 'GVA'} {addr:#x} "
+            )
             self.err.flush()
             self.shown = True
             self.next = time.monotonic() + 0.5

@@ -22,27 +22,43 @@ from drgn import FaultError, MainModule, MissingDebugInfoError, Program
 from .cli import EXIT_USAGE, UsageError, build_parser, parse_args, run
 from .kdump import KdumpError, KdumpFile, is_kdump, kdump_program
 
-__all__ = ["KVM_MODULES", "build_program", "console_parser", "load_kvm_debug_info", "main",
-           "open_core"]
+__all__ = [
+    "KVM_MODULES",
+    "build_program",
+    "console_parser",
+    "load_kvm_debug_info",
+    "main",
+    "open_core",
+]
 
 KVM_MODULES = frozenset({"kvm", "kvm_amd", "kvm_intel"})
 
 
 def console_parser(prog_name: str = "kvmwalk") -> argparse.ArgumentParser:
     parser = build_parser(prog_name)
-    target = parser.add_argument_group(
-        "target (default: the running kernel, like drgn)")
+    target = parser.add_argument_group("target (default: the running kernel, like drgn)")
     which = target.add_mutually_exclusive_group()
-    which.add_argument("-k", "--kernel", action="store_true",
-                       help="the running kernel (/proc/kcore; needs root)")
-    which.add_argument("-c", "--core", metavar="VMCORE",
-                       help="a crash dump: ELF or makedumpfile/kdump-compressed")
-    which.add_argument("--qemu", metavar="SOCKET",
-                       help="a QEMU guest's kernel through its QMP socket (the guest needs "
-                            "-device vmcoreinfo and qemu_fw_cfg loaded)")
-    target.add_argument("-s", "--symbols", metavar="PATH", action="append", default=[],
-                        help="a debug info file for vmlinux or a kvm module (repeatable); "
-                             "the rest is looked for in the standard places")
+    which.add_argument(
+        "-k", "--kernel", action="store_true", help="the running kernel (/proc/kcore; needs root)"
+    )
+    which.add_argument(
+        "-c", "--core", metavar="VMCORE", help="a crash dump: ELF or makedumpfile/kdump-compressed"
+    )
+    which.add_argument(
+        "--qemu",
+        metavar="SOCKET",
+        help="a QEMU guest's kernel through its QMP socket (the guest needs "
+        "-device vmcoreinfo and qemu_fw_cfg loaded)",
+    )
+    target.add_argument(
+        "-s",
+        "--symbols",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="a debug info file for vmlinux or a kvm module (repeatable); "
+        "the rest is looked for in the standard places",
+    )
     return parser
 
 
@@ -55,8 +71,11 @@ def load_kvm_debug_info(prog: Program, paths: Sequence[str]) -> None:
             prog.load_debug_info(paths)
         except MissingDebugInfoError:
             pass  # files for other modules are ignored; missing ones come next
-    wanted = [module for module, _ in prog.loaded_modules()
-              if isinstance(module, MainModule) or module.name in KVM_MODULES]
+    wanted = [
+        module
+        for module, _ in prog.loaded_modules()
+        if isinstance(module, MainModule) or module.name in KVM_MODULES
+    ]
     missing = [module for module in wanted if module.wants_debug_file()]
     if missing:
         prog.load_module_debug_info(*missing)
@@ -91,8 +110,9 @@ def open_core(path: str) -> Program:
     try:
         return kdump_program(path)
     except KdumpError as e:
-        raise ValueError(f"libkdumpfile cannot read it ({refused}), nor can kvmwalk's own "
-                         f"reader ({e})") from None
+        raise ValueError(
+            f"libkdumpfile cannot read it ({refused}), nor can kvmwalk's own reader ({e})"
+        ) from None
 
 
 def build_program(args: argparse.Namespace) -> Program:
@@ -120,8 +140,12 @@ def build_program(args: argparse.Namespace) -> Program:
     return prog
 
 
-def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
-         err: Optional[TextIO] = None) -> int:
+def main(
+    argv: Optional[Sequence[str]] = None,
+    *,
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> int:
     """Entry point of the ``kvmwalk`` console script."""
     prog_name = "kvmwalk"
     out = out or sys.stdout

@@ -53,6 +53,8 @@ class UnknownLayout(KvmWalkError):
         self.struct = struct
         self.members = tuple(members)
         about = f" ({what})" if what else ""
-        super().__init__(f"unknown kernel layout: {struct} has none of the members "
-                         f"{', '.join(self.members)}{about}; this kvmwalk does not know "
-                         "this kernel yet")
+        super().__init__(
+            f"unknown kernel layout: {struct} has none of the members "
+            f"{', '.join(self.members)}{about}; this kvmwalk does not know "
+            "this kernel yet"
+        )

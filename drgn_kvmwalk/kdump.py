@@ -64,13 +64,16 @@ def _read_header(f: BinaryIO) -> _Header:
         raise KdumpError("not a kdump-compressed dump (no KDUMP signature)")
     (version,) = struct.unpack_from("<i", head, 8)
     # struct new_utsname: six 65-byte strings from offset 12; release is the third.
-    release = head[12 + 2 * 65:12 + 3 * 65].split(b"\0", 1)[0].decode(errors="replace")
+    release = head[12 + 2 * 65 : 12 + 3 * 65].split(b"\0", 1)[0].decode(errors="replace")
     # After the utsname (ends at 402) comes a struct timeval (8-aligned: 408..424).
     (_status, block_size, sub_hdr_size, bitmap_blocks, max_mapnr) = struct.unpack_from(
-        "<IiiII", head, 424)
+        "<IiiII", head, 424
+    )
     if version < 1 or block_size <= 0 or block_size & (block_size - 1) or sub_hdr_size < 0:
-        raise KdumpError(f"kdump header version {version}, block size {block_size}: "
-                         "not a layout this reader knows")
+        raise KdumpError(
+            f"kdump header version {version}, block size {block_size}: "
+            "not a layout this reader knows"
+        )
     f.seek(block_size)
     sub = f.read(104)
     if len(sub) < 48:
@@ -82,8 +85,7 @@ def _read_header(f: BinaryIO) -> _Header:
     if version >= 3 and size_vmcoreinfo:
         f.seek(offset_vmcoreinfo)
         vmcoreinfo = f.read(size_vmcoreinfo)
-    return _Header(version, release, block_size, sub_hdr_size, bitmap_blocks, max_mapnr,
-                   vmcoreinfo)
+    return _Header(version, release, block_size, sub_hdr_size, bitmap_blocks, max_mapnr, vmcoreinfo)
 
 
 class KdumpFile:
@@ -106,7 +108,7 @@ class KdumpFile:
         half = h.bitmap_blocks * h.block_size // 2
         self.f.seek(bitmap_at + half)  # the 2nd bitmap: pages in the dump
         raw = np.frombuffer(self.f.read(half), dtype=np.uint8)
-        dumped = np.unpackbits(raw, bitorder="little")[:h.max_mapnr].astype(bool)
+        dumped = np.unpackbits(raw, bitorder="little")[: h.max_mapnr].astype(bool)
         self.dumped = dumped
         # rank[pfn]: how many dumped pages come before it = its page_desc index.
         self.rank = np.cumsum(dumped, dtype=np.int64) - dumped
@@ -144,13 +146,16 @@ class KdumpFile:
             data = zlib.decompress(raw)
         elif any(flags & bit for bit in _METHODS):
             method = next(name for bit, name in _METHODS.items() if flags & bit)
-            raise KdumpError(f"{self.path}: page {pfn:#x} is {method}-compressed; this reader "
-                             "reads zlib (makedumpfile -c) and uncompressed pages")
+            raise KdumpError(
+                f"{self.path}: page {pfn:#x} is {method}-compressed; this reader "
+                "reads zlib (makedumpfile -c) and uncompressed pages"
+            )
         else:
             data = raw
         if len(data) != self.page_size:
-            raise FaultError(f"page {pfn:#x} of the dump is {len(data)} bytes",
-                             pfn * self.page_size)
+            raise FaultError(
+                f"page {pfn:#x} of the dump is {len(data)} bytes", pfn * self.page_size
+            )
         if len(self.cache) >= 4096:
             self.cache.clear()
         self.cache[pfn] = data
@@ -162,7 +167,7 @@ class KdumpFile:
         while count > 0:
             pfn, off = divmod(address, self.page_size)
             n = min(count, self.page_size - off)
-            out += self.page(pfn)[off:off + n]
+            out += self.page(pfn)[off : off + n]
             address += n
             count -= n
         return bytes(out)

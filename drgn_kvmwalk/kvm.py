@@ -56,9 +56,11 @@ def kvm_debug_info_hint(prog: Program) -> str:
         release = prog["UTS_RELEASE"].string_().decode()
     except (KeyError, LookupError):
         release = "$(uname -r)"
-    return (f"load it with -s /usr/lib/debug/lib/modules/{release}/kernel/arch/x86/kvm/kvm.ko "
-            f"(Debian: linux-image-{release}-dbg; Ubuntu: linux-image-{release}-dbgsym; "
-            "Fedora/RHEL: kernel-debuginfo)")
+    return (
+        f"load it with -s /usr/lib/debug/lib/modules/{release}/kernel/arch/x86/kvm/kvm.ko "
+        f"(Debian: linux-image-{release}-dbg; Ubuntu: linux-image-{release}-dbgsym; "
+        "Fedora/RHEL: kernel-debuginfo)"
+    )
 
 
 def _vm_list(prog: Program) -> Object:
@@ -73,8 +75,9 @@ def _vm_list(prog: Program) -> Object:
         raise MissingDebugInfo(f"no debug info for vmlinux ({e})") from None
     if not loaded:
         raise NoKvm("the kvm module is not loaded: this host runs no KVM VMs")
-    raise MissingDebugInfo("kvm.ko is loaded but its debug info is not: "
-                           + kvm_debug_info_hint(prog))
+    raise MissingDebugInfo(
+        "kvm.ko is loaded but its debug info is not: " + kvm_debug_info_hint(prog)
+    )
 
 
 def vm_pid(kvm: Object) -> int:
@@ -134,16 +137,17 @@ def find_vm(prog: Program, pid: Optional[int]) -> Vm:
     if pid is None:
         if len(vms) == 1:
             return vms[0]
-        raise NoSuchVm(f"{len(vms)} VMs exist; choose one with --vm PID: "
-                       + _describe_vms(vms))
+        raise NoSuchVm(f"{len(vms)} VMs exist; choose one with --vm PID: " + _describe_vms(vms))
     matches = [vm for vm in vms if vm.pid == pid]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise NoSuchVm(f"process {pid} has no VM; VMs: " + _describe_vms(vms))
-    raise NoSuchVm(f"process {pid} has {len(matches)} VMs (struct kvm at "
-                   + ", ".join(hex(vm.kvm.value_()) for vm in matches)
-                   + "); this tool cannot tell them apart yet")
+    raise NoSuchVm(
+        f"process {pid} has {len(matches)} VMs (struct kvm at "
+        + ", ".join(hex(vm.kvm.value_()) for vm in matches)
+        + "); this tool cannot tell them apart yet"
+    )
 
 
 def _describe_vms(vms: List[Vm]) -> str:
@@ -210,11 +214,17 @@ def for_each_memslot(kvm: Object) -> Iterator[Memslot]:
                 yield _memslot(as_id, slot)
             continue
         for slot in rbtree_inorder_for_each_entry(
-                "struct kvm_memory_slot", slots.gfn_tree.address_of_(),
-                f"gfn_node[{node_idx}]"):
+            "struct kvm_memory_slot", slots.gfn_tree.address_of_(), f"gfn_node[{node_idx}]"
+        ):
             yield _memslot(as_id, slot)
 
 
 def _memslot(as_id: int, slot: Object) -> Memslot:
-    return Memslot(as_id, int(slot.id), int(slot.base_gfn), int(slot.npages),
-                   int(slot.userspace_addr), int(slot.flags))
+    return Memslot(
+        as_id,
+        int(slot.id),
+        int(slot.base_gfn),
+        int(slot.npages),
+        int(slot.userspace_addr),
+        int(slot.flags),
+    )

@@ -61,7 +61,7 @@ class LeafRun(NamedTuple):
 
     level: int
     table: int  # HPA of the table page
-    base: int   # the address entry 0 of the table translates (canonical)
+    base: int  # the address entry 0 of the table translates (canonical)
     indexes: "np.ndarray[Any, Any]"
     sptes: "np.ndarray[Any, Any]"
     # With iter_leaves(segments=True), for runs of page tables tested together:
@@ -71,7 +71,9 @@ class LeafRun(NamedTuple):
 
     def addrs(self) -> "np.ndarray[Any, Any]":
         """The address each leaf starts at (uint64)."""
-        return np.uint64(self.base) + (self.indexes.astype(_U64) << np.uint64(level_shift(self.level)))
+        return np.uint64(self.base) + (
+            self.indexes.astype(_U64) << np.uint64(level_shift(self.level))
+        )
 
     def hpas(self, fmt: SpteFormat) -> "np.ndarray[Any, Any]":
         """The host physical address each leaf maps (its page's base)."""
@@ -88,12 +90,13 @@ class Unreadable(NamedTuple):
     level: int
     table: int
     base: int
-    size: int   # bytes of address space the page translates
+    size: int  # bytes of address space the page translates
     error: str
 
 
-def classify_table(fmt: SpteFormat, entries: "np.ndarray[Any, Any]",
-                   level: int) -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
+def classify_table(
+    fmt: SpteFormat, entries: "np.ndarray[Any, Any]", level: int
+) -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
     """Vector form of :func:`~drgn_kvmwalk.spte.decode_spte`'s present and
     leaf tests over a table's entries: ``(present, leaf)`` boolean arrays."""
     if fmt.mmu_present_mask:
@@ -123,9 +126,14 @@ def raw_addr(root: Root, addr: int) -> int:
     return addr & ((1 << addr_bits(root)) - 1)
 
 
-def iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, start: int = 0,
-                end: Optional[int] = None,
-                segments: bool = False) -> Iterator[Union[LeafRun, Unreadable]]:
+def iter_leaves(
+    mem: PhysMem,
+    fmt: SpteFormat,
+    root: Root,
+    start: int = 0,
+    end: Optional[int] = None,
+    segments: bool = False,
+) -> Iterator[Union[LeafRun, Unreadable]]:
     """Every leaf SPTE under ``root`` whose page overlaps ``[start, end)``, in
     address order, as :class:`LeafRun` chunks; a table page that cannot be
     read is reported as :class:`Unreadable` and the walk goes on.
@@ -164,12 +172,14 @@ def _raw_range(root: Root, start: int, end: Optional[int]) -> Tuple[int, int]:
     return lo, hi
 
 
-def _iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int,
-                 segments: bool) -> Iterator[Union[LeafRun, Unreadable]]:
+def _iter_leaves(
+    mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int, segments: bool
+) -> Iterator[Union[LeafRun, Unreadable]]:
     level = root_start_level(root)
     if level != PT32E_ROOT_LEVEL:
-        yield from _leaves_in(mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi,
-                              segments)
+        yield from _leaves_in(
+            mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi, segments
+        )
         return
     if root.pae_root_hpa is None:
         return
@@ -187,9 +197,17 @@ def _iter_leaves(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int,
             yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi, segments)
 
 
-def _leaves_in(mem: PhysMem, fmt: SpteFormat, root: Root, table: int, level: int,
-               base: int, lo: int, hi: int,
-               segments: bool) -> Iterator[Union[LeafRun, Unreadable]]:
+def _leaves_in(
+    mem: PhysMem,
+    fmt: SpteFormat,
+    root: Root,
+    table: int,
+    level: int,
+    base: int,
+    lo: int,
+    hi: int,
+    segments: bool,
+) -> Iterator[Union[LeafRun, Unreadable]]:
     shift = level_shift(level)
     size = 1 << shift
     first = max(0, (lo - base) >> shift) if lo > base else 0
@@ -215,8 +233,11 @@ def _leaves_in(mem: PhysMem, fmt: SpteFormat, root: Root, table: int, level: int
     leaves = np.flatnonzero(leaf)
     # Page tables under a level-2 table are read and tested together: one
     # numpy pass for all of them instead of one per table page.
-    batch = (_page_tables(mem, fmt, root, entries, children, base, lo, hi, segments)
-             if level == 2 else {})
+    batch = (
+        _page_tables(mem, fmt, root, entries, children, base, lo, hi, segments)
+        if level == 2
+        else {}
+    )
     done = 0
     for child in children:
         # The leaves before this child come first, in address order.
@@ -230,16 +251,33 @@ def _leaves_in(mem: PhysMem, fmt: SpteFormat, root: Root, table: int, level: int
             if len(run.indexes):
                 yield run
             continue
-        yield from _leaves_in(mem, fmt, root, int(entries[child]) & fmt.base_addr_mask,
-                              level - 1, base + child * size, lo, hi, segments)
+        yield from _leaves_in(
+            mem,
+            fmt,
+            root,
+            int(entries[child]) & fmt.base_addr_mask,
+            level - 1,
+            base + child * size,
+            lo,
+            hi,
+            segments,
+        )
     if leaves.size > done:
         index = leaves[done:]
         yield LeafRun(level, table, cbase, index, entries[index])
 
 
-def _page_tables(mem: PhysMem, fmt: SpteFormat, root: Root, entries: "np.ndarray[Any, Any]",
-                 children: List[int], base: int, lo: int, hi: int,
-                 segments: bool) -> Dict[int, LeafRun]:
+def _page_tables(
+    mem: PhysMem,
+    fmt: SpteFormat,
+    root: Root,
+    entries: "np.ndarray[Any, Any]",
+    children: List[int],
+    base: int,
+    lo: int,
+    hi: int,
+    segments: bool,
+) -> Dict[int, LeafRun]:
     """The leaves of the level-1 tables that ``children`` of a level-2 table
     point to, for those that lie wholly inside ``[lo, hi)`` and can be read:
     entry index -> its LeafRun (maybe empty).  The others are left to the
@@ -271,17 +309,22 @@ def _page_tables(mem: PhysMem, fmt: SpteFormat, root: Root, entries: "np.ndarray
         if cuts is not None:
             pos, first_idx, first_spte = cuts
             a, b = bisect_left(pos, start), bisect_left(pos, end)
-            nxt = pos[a + 1:b] + [end]
+            nxt = pos[a + 1 : b] + [end]
             segs = [(first_idx[k], nxt[k - a] - pos[k], first_spte[k]) for k in range(a, b)]
-        out[child] = LeafRun(1, table, canonical(root, base + child * span), cols[start:end],
-                             sptes[start:end], segs)
+        out[child] = LeafRun(
+            1, table, canonical(root, base + child * span), cols[start:end], sptes[start:end], segs
+        )
         start = end
     return out
 
 
-def _segment_starts(kept: List[Tuple[int, int]], rows: "np.ndarray[Any, Any]",
-                    cols: "np.ndarray[Any, Any]", sptes: "np.ndarray[Any, Any]",
-                    ends: List[int]) -> Tuple[List[int], List[int], List[int]]:
+def _segment_starts(
+    kept: List[Tuple[int, int]],
+    rows: "np.ndarray[Any, Any]",
+    cols: "np.ndarray[Any, Any]",
+    sptes: "np.ndarray[Any, Any]",
+    ends: List[int],
+) -> Tuple[List[int], List[int], List[int]]:
     """Where, in a batch of page tables' leaves (in address order), a leaf
     does not continue the previous one: not the next 4K of address, or not
     the next host page with the same attributes (``spte - address`` changes).

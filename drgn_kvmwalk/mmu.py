@@ -107,8 +107,9 @@ class _MmuLayout(NamedTuple):
     cpu_level: Tuple[str, ...]
 
 
-def _choose(struct: Type, what: str,
-            choices: Sequence[Tuple[str, Tuple[str, ...]]]) -> Tuple[str, ...]:
+def _choose(
+    struct: Type, what: str, choices: Sequence[Tuple[str, Tuple[str, ...]]]
+) -> Tuple[str, ...]:
     """The path of the first of ``choices`` (newest layout first) whose first
     member ``struct`` has.
 
@@ -138,21 +139,25 @@ def _mmu_layout(mmu: Object) -> _MmuLayout:
         # Since Linux kernel commit b9e5603c2a3a ("KVM: x86: use struct
         # kvm_mmu_root_info for mmu->root") (in v5.18), the root is
         # mmu->root.hpa.
-        root_hpa=_choose(struct, "the root HPA", [
-            ("root", ("root", "hpa")),
-            ("root_hpa", ("root_hpa",))]),
+        root_hpa=_choose(
+            struct, "the root HPA", [("root", ("root", "hpa")), ("root_hpa", ("root_hpa",))]
+        ),
         # Since Linux kernel commit a972e29c1d6c ("KVM: x86/mmu: replace
         # shadow_root_level with root_role.level") (in v5.19).  root_role
         # came a few commits earlier in the same series, and while both
         # existed they held the same level.
-        root_level=_choose(struct, "the root level", [
-            ("root_role", ("root_role", "level")),
-            ("shadow_root_level", ("shadow_root_level",))]),
+        root_level=_choose(
+            struct,
+            "the root level",
+            [("root_role", ("root_role", "level")), ("shadow_root_level", ("shadow_root_level",))],
+        ),
         # Since Linux kernel commit 347a0d0ded16 ("KVM: x86/mmu: replace
         # direct_map with root_role.direct") (in v5.19).
-        direct=_choose(struct, "whether the root is direct", [
-            ("root_role", ("root_role", "direct")),
-            ("direct_map", ("direct_map",))]),
+        direct=_choose(
+            struct,
+            "whether the root is direct",
+            [("root_role", ("root_role", "direct")), ("direct_map", ("direct_map",))],
+        ),
         # The guest's paging level.  Since the series "KVM: apply chainsaw to
         # struct kvm_mmu" (commits "KVM: x86/mmu: move CPU-related fields to
         # struct kvm_pagewalk" and "KVM: x86/mmu: pull struct kvm_pagewalk out
@@ -160,10 +165,15 @@ def _mmu_layout(mmu: Object) -> _MmuLayout:
         # rebased), it is mmu->w->cpu_role.  Since Linux kernel commit
         # 4d25502aa12e ("KVM: x86/mmu: replace root_level with
         # cpu_role.base.level") (in v5.19), mmu->cpu_role.
-        cpu_level=_choose(struct, "the guest's paging level", [
-            ("w", ("w", "cpu_role", "base", "level")),
-            ("cpu_role", ("cpu_role", "base", "level")),
-            ("root_level", ("root_level",))]),
+        cpu_level=_choose(
+            struct,
+            "the guest's paging level",
+            [
+                ("w", ("w", "cpu_role", "base", "level")),
+                ("cpu_role", ("cpu_role", "base", "level")),
+                ("root_level", ("root_level",)),
+            ],
+        ),
     )
     prog.cache[key] = layout
     return layout
@@ -189,13 +199,16 @@ def mmu_root(mmu: Object) -> Root:
     direct = bool(_read_path(mmu, layout.direct))
     cpu_level = _read_path(mmu, layout.cpu_level)
     if hpa == INVALID_PAGE or level == 0:
-        raise NoRoot("the vCPU's MMU has no valid root (the vCPU has not run, or its "
-                     "root is being reloaded)")
+        raise NoRoot(
+            "the vCPU's MMU has no valid root (the vCPU has not run, or its root is being reloaded)"
+        )
     if hpa == _zero_page_hpa(prog):
         # Since Linux kernel commit 0e3223d8d00a ("KVM: x86/mmu: Use dummy
         # root, backed by zero page, for !visible guest roots") (in v6.6).
-        raise NoRoot("the vCPU's root is KVM's dummy root (the zero page): the guest's "
-                     "page-table root is not in any memslot, so nothing is mapped")
+        raise NoRoot(
+            "the vCPU's root is KVM's dummy root (the zero page): the guest's "
+            "page-table root is not in any memslot, so nothing is mapped"
+        )
     pae_root = mmu.pae_root.value_()
     pae_root_hpa = int(virt_to_phys(prog, pae_root)) if pae_root else None
     return Root(hpa, level, direct, cpu_level, pae_root_hpa)
@@ -277,17 +290,20 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
             mmio_access_mask=_var(prog, "shadow_mmio_access_mask"),
             nonpresent_or_rsvd_mask=_var(prog, "shadow_nonpresent_or_rsvd_mask"),
             nonpresent_or_rsvd_lower_gfn_mask=_var(
-                prog, "shadow_nonpresent_or_rsvd_lower_gfn_mask"),
+                prog, "shadow_nonpresent_or_rsvd_lower_gfn_mask"
+            ),
             mmio_value_global=_var(prog, "shadow_mmio_value"),
         )
     except KeyError as e:
-        raise MissingDebugInfo(f"kvm.ko variable {e} not found: "
-                               + kvm_debug_info_hint(prog)) from None
+        raise MissingDebugInfo(
+            f"kvm.ko variable {e} not found: " + kvm_debug_info_hint(prog)
+        ) from None
     try:
         fields.update(_spte_layout(prog))
     except KeyError as e:
-        raise MissingDebugInfo(f"kvm.ko variable {e} not found: "
-                               + kvm_debug_info_hint(prog)) from None
+        raise MissingDebugInfo(
+            f"kvm.ko variable {e} not found: " + kvm_debug_info_hint(prog)
+        ) from None
     # The SPTE format is global: EPT exactly when executable is a bit to set.
     fields["ept"] = fields["x_mask"] != 0
     try:
@@ -335,8 +351,12 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         # freed bit 10 (MMIO generation in bits 3-9 and 52-62).  Values read
         # from Debian's linux-source-7.2 (7.2.13), arch/x86/kvm/mmu/spte.h.
         return _present_bit_layout(
-            prog, x_mask=_var(prog, "shadow_xs_mask"), xu_mask=_var(prog, "shadow_xu_mask"),
-            mmio_gen=MMIO_GEN_LAYOUT_7_2, tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2)
+            prog,
+            x_mask=_var(prog, "shadow_xs_mask"),
+            xu_mask=_var(prog, "shadow_xu_mask"),
+            mmio_gen=MMIO_GEN_LAYOUT_7_2,
+            tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2,
+        )
     x_mask = _var(prog, "shadow_x_mask")
     if "shadow_host_writable_mask" in prog:
         # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
@@ -347,8 +367,10 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         # again and the MMIO generation sits in bits 3-10 and 52-62.
         return _present_bit_layout(prog, x_mask=x_mask, mmio_gen=MMIO_GEN_LAYOUT_5_13)
     if "shadow_mmio_mask" in prog:
-        raise KvmWalkError("this kernel's SPTE layout (before v5.8: shadow_mmio_mask without "
-                           "shadow_host_writable_mask) is not supported yet")
+        raise KvmWalkError(
+            "this kernel's SPTE layout (before v5.8: shadow_mmio_mask without "
+            "shadow_host_writable_mask) is not supported yet"
+        )
     # v5.8 to v5.12: no shadow_mmio_mask variable; is_mmio_spte() tests bits
     # 52-53 (SPTE_MMIO_MASK), host-/MMU-writable are bits 10/11 in every
     # format, "present" is any non-zero SPTE that is not MMIO (nor v5.12's
@@ -371,9 +393,9 @@ class VcpuSummary(NamedTuple):
 
     id: int
     root: Optional[Root]
-    kind: Optional[str]       # "tdp" or "shadow", as MmuInfo.kind
+    kind: Optional[str]  # "tdp" or "shadow", as MmuInfo.kind
     tdp_mmu: Optional[bool]
-    no_root: Optional[str]    # the reason, when root is None
+    no_root: Optional[str]  # the reason, when root is None
 
 
 class VmSummary(NamedTuple):
@@ -381,8 +403,8 @@ class VmSummary(NamedTuple):
 
     pid: int
     stats_id: Optional[str]
-    mmu: str                  # "ept", "npt" or "shadow"
-    tdp_mmu: Optional[bool]   # from the vCPUs' roots; None when no vCPU has one
+    mmu: str  # "ept", "npt" or "shadow"
+    tdp_mmu: Optional[bool]  # from the vCPUs' roots; None when no vCPU has one
     vcpus: List[VcpuSummary]
     memslots: List[Memslot]
 
@@ -410,23 +432,24 @@ def vm_summary(prog: Program, vm: Vm) -> VmSummary:
     # be on guest_mmu (never the TDP MMU), so any vCPU on the TDP MMU decides.
     known = [v.tdp_mmu for v in vcpus if v.tdp_mmu is not None]
     tdp_mmu = any(known) if known else None
-    return VmSummary(vm.pid, vm_stats_id(vm.kvm), mmu, tdp_mmu, vcpus,
-                     list(for_each_memslot(vm.kvm)))
+    return VmSummary(
+        vm.pid, vm_stats_id(vm.kvm), mmu, tdp_mmu, vcpus, list(for_each_memslot(vm.kvm))
+    )
 
 
 class ShadowPage(NamedTuple):
     """The ``struct kvm_mmu_page`` that owns a table page (``sp->spt``)."""
 
-    address: int      # of the struct kvm_mmu_page
-    level: int        # role.level
-    direct: bool      # role.direct: maps GFNs directly (TDP, or a guest large page)
-    access: int       # role.access: ACC_EXEC_MASK 1 | ACC_WRITE_MASK 2 | ACC_USER_MASK 4
-    as_id: int        # role.smm: address space (1 = SMM)
+    address: int  # of the struct kvm_mmu_page
+    level: int  # role.level
+    direct: bool  # role.direct: maps GFNs directly (TDP, or a guest large page)
+    access: int  # role.access: ACC_EXEC_MASK 1 | ACC_WRITE_MASK 2 | ACC_USER_MASK 4
+    as_id: int  # role.smm: address space (1 = SMM)
     guest_mode: bool  # role.guest_mode: a page of a nested (L2) guest
-    invalid: bool     # role.invalid: obsolete, waiting to be freed
-    quadrant: int     # role.quadrant: which part of a 32-bit guest table it shadows
-    gfn: int          # direct: first GFN it maps; shadow: GFN of the guest table
-    root_count: int   # references as a root (root_count / tdp_mmu_root_count)
+    invalid: bool  # role.invalid: obsolete, waiting to be freed
+    quadrant: int  # role.quadrant: which part of a 32-bit guest table it shadows
+    gfn: int  # direct: first GFN it maps; shadow: GFN of the guest table
+    root_count: int  # references as a root (root_count / tdp_mmu_root_count)
     tdp_mmu: bool
 
 
@@ -447,9 +470,19 @@ def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
             tdp_mmu = bool(sp.tdp_mmu_page)
         except AttributeError:  # kernels before the TDP MMU (v5.10) lack the field
             tdp_mmu = False
-        return ShadowPage(private, int(role.level), bool(role.direct), int(role.access),
-                          int(role.smm), bool(role.guest_mode), bool(role.invalid),
-                          int(role.quadrant), int(sp.gfn), int(sp.root_count), tdp_mmu)
+        return ShadowPage(
+            private,
+            int(role.level),
+            bool(role.direct),
+            int(role.access),
+            int(role.smm),
+            bool(role.guest_mode),
+            bool(role.invalid),
+            int(role.quadrant),
+            int(sp.gfn),
+            int(sp.root_count),
+            tdp_mmu,
+        )
     except (FaultError, LookupError, ValueError, AttributeError):
         return None
 
@@ -460,9 +493,9 @@ ROOT_CHOICES = ("current", "prev", "all")
 class LabelledRoot(NamedTuple):
     """A root to walk, and which one it is (for --root)."""
 
-    label: str        # "current", "prev[1]", "guest_mmu", "vm root 0x..."
+    label: str  # "current", "prev[1]", "guest_mmu", "vm root 0x..."
     root: Root
-    kind: str         # "tdp" or "shadow": what the root translates
+    kind: str  # "tdp" or "shadow": what the root translates
     tdp_mmu: bool
 
 
@@ -506,8 +539,12 @@ def select_roots(vcpu: Object, which: str) -> List[LabelledRoot]:
     tdp = _tdp_enabled(prog)
 
     def labelled(label: str, root: Root) -> LabelledRoot:
-        return LabelledRoot(label, root, "tdp" if root.direct and tdp else "shadow",
-                            _is_tdp_mmu_root(prog, root.hpa))
+        return LabelledRoot(
+            label,
+            root,
+            "tdp" if root.direct and tdp else "shadow",
+            _is_tdp_mmu_root(prog, root.hpa),
+        )
 
     roots: List[LabelledRoot] = []
     if which in ("current", "all"):
@@ -528,11 +565,18 @@ def select_roots(vcpu: Object, which: str) -> List[LabelledRoot]:
             if sp_hpa in seen or sp.level < 4:
                 continue  # PAE roots' pages are reached through pae_root
             seen.add(sp_hpa)
-            extra = "".join([f", as {sp.as_id}" if sp.as_id else "",
-                             ", invalid" if sp.invalid else "",
-                             ", guest mode" if sp.guest_mode else ""])
-            roots.append(labelled(f"vm root {sp_hpa:#x}{extra}",
-                                  _root_of_page(sp_hpa, sp, info.root.cpu_level)))
+            extra = "".join(
+                [
+                    f", as {sp.as_id}" if sp.as_id else "",
+                    ", invalid" if sp.invalid else "",
+                    ", guest mode" if sp.guest_mode else "",
+                ]
+            )
+            roots.append(
+                labelled(
+                    f"vm root {sp_hpa:#x}{extra}", _root_of_page(sp_hpa, sp, info.root.cpu_level)
+                )
+            )
     return roots
 
 

@@ -48,54 +48,67 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
     code = DrgnCodeBuilder(prog)
     if args.list:
         code.add_from_import("drgn_kvmwalk", "for_each_vm", "vm_summary")
-        code.append("for vm in for_each_vm(prog):\n"
-                    "    summary = vm_summary(prog, vm)\n"
-                    "    print(summary.pid, summary.mmu, summary.tdp_mmu)\n"
-                    "    for vcpu in summary.vcpus:\n"
-                    "        print(vcpu.id, vcpu.root)\n"
-                    "    for memslot in summary.memslots:\n"
-                    "        print(memslot)\n")
+        code.append(
+            "for vm in for_each_vm(prog):\n"
+            "    summary = vm_summary(prog, vm)\n"
+            "    print(summary.pid, summary.mmu, summary.tdp_mmu)\n"
+            "    for vcpu in summary.vcpus:\n"
+            "        print(vcpu.id, vcpu.root)\n"
+            "    for memslot in summary.memslots:\n"
+            "        print(memslot)\n"
+        )
         return code.get()
     if args.stats:
         code.add_from_import("drgn_kvmwalk", "find_vm", "for_each_vm")
         code.add_from_import("drgn_kvmwalk.verify", "vm_stats")
         vms = "for_each_vm(prog)" if args.vm is None else f"[find_vm(prog, {args.vm})]"
-        code.append(f"for vm in {vms}:\n"
-                    "    stats = vm_stats(prog, vm)\n"
-                    "    # leaves per page size, beside kvm->stat.pages_4k/2m/1g (or lpages)\n"
-                    "    print(stats.pid, stats.leaves, stats.kvm, stats.differences)\n")
+        code.append(
+            f"for vm in {vms}:\n"
+            "    stats = vm_stats(prog, vm)\n"
+            "    # leaves per page size, beside kvm->stat.pages_4k/2m/1g (or lpages)\n"
+            "    print(stats.pid, stats.leaves, stats.kvm, stats.differences)\n"
+        )
         return code.get()
-    code.add_from_import("drgn_kvmwalk", "find_vm", "find_vcpu", "mmu_info", "spte_format",
-                         "DrgnPhysMem")
-    code.append(f"vm = find_vm(prog, {args.vm!r})\n"
-                f"vcpu = find_vcpu(vm.kvm, {args.vcpu})\n"
-                "info = mmu_info(vcpu)  # root: HPA, level, direct; kind; tdp_mmu\n"
-                "fmt = spte_format(prog, vm.kvm)\n")
+    code.add_from_import(
+        "drgn_kvmwalk", "find_vm", "find_vcpu", "mmu_info", "spte_format", "DrgnPhysMem"
+    )
+    code.append(
+        f"vm = find_vm(prog, {args.vm!r})\n"
+        f"vcpu = find_vcpu(vm.kvm, {args.vcpu})\n"
+        "info = mmu_info(vcpu)  # root: HPA, level, direct; kind; tdp_mmu\n"
+        "fmt = spte_format(prog, vm.kvm)\n"
+    )
     if args.addr:
         code.add_from_import("drgn_kvmwalk", "TableCache", "walk_addr")
         if args.annotate:
             code.add_from_import("drgn_kvmwalk", "shadow_page")
         code.append("mem = TableCache(DrgnPhysMem(prog))\n")
         code.append(f"for addr in [{', '.join(hex(a) for a in args.addr)}]:\n")
-        code.append("    walk = walk_addr(mem, fmt, info.root, addr)\n"
-                    "    for step in walk.steps:\n"
-                    "        print(step.level, hex(step.sptep), hex(step.spte), step.info.flags)\n")
+        code.append(
+            "    walk = walk_addr(mem, fmt, info.root, addr)\n"
+            "    for step in walk.steps:\n"
+            "        print(step.level, hex(step.sptep), hex(step.spte), step.info.flags)\n"
+        )
         if args.annotate:
-            code.append("        print('  ', shadow_page(prog, step.table))  # struct kvm_mmu_page\n")
+            code.append(
+                "        print('  ', shadow_page(prog, step.table))  # struct kvm_mmu_page\n"
+            )
         code.append("    print(hex(addr), walk.hpa, walk.page_size, walk.stop)\n")
         return code.get()
     code.add_from_import("drgn_kvmwalk", "iter_leaves", "LeafRun")
     start, end = args.range if args.range else (0, None)
     end_text = "None" if end is None else hex(end)
-    code.append(f"for run in iter_leaves(DrgnPhysMem(prog), fmt, info.root, {start:#x}, "
-                f"{end_text}):\n"
-                "    if not isinstance(run, LeafRun):\n"
-                "        print('not accessible:', run)\n"
-                "        continue\n"
-                "    # numpy arrays: one entry per leaf SPTE of one table page\n"
-                "    for addr, spte, hpa in zip(run.addrs().tolist(), run.sptes.tolist(),\n"
-                "                               run.hpas(fmt).tolist()):\n"
-                "        print(hex(addr), run.level, hex(spte), hex(hpa))\n")
+    code.append(
+        f"for run in iter_leaves(DrgnPhysMem(prog), fmt, info.root, {start:#x}, "
+        f"{end_text}):\n"
+        "    if not isinstance(run, LeafRun):\n"
+        "        print('not accessible:', run)\n"
+        "        continue\n"
+        "    # numpy arrays: one entry per leaf SPTE of one table page\n"
+        "    for addr, spte, hpa in zip(run.addrs().tolist(), run.sptes.tolist(),\n"
+        "                               run.hpas(fmt).tolist()):\n"
+        "        print(hex(addr), run.level, hex(spte), hex(hpa))\n"
+    )
     return code.get()
 
 
@@ -106,9 +119,12 @@ def _cmd_kvmwalk(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -
     from .cli import EXIT_OK, UsageError, build_parser, parse_args, run
 
     own = build_parser(name)
-    own.add_argument("--drgn", action="store_true",
-                     help="print how to do the same with drgn_kvmwalk's Python API (not "
-                          "for --map, --root, --json, nor --annotate without --addr)")
+    own.add_argument(
+        "--drgn",
+        action="store_true",
+        help="print how to do the same with drgn_kvmwalk's Python API (not "
+        "for --map, --root, --json, nor --annotate without --addr)",
+    )
     try:
         parsed = parse_args(own, list(args), name)
     except UsageError as e:
@@ -147,11 +163,11 @@ def register() -> None:
         name="kvmwalk",
         description="walk KVM's page tables (SPTEs) of a VM's vCPU",
         usage="**kvmwalk** [--vm PID] (--vcpu N (--addr X... | --dump | --map) | --list | "
-              "--stats) [--range START-END] [--root current|prev|all] [--annotate] [--json] "
-              "[--drgn]",
+        "--stats) [--range START-END] [--root current|prev|all] [--annotate] [--json] "
+        "[--drgn]",
         long_description="Walk KVM's own page tables for a vCPU of a VM, as KVM's "
-                         "for_each_shadow_entry() does; or list the VMs, or dump or map every "
-                         "leaf SPTE under a vCPU's root.  '%kvmwalk --help' shows every option.",
+        "for_each_shadow_entry() does; or list the VMs, or dump or map every "
+        "leaf SPTE under a vCPU's root.  '%kvmwalk --help' shows every option.",
         parse=parse_shell_command,
     )(_cmd_kvmwalk)
     _registered = True

@@ -54,24 +54,32 @@ def page_size_name(size: Optional[int]) -> str:
     return str(size)
 
 
-def header_text(vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool, fmt: SpteFormat,
-                root: Root) -> str:
+def header_text(
+    vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool, fmt: SpteFormat, root: Root
+) -> str:
     flavour = "TDP MMU" if tdp_mmu else "legacy MMU"
     hw = ("EPT" if fmt.ept else "NPT") if kind == "tdp" else "shadow paging"
     # pae_root is allocated for most shadow MMUs; name it only when the walk enters it.
-    pae = (f", enters pae_root {root.pae_root_hpa:#x}"
-           if root.pae_root_hpa is not None and root_start_level(root) == 3 else "")
-    return (f"VM {vm_pid} vCPU {vcpu_id}: {hw}, {flavour}, {fmt.name} SPTEs, "
-            f"root {root.hpa:#x} level {root.level}"
-            f"{'' if root.direct else f' (guest paging level {root.cpu_level})'}{pae}")
+    pae = (
+        f", enters pae_root {root.pae_root_hpa:#x}"
+        if root.pae_root_hpa is not None and root_start_level(root) == 3
+        else ""
+    )
+    return (
+        f"VM {vm_pid} vCPU {vcpu_id}: {hw}, {flavour}, {fmt.name} SPTEs, "
+        f"root {root.hpa:#x} level {root.level}"
+        f"{'' if root.direct else f' (guest paging level {root.cpu_level})'}{pae}"
+    )
 
 
 def _step_line(step: Step) -> str:
     name = LEVEL_NAMES.get(step.level, f"L{step.level}")
     if step.pae_root:
         name += "*"
-    return (f"  {name:<6} [{step.index:3d}]  sptep {step.sptep:#014x}  "
-            f"spte {step.spte:#018x}  {describe_flags(step.info.flags)}")
+    return (
+        f"  {name:<6} [{step.index:3d}]  sptep {step.sptep:#014x}  "
+        f"spte {step.spte:#018x}  {describe_flags(step.info.flags)}"
+    )
 
 
 def walk_text(w: Walk, sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> List[str]:
@@ -94,9 +102,15 @@ def walk_text(w: Walk, sps: Optional[Dict[int, Optional[ShadowPage]]] = None) ->
     return lines
 
 
-def walk_json(w: Walk, vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool,
-              fmt: SpteFormat,
-              sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> Dict[str, Any]:
+def walk_json(
+    w: Walk,
+    vm_pid: int,
+    vcpu_id: int,
+    kind: str,
+    tdp_mmu: bool,
+    fmt: SpteFormat,
+    sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
+) -> Dict[str, Any]:
     return {
         "vm": vm_pid,
         "vcpu": vcpu_id,
@@ -117,10 +131,16 @@ def walk_json(w: Walk, vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool,
                 "leaf": s.leaf,
                 "kind": "pae_root" if s.pae_root else s.info.kind,
                 "flags": s.info.flags,
-                **({"mmio_gfn": s.info.mmio_gfn, "mmio_gen": s.info.mmio_gen}
-                   if s.info.kind == "mmio" else {}),
-                **({"sp": None if s.pae_root else sp_json(sps.get(s.table))}
-                   if sps is not None else {}),
+                **(
+                    {"mmio_gfn": s.info.mmio_gfn, "mmio_gen": s.info.mmio_gen}
+                    if s.info.kind == "mmio"
+                    else {}
+                ),
+                **(
+                    {"sp": None if s.pae_root else sp_json(sps.get(s.table))}
+                    if sps is not None
+                    else {}
+                ),
             }
             for s in w.steps
         ],
@@ -132,6 +152,7 @@ def walk_json(w: Walk, vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool,
 
 
 # -- whole-table views: --dump (every leaf) and --map (merged ranges) ---------
+
 
 class FlagCache:
     """The decoded flags of a leaf depend only on its level and on the SPTE
@@ -159,13 +180,18 @@ def addr_name(direct: bool) -> str:
 
 
 def dump_header(direct: bool) -> str:
-    return (f"{addr_name(direct):<18}  {'size':>4}  {'sptep':<14}  {'spte':<18}  "
-            f"{'HPA':<14}  flags")
+    return f"{addr_name(direct):<18}  {'size':>4}  {'sptep':<14}  {'spte':<18}  {'HPA':<14}  flags"
 
 
-def dump_lines(run: LeafRun, fmt: SpteFormat, flags: FlagCache, vm_pid: int, vcpu_id: int,
-               as_json: bool,
-               sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> List[str]:
+def dump_lines(
+    run: LeafRun,
+    fmt: SpteFormat,
+    flags: FlagCache,
+    vm_pid: int,
+    vcpu_id: int,
+    as_json: bool,
+    sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
+) -> List[str]:
     """One line per leaf of ``run``: text columns, or JSON Lines
     ``{"vm", "vcpu", "addr", "level", "sptep", "spte", "hpa", "flags"}``.
     With ``sps`` (--annotate), JSON records get ``"sp"`` and the text a line
@@ -176,22 +202,27 @@ def dump_lines(run: LeafRun, fmt: SpteFormat, flags: FlagCache, vm_pid: int, vcp
         rows = _dump_rows(run, fmt)
         head = f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "addr": '
         tail = "}" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(run.table)))}}}'
-        return [f'{head}{addr}, "level": {level}, "sptep": {sptep}, "spte": {spte}, '
-                f'"hpa": {hpa}, "flags": {get(level, spte)[1]}{tail}'
-                for addr, sptep, spte, hpa in rows]
+        return [
+            f'{head}{addr}, "level": {level}, "sptep": {sptep}, "spte": {spte}, '
+            f'"hpa": {hpa}, "flags": {get(level, spte)[1]}{tail}'
+            for addr, sptep, spte, hpa in rows
+        ]
     size = page_size_name(level_size(level))
     lines = [] if sps is None else [table_line(run.table, sps)]
     fast = _dump_text_rows(run, fmt, flags, size)
     if fast is not None:
         return lines + fast
-    return lines + [dump_text_row(addr, size, sptep, spte, hpa, get(level, spte)[0])
-                    for addr, sptep, spte, hpa in _dump_rows(run, fmt)]
+    return lines + [
+        dump_text_row(addr, size, sptep, spte, hpa, get(level, spte)[0])
+        for addr, sptep, spte, hpa in _dump_rows(run, fmt)
+    ]
 
 
 def _dump_rows(run: LeafRun, fmt: SpteFormat) -> Iterator[Tuple[int, int, int, int]]:
     """(address, SPTE pointer, SPTE, HPA) of each leaf of ``run``."""
-    return zip(run.addrs().tolist(), run.spteps().tolist(), run.sptes.tolist(),
-               run.hpas(fmt).tolist())
+    return zip(
+        run.addrs().tolist(), run.spteps().tolist(), run.sptes.tolist(), run.hpas(fmt).tolist()
+    )
 
 
 def dump_text_row(addr: int, size: str, sptep: int, spte: int, hpa: int, flags: str) -> str:
@@ -199,8 +230,9 @@ def dump_text_row(addr: int, size: str, sptep: int, spte: int, hpa: int, flags: 
     return f"{addr:#018x}  {size:>4}  {sptep:#014x}  {spte:#018x}  {hpa:#014x}  {flags}"
 
 
-def _dump_text_rows(run: LeafRun, fmt: SpteFormat, flags: FlagCache,
-                    size: str) -> Optional[List[str]]:
+def _dump_text_rows(
+    run: LeafRun, fmt: SpteFormat, flags: FlagCache, size: str
+) -> Optional[List[str]]:
     """The text lines of ``run``, as :func:`dump_text_row` writes them, with
     the hex columns of all leaves made at once: a character matrix whose
     rows are the lines up to the flags.  None when a 12-digit column (SPTE
@@ -221,18 +253,31 @@ def _dump_text_rows(run: LeafRun, fmt: SpteFormat, flags: FlagCache,
     def text(t: str) -> "np.ndarray[Any, Any]":
         return np.broadcast_to(np.frombuffer(t.encode(), dtype=np.uint8), (len(hpas), len(t)))
 
-    matrix = np.concatenate([
-        text("0x"), hex_columns(run.addrs(), 16), text(f"  {size:>4}  0x"),
-        hex_columns(spteps, 12), text("  0x"), hex_columns(run.sptes, 16), text("  0x"),
-        hex_columns(hpas, 12), text("  ")], axis=1)
+    matrix = np.concatenate(
+        [
+            text("0x"),
+            hex_columns(run.addrs(), 16),
+            text(f"  {size:>4}  0x"),
+            hex_columns(spteps, 12),
+            text("  0x"),
+            hex_columns(run.sptes, 16),
+            text("  0x"),
+            hex_columns(hpas, 12),
+            text("  "),
+        ],
+        axis=1,
+    )
     width = matrix.shape[1]
     block = matrix.tobytes().decode("ascii")
     # Flags depend on the bits outside the page address: decode each once.
-    _, first, which = np.unique(run.sptes & np.uint64(flags.attr_mask), return_index=True,
-                                return_inverse=True)
+    _, first, which = np.unique(
+        run.sptes & np.uint64(flags.attr_mask), return_index=True, return_inverse=True
+    )
     names = [flags.get(run.level, spte)[0] for spte in run.sptes[first].tolist()]
-    return [block[i:i + width] + names[k]
-            for i, k in zip(range(0, len(block), width), which.ravel().tolist())]
+    return [
+        block[i : i + width] + names[k]
+        for i, k in zip(range(0, len(block), width), which.ravel().tolist())
+    ]
 
 
 def table_line(table: int, sps: Dict[int, Optional[ShadowPage]]) -> str:
@@ -241,10 +286,10 @@ def table_line(table: int, sps: Dict[int, Optional[ShadowPage]]) -> str:
 
 class MapRange(NamedTuple):
     start: int
-    end: int   # exclusive
+    end: int  # exclusive
     hpa: int
     level: int
-    spte: int   # of the range's first leaf
+    spte: int  # of the range's first leaf
     table: int  # HPA of the table page of the range's first leaf
 
 
@@ -259,8 +304,17 @@ def map_segments(run: LeafRun, fmt: SpteFormat, flags: FlagCache) -> List[MapRan
     shift = level_shift(run.level)
     mask = fmt.base_addr_mask & ~((1 << shift) - 1)
     if run.segments is not None:  # computed for a whole batch of tables
-        return [MapRange(run.base + (i << shift), run.base + ((i + n) << shift), v & mask,
-                         run.level, v, run.table) for i, n, v in run.segments]
+        return [
+            MapRange(
+                run.base + (i << shift),
+                run.base + ((i + n) << shift),
+                v & mask,
+                run.level,
+                v,
+                run.table,
+            )
+            for i, n, v in run.segments
+        ]
     import numpy as np  # already loaded by leaves.py, which made ``run``
 
     idx = run.indexes
@@ -275,9 +329,17 @@ def map_segments(run: LeafRun, fmt: SpteFormat, flags: FlagCache) -> List[MapRan
     ends = starts[1:] + [n]
     first_idx = idx[starts].tolist()
     first_spte = run.sptes[starts].tolist()
-    return [MapRange(run.base + (i << shift), run.base + ((i + e - st) << shift), v & mask,
-                     run.level, v, run.table)
-            for i, v, st, e in zip(first_idx, first_spte, starts, ends)]
+    return [
+        MapRange(
+            run.base + (i << shift),
+            run.base + ((i + e - st) << shift),
+            v & mask,
+            run.level,
+            v,
+            run.table,
+        )
+        for i, v, st, e in zip(first_idx, first_spte, starts, ends)
+    ]
 
 
 class RangeMerger:
@@ -291,9 +353,13 @@ class RangeMerger:
     def add(self, seg: MapRange) -> Optional[MapRange]:
         """Feed one segment; returns a range once it is complete."""
         p = self.pending
-        if (p is not None and p.end == seg.start and p.level == seg.level
-                and p.hpa + (p.end - p.start) == seg.hpa
-                and self.flags.get(p.level, p.spte) == self.flags.get(seg.level, seg.spte)):
+        if (
+            p is not None
+            and p.end == seg.start
+            and p.level == seg.level
+            and p.hpa + (p.end - p.start) == seg.hpa
+            and self.flags.get(p.level, p.spte) == self.flags.get(seg.level, seg.spte)
+        ):
             self.pending = p._replace(end=seg.end)
             return None
         self.pending = seg
@@ -306,32 +372,45 @@ class RangeMerger:
 
 def map_header(direct: bool) -> str:
     name = addr_name(direct)
-    return (f"{name + ' start':<18}  {name + ' end':<18}  {'HPA':<14}  {'size':>4}  "
-            f"{'pages':>7}  flags")
+    return (
+        f"{name + ' start':<18}  {name + ' end':<18}  {'HPA':<14}  {'size':>4}  {'pages':>7}  flags"
+    )
 
 
 _SIZE_COLUMN = {level: f"{page_size_name(level_size(level)):>4}" for level in range(1, 6)}
 
 
-def map_line(r: MapRange, flags: FlagCache, vm_pid: int, vcpu_id: int, as_json: bool,
-             sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> str:
+def map_line(
+    r: MapRange,
+    flags: FlagCache,
+    vm_pid: int,
+    vcpu_id: int,
+    as_json: bool,
+    sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
+) -> str:
     """Text columns, or JSON ``{"vm", "vcpu", "start", "end", "hpa", "level",
     "flags"}``; with ``sps`` (--annotate) also the table page's shadow page
     (``"sp"`` in JSON, a line before the range in text)."""
     text, js = flags.get(r.level, r.spte)
     if as_json:
         sp = "" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(r.table)))}'
-        return (f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "start": {r.start}, "end": {r.end}, '
-                f'"hpa": {r.hpa}, "level": {r.level}, "flags": {js}{sp}}}')
+        return (
+            f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "start": {r.start}, "end": {r.end}, '
+            f'"hpa": {r.hpa}, "level": {r.level}, "flags": {js}{sp}}}'
+        )
     shift = level_shift(r.level)
-    line = (f"{r.start:#018x}  {r.end:#018x}  {r.hpa:#014x}  {_SIZE_COLUMN[r.level]}  "
-            f"{(r.end - r.start) >> shift:>7}  {text}")
+    line = (
+        f"{r.start:#018x}  {r.end:#018x}  {r.hpa:#014x}  {_SIZE_COLUMN[r.level]}  "
+        f"{(r.end - r.start) >> shift:>7}  {text}"
+    )
     return line if sps is None else table_line(r.table, sps) + "\n" + line
 
 
 def unreadable_line(u: Unreadable, direct: bool) -> str:
-    return (f"{addr_name(direct)} {u.base:#x}-{u.base + u.size:#x}: level-{u.level} table "
-            f"page {u.table:#x} not accessible; its mappings are unknown")
+    return (
+        f"{addr_name(direct)} {u.base:#x}-{u.base + u.size:#x}: level-{u.level} table "
+        f"page {u.table:#x} not accessible; its mappings are unknown"
+    )
 
 
 # -- --list ----------------------------------------------------------------------
@@ -344,26 +423,42 @@ def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
     "root_hpa", "root_level", "direct"}], "memslots": [{"as_id", "id",
     "base_gfn", "npages", "hva", "flags"}]}]}``; a vCPU without a valid root
     has nulls and ``no_root`` (the reason)."""
-    return {"vms": [{
-        "pid": vm.pid,
-        "stats_id": vm.stats_id,
-        "mmu": vm.mmu,
-        "tdp_mmu": vm.tdp_mmu,
-        "vcpus": [{"id": v.id,
-                   "root_hpa": v.root.hpa if v.root else None,
-                   "root_level": v.root.level if v.root else None,
-                   "direct": v.root.direct if v.root else None,
-                   **({"no_root": v.no_root} if v.root is None else {})}
-                  for v in vm.vcpus],
-        "memslots": [{"as_id": m.as_id, "id": m.id, "base_gfn": m.base_gfn,
-                      "npages": m.npages, "hva": m.hva, "flags": m.flags}
-                     for m in vm.memslots],
-    } for vm in vms]}
+    return {
+        "vms": [
+            {
+                "pid": vm.pid,
+                "stats_id": vm.stats_id,
+                "mmu": vm.mmu,
+                "tdp_mmu": vm.tdp_mmu,
+                "vcpus": [
+                    {
+                        "id": v.id,
+                        "root_hpa": v.root.hpa if v.root else None,
+                        "root_level": v.root.level if v.root else None,
+                        "direct": v.root.direct if v.root else None,
+                        **({"no_root": v.no_root} if v.root is None else {}),
+                    }
+                    for v in vm.vcpus
+                ],
+                "memslots": [
+                    {
+                        "as_id": m.as_id,
+                        "id": m.id,
+                        "base_gfn": m.base_gfn,
+                        "npages": m.npages,
+                        "hva": m.hva,
+                        "flags": m.flags,
+                    }
+                    for m in vm.memslots
+                ],
+            }
+            for vm in vms
+        ]
+    }
 
 
 def _memslot_flags(flags: int) -> str:
-    names = [n for bit, n in ((1, "dirty-log"), (2, "readonly"), (4, "guest-memfd"))
-             if flags & bit]
+    names = [n for bit, n in ((1, "dirty-log"), (2, "readonly"), (4, "guest-memfd")) if flags & bit]
     return f"{flags:#x}" + (f" ({', '.join(names)})" if names else "")
 
 
@@ -374,42 +469,54 @@ def list_text(vms: Sequence[VmSummary]) -> List[str]:
     for vm in vms:
         flavour = {True: ", TDP MMU", False: ", legacy MMU", None: ""}[vm.tdp_mmu]
         sid = f" ({vm.stats_id})" if vm.stats_id else ""
-        lines.append(f"VM pid {vm.pid}{sid}: {_MMU_NAMES[vm.mmu]}{flavour}, "
-                     f"{len(vm.vcpus)} vCPUs, {len(vm.memslots)} memslots")
+        lines.append(
+            f"VM pid {vm.pid}{sid}: {_MMU_NAMES[vm.mmu]}{flavour}, "
+            f"{len(vm.vcpus)} vCPUs, {len(vm.memslots)} memslots"
+        )
         for v in vm.vcpus:
             if v.root is None:
                 lines.append(f"  vCPU {v.id}: {v.no_root}")
                 continue
             what = "GPA (direct)" if v.root.direct else "GVA (shadows the guest's tables)"
-            lines.append(f"  vCPU {v.id}: root {v.root.hpa:#x} level {v.root.level}, "
-                         f"translates {what}")
+            lines.append(
+                f"  vCPU {v.id}: root {v.root.hpa:#x} level {v.root.level}, translates {what}"
+            )
         for m in vm.memslots:
-            lines.append(f"  memslot {m.id} (as {m.as_id}): GFN {m.base_gfn:#x}-"
-                         f"{m.base_gfn + m.npages:#x} ({m.npages} pages, "
-                         f"{page_size_name(m.npages << 12)}), HVA {m.hva:#x}, "
-                         f"flags {_memslot_flags(m.flags)}")
+            lines.append(
+                f"  memslot {m.id} (as {m.as_id}): GFN {m.base_gfn:#x}-"
+                f"{m.base_gfn + m.npages:#x} ({m.npages} pages, "
+                f"{page_size_name(m.npages << 12)}), HVA {m.hva:#x}, "
+                f"flags {_memslot_flags(m.flags)}"
+            )
     return lines
 
 
 # -- --stats ---------------------------------------------------------------------
 
+
 def stats_json(st: VmStats) -> Dict[str, Any]:
     """``{"vm", "roots", "tables", "leaves": {"4K", "2M", "1G"}, "kvm": {...},
     "match", "differences", "by_mmu": {"tdp_mmu", "legacy"}, "notes",
     "unreadable"}``."""
-    return {"vm": st.pid, "roots": st.roots, "tables": st.tables, "leaves": st.leaves,
-            "kvm": st.kvm, "match": not st.differences, "differences": st.differences,
-            "by_mmu": st.by_mmu, "notes": st.notes,
-            "unreadable": [{"table": t, "error": e} for t, e in st.unreadable]}
+    return {
+        "vm": st.pid,
+        "roots": st.roots,
+        "tables": st.tables,
+        "leaves": st.leaves,
+        "kvm": st.kvm,
+        "match": not st.differences,
+        "differences": st.differences,
+        "by_mmu": st.by_mmu,
+        "notes": st.notes,
+        "unreadable": [{"table": t, "error": e} for t, e in st.unreadable],
+    }
 
 
 def stats_text(st: VmStats) -> str:
     leaves = ", ".join(f"{k} {v}" for k, v in st.leaves.items())
     kvm = ", ".join(f"{k} {v}" for k, v in st.kvm.items())
-    verdict = ("they match" if not st.differences
-               else "DIFFERENT: " + ", ".join(st.differences))
-    text = (f"VM pid {st.pid}: {st.roots} roots; leaf SPTEs {leaves}; "
-            f"KVM counts {kvm}: {verdict}")
+    verdict = "they match" if not st.differences else "DIFFERENT: " + ", ".join(st.differences)
+    text = f"VM pid {st.pid}: {st.roots} roots; leaf SPTEs {leaves}; KVM counts {kvm}: {verdict}"
     for note in st.notes:
         text += f"\n  note: {note}"
     for table, error in st.unreadable:
@@ -419,13 +526,23 @@ def stats_text(st: VmStats) -> str:
 
 # -- --annotate: the struct kvm_mmu_page of a table page ----------------------------
 
+
 def sp_json(sp: Optional[ShadowPage]) -> Optional[Dict[str, Any]]:
     if sp is None:
         return None
-    return {"address": sp.address, "level": sp.level, "direct": sp.direct,
-            "access": sp.access, "as_id": sp.as_id, "guest_mode": sp.guest_mode,
-            "invalid": sp.invalid, "quadrant": sp.quadrant, "gfn": sp.gfn,
-            "root_count": sp.root_count, "tdp_mmu": sp.tdp_mmu}
+    return {
+        "address": sp.address,
+        "level": sp.level,
+        "direct": sp.direct,
+        "access": sp.access,
+        "as_id": sp.as_id,
+        "guest_mode": sp.guest_mode,
+        "invalid": sp.invalid,
+        "quadrant": sp.quadrant,
+        "gfn": sp.gfn,
+        "root_count": sp.root_count,
+        "tdp_mmu": sp.tdp_mmu,
+    }
 
 
 def _level_note(sp: Optional[ShadowPage], level: int) -> str:
@@ -435,8 +552,10 @@ def _level_note(sp: Optional[ShadowPage], level: int) -> str:
         # Before Linux kernel commit f1b832550832 ("KVM: x86/mmu: Fix TDP MMU
         # page table level") (in v5.14) a TDP MMU child page got its parent's
         # level; the root's was right.
-        return (" (role.level is its parent's: the TDP MMU set it so before Linux "
-                "commit f1b832550832, v5.14)")
+        return (
+            " (role.level is its parent's: the TDP MMU set it so before Linux "
+            "commit f1b832550832, v5.14)"
+        )
     return f" (role.level {sp.level} is not this table's level {level})"
 
 
@@ -448,11 +567,19 @@ def _access(access: int) -> str:
 def sp_text(sp: Optional[ShadowPage]) -> str:
     if sp is None:
         return "no struct kvm_mmu_page (a special root: pae_root/pml4_root/pml5_root)"
-    extra = "".join(f", {word}" for on, word in ((sp.invalid, "INVALID"),
-                                                 (sp.guest_mode, "guest mode (L2)"),
-                                                 (sp.tdp_mmu, "TDP MMU")) if on)
+    extra = "".join(
+        f", {word}"
+        for on, word in (
+            (sp.invalid, "INVALID"),
+            (sp.guest_mode, "guest mode (L2)"),
+            (sp.tdp_mmu, "TDP MMU"),
+        )
+        if on
+    )
     quadrant = f", quadrant {sp.quadrant}" if sp.quadrant else ""
-    return (f"kvm_mmu_page {sp.address:#x}: level {sp.level}, "
-            f"{'direct' if sp.direct else 'shadows a guest table'}, gfn {sp.gfn:#x}, "
-            f"access {_access(sp.access)}, as {sp.as_id}{quadrant}, "
-            f"root_count {sp.root_count}{extra}")
+    return (
+        f"kvm_mmu_page {sp.address:#x}: level {sp.level}, "
+        f"{'direct' if sp.direct else 'shadows a guest table'}, gfn {sp.gfn:#x}, "
+        f"access {_access(sp.access)}, as {sp.as_id}{quadrant}, "
+        f"root_count {sp.root_count}{extra}"
+    )

@@ -228,8 +228,12 @@ class SpteInfo(NamedTuple):
 def _hw_flags(fmt: SpteFormat, spte: int, leaf: bool) -> List[str]:
     flags: List[str] = []
     if fmt.ept:
-        for bit, name in ((VMX_EPT_READABLE_MASK, "R"), (VMX_EPT_WRITABLE_MASK, "W"),
-                          (VMX_EPT_EXECUTABLE_MASK, "X"), (fmt.xu_mask, "XU")):
+        for bit, name in (
+            (VMX_EPT_READABLE_MASK, "R"),
+            (VMX_EPT_WRITABLE_MASK, "W"),
+            (VMX_EPT_EXECUTABLE_MASK, "X"),
+            (fmt.xu_mask, "XU"),
+        ):
             if bit and spte & bit:
                 flags.append(name)
         if leaf:
@@ -246,9 +250,16 @@ def _hw_flags(fmt: SpteFormat, spte: int, leaf: bool) -> List[str]:
         if spte & VMX_EPT_SUPPRESS_VE_BIT:
             flags.append("SVE")
     else:
-        for bit, name in ((PT_PRESENT_MASK, "P"), (PT_WRITABLE_MASK, "W"), (PT_USER_MASK, "U"),
-                          (PT_PWT_MASK, "PWT"), (PT_PCD_MASK, "PCD"), (PT_ACCESSED_MASK, "A"),
-                          (PT_DIRTY_MASK, "D"), (PT_PAGE_SIZE_MASK, "PS")):
+        for bit, name in (
+            (PT_PRESENT_MASK, "P"),
+            (PT_WRITABLE_MASK, "W"),
+            (PT_USER_MASK, "U"),
+            (PT_PWT_MASK, "PWT"),
+            (PT_PCD_MASK, "PCD"),
+            (PT_ACCESSED_MASK, "A"),
+            (PT_DIRTY_MASK, "D"),
+            (PT_PAGE_SIZE_MASK, "PS"),
+        ):
             if spte & bit:
                 flags.append(name)
         if spte & PT_GLOBAL_MASK and leaf:
@@ -296,10 +307,22 @@ def decode_spte(fmt: SpteFormat, spte: int, level: int) -> SpteInfo:
     if fmt.is_mmio(spte):
         flags = ["mmio"]
         if fmt.ept:
-            flags += [n for b, n in ((VMX_EPT_WRITABLE_MASK, "W"), (VMX_EPT_EXECUTABLE_MASK, "X"))
-                      if spte & b]
-        return SpteInfo(spte, level, False, False, "mmio", None, flags,
-                        mmio_gfn=fmt.mmio_gfn(spte), mmio_gen=fmt.mmio_gen.generation(spte))
+            flags += [
+                n
+                for b, n in ((VMX_EPT_WRITABLE_MASK, "W"), (VMX_EPT_EXECUTABLE_MASK, "X"))
+                if spte & b
+            ]
+        return SpteInfo(
+            spte,
+            level,
+            False,
+            False,
+            "mmio",
+            None,
+            flags,
+            mmio_gfn=fmt.mmio_gfn(spte),
+            mmio_gen=fmt.mmio_gen.generation(spte),
+        )
     if not fmt.is_present(spte):
         flags = []
         if fmt.ept and spte & VMX_EPT_SUPPRESS_VE_BIT:
@@ -329,12 +352,24 @@ def x86_format(
     if mmio_value is None:
         mmio_value = ((1 << 51) | PT_PRESENT_MASK) if phys_bits < 52 else 0
     return SpteFormat(
-        ept=False, base_addr_mask=base, present_mask=PT_PRESENT_MASK, user_mask=PT_USER_MASK,
-        x_mask=0, nx_mask=PT64_NX_MASK, accessed_mask=PT_ACCESSED_MASK, dirty_mask=PT_DIRTY_MASK,
-        host_writable_mask=1 << 9, mmu_writable_mask=1 << 10, acc_track_mask=0,
-        me_value=me_value, mmio_mask=mmio_value, mmio_value=mmio_value,
-        mmio_caching=mmio_value != 0, mmio_access_mask=PT_WRITABLE_MASK | PT_USER_MASK,
-        nonpresent_or_rsvd_mask=rsvd_len, nonpresent_or_rsvd_lower_gfn_mask=low_mask,
+        ept=False,
+        base_addr_mask=base,
+        present_mask=PT_PRESENT_MASK,
+        user_mask=PT_USER_MASK,
+        x_mask=0,
+        nx_mask=PT64_NX_MASK,
+        accessed_mask=PT_ACCESSED_MASK,
+        dirty_mask=PT_DIRTY_MASK,
+        host_writable_mask=1 << 9,
+        mmu_writable_mask=1 << 10,
+        acc_track_mask=0,
+        me_value=me_value,
+        mmio_mask=mmio_value,
+        mmio_value=mmio_value,
+        mmio_caching=mmio_value != 0,
+        mmio_access_mask=PT_WRITABLE_MASK | PT_USER_MASK,
+        nonpresent_or_rsvd_mask=rsvd_len,
+        nonpresent_or_rsvd_lower_gfn_mask=low_mask,
     )
 
 
@@ -351,17 +386,28 @@ def ept_format(
     base = ((1 << phys_bits) - 1) & ~(PAGE_SIZE - 1)
     rsvd_len, low_mask = _l1tf_masks(phys_bits, l1tf)
     present = (0 if exec_only else VMX_EPT_READABLE_MASK) | (
-        VMX_EPT_SUPPRESS_VE_BIT if suppress_ve else 0)
+        VMX_EPT_SUPPRESS_VE_BIT if suppress_ve else 0
+    )
     mmio_mask = VMX_EPT_RWX_MASK | (VMX_EPT_SUPPRESS_VE_BIT if suppress_ve else 0)
     return SpteFormat(
-        ept=True, base_addr_mask=base, present_mask=present, user_mask=VMX_EPT_READABLE_MASK,
-        x_mask=VMX_EPT_EXECUTABLE_MASK, nx_mask=0,
+        ept=True,
+        base_addr_mask=base,
+        present_mask=present,
+        user_mask=VMX_EPT_READABLE_MASK,
+        x_mask=VMX_EPT_EXECUTABLE_MASK,
+        nx_mask=0,
         accessed_mask=VMX_EPT_ACCESS_BIT if ad_bits else 0,
         dirty_mask=VMX_EPT_DIRTY_BIT if ad_bits else 0,
-        host_writable_mask=1 << 57, mmu_writable_mask=1 << 58, acc_track_mask=VMX_EPT_RWX_MASK,
-        me_value=0, mmio_mask=mmio_mask, mmio_value=VMX_EPT_MISCONFIG_WX_VALUE,
-        mmio_caching=True, mmio_access_mask=0,
-        nonpresent_or_rsvd_mask=rsvd_len, nonpresent_or_rsvd_lower_gfn_mask=low_mask,
+        host_writable_mask=1 << 57,
+        mmu_writable_mask=1 << 58,
+        acc_track_mask=VMX_EPT_RWX_MASK,
+        me_value=0,
+        mmio_mask=mmio_mask,
+        mmio_value=VMX_EPT_MISCONFIG_WX_VALUE,
+        mmio_caching=True,
+        mmio_access_mask=0,
+        nonpresent_or_rsvd_mask=rsvd_len,
+        nonpresent_or_rsvd_lower_gfn_mask=low_mask,
     )
 
 

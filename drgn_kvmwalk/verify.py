@@ -40,14 +40,14 @@ class VmStats(NamedTuple):
     """
 
     pid: int
-    roots: int                     # TDP MMU roots + legacy shadow pages in use as roots
-    tables: int                    # table pages read: TDP MMU and legacy shadow pages
-    leaves: Dict[str, int]         # "4K", "2M", "1G"
+    roots: int  # TDP MMU roots + legacy shadow pages in use as roots
+    tables: int  # table pages read: TDP MMU and legacy shadow pages
+    leaves: Dict[str, int]  # "4K", "2M", "1G"
     kvm: Dict[str, int]
     differences: List[str]
     unreadable: List[Tuple[int, str]]  # (table HPA, error)
     by_mmu: Dict[str, Dict[str, int]]  # "tdp_mmu" and "legacy": leaves per size
-    notes: List[str]                   # what explains a difference, when known
+    notes: List[str]  # what explains a difference, when known
 
 
 def kvm_page_counters(kvm: Object) -> Dict[str, int]:
@@ -59,8 +59,9 @@ def kvm_page_counters(kvm: Object) -> Dict[str, int]:
     try:
         # Since Linux kernel commit 71f51d2c3253 ("KVM: x86/mmu: Add detailed
         # page size stats") (in v5.15), KVM counts leaves per page size.
-        return {name: int(stat.member_(name).counter) for name in
-                ("pages_4k", "pages_2m", "pages_1g")}
+        return {
+            name: int(stat.member_(name).counter) for name in ("pages_4k", "pages_2m", "pages_1g")
+        }
     except LookupError:
         pass
     # Before, only large leaves were counted, in one number: an unsigned long
@@ -79,12 +80,16 @@ def _differences(leaves: Dict[str, int], counters: Dict[str, int]) -> List[str]:
     if "lpages" in counters:
         large = leaves["2M"] + leaves["1G"]
         return [] if large == counters["lpages"] else ["lpages"]
-    return [name for name, key in (("pages_4k", "4K"), ("pages_2m", "2M"), ("pages_1g", "1G"))
-            if counters[name] != leaves[key]]
+    return [
+        name
+        for name, key in (("pages_4k", "4K"), ("pages_2m", "2M"), ("pages_1g", "1G"))
+        if counters[name] != leaves[key]
+    ]
 
 
-def _notes(by_mmu: Dict[str, Dict[str, int]], counters: Dict[str, int],
-           differences: List[str]) -> List[str]:
+def _notes(
+    by_mmu: Dict[str, Dict[str, int]], counters: Dict[str, int], differences: List[str]
+) -> List[str]:
     """Known kernel behaviour that accounts for a difference, when the numbers
     fit it exactly; the difference itself stays flagged."""
     if differences != ["lpages"]:
@@ -94,10 +99,12 @@ def _notes(by_mmu: Dict[str, Dict[str, int]], counters: Dict[str, int],
     if tdp_large and counters["lpages"] == legacy_large:
         # Only the counter's own value can tell: the fix changed code, not a
         # type or a symbol.  Stable kernels may have it backported.
-        return [f"lpages counts only the legacy MMU's {legacy_large} large leaves, not the "
-                f"TDP MMU's {tdp_large}: the TDP MMU was not counted before Linux kernel "
-                f"commit 1699f65c8b65 (\"kvm/x86: Fix 'lpages' kvm stat for TDM MMU\") "
-                f"(in v5.13)"]
+        return [
+            f"lpages counts only the legacy MMU's {legacy_large} large leaves, not the "
+            f"TDP MMU's {tdp_large}: the TDP MMU was not counted before Linux kernel "
+            f"commit 1699f65c8b65 (\"kvm/x86: Fix 'lpages' kvm stat for TDM MMU\") "
+            f"(in v5.13)"
+        ]
     return []
 
 
@@ -150,5 +157,14 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
     leaves = {key: by_mmu["tdp_mmu"][key] + by_mmu["legacy"][key] for key in LEVEL_KEYS.values()}
     counters = kvm_page_counters(vm.kvm)
     differences = _differences(leaves, counters)
-    return VmStats(vm.pid, roots, mem.tables, leaves, counters, differences, unreadable, by_mmu,
-                   _notes(by_mmu, counters, differences))
+    return VmStats(
+        vm.pid,
+        roots,
+        mem.tables,
+        leaves,
+        counters,
+        differences,
+        unreadable,
+        by_mmu,
+        _notes(by_mmu, counters, differences),
+    )

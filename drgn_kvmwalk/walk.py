@@ -191,12 +191,14 @@ def check_addr(root: Root, addr: int) -> None:
         what = "GPA" if root.direct else "GVA"
         raise AddressError(
             f"{what} {addr:#x} is beyond what a {level}-level root translates "
-            f"({bits}-bit addresses, up to {(1 << bits) - 1:#x})")
+            f"({bits}-bit addresses, up to {(1 << bits) - 1:#x})"
+        )
     top = addr >> (bits - 1)
     if top not in (0, (1 << (65 - bits)) - 1):
         raise AddressError(
             f"GVA {addr:#x} is not canonical for a {level}-level root "
-            f"(bits {bits - 1}-63 must all be equal)")
+            f"(bits {bits - 1}-63 must all be equal)"
+        )
 
 
 def _stop_reason(info: SpteInfo) -> str:
@@ -235,8 +237,15 @@ def walk_addr(mem: TableCache, fmt: SpteFormat, root: Root, addr: int) -> Walk:
             return stopped(f"pae_root at {e.address:#x} not accessible", level)
         table = entry & fmt.base_addr_mask
         valid = bool(entry & PT_PRESENT_MASK) and entry != (1 << 64) - 1 and table != 0
-        info = SpteInfo(entry, level, valid, False, "table" if valid else "none",
-                        table if valid else None, ["P"] if valid else [])
+        info = SpteInfo(
+            entry,
+            level,
+            valid,
+            False,
+            "table" if valid else "none",
+            table if valid else None,
+            ["P"] if valid else [],
+        )
         steps.append(Step(level, index, root.pae_root_hpa, sptep, entry, info, pae_root=True))
         if not valid:
             return stopped(f"PAE root entry {index} is empty", level)
@@ -263,4 +272,3 @@ def walk_addr(mem: TableCache, fmt: SpteFormat, root: Root, addr: int) -> Walk:
         table = spte & fmt.base_addr_mask
         level -= 1
     raise AssertionError("unreachable: level 1 entries are always last")
-

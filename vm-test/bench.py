@@ -44,10 +44,13 @@ import kernels  # noqa: E402
 from l1 import L1, agent_command  # noqa: E402
 
 VIEWS = ["stats", "map", "map-json", "dump", "dump-json"]
-VIEW_ARGS = {"stats": ["--stats"], "map": ["--vcpu", "0", "--map"],
-             "map-json": ["--vcpu", "0", "--map", "--json"],
-             "dump": ["--vcpu", "0", "--dump"],
-             "dump-json": ["--vcpu", "0", "--dump", "--json"]}
+VIEW_ARGS = {
+    "stats": ["--stats"],
+    "map": ["--vcpu", "0", "--map"],
+    "map-json": ["--vcpu", "0", "--map", "--json"],
+    "dump": ["--vcpu", "0", "--dump"],
+    "dump-json": ["--vcpu", "0", "--dump", "--json"],
+}
 
 
 def timed(cmd: List[str], runs: int) -> Dict[str, Any]:
@@ -64,12 +67,20 @@ def timed(cmd: List[str], runs: int) -> Dict[str, Any]:
 def main() -> int:
     cell.use_project_venv()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="trixie", choices=sorted(kernels.SUITES),
-                    help="L1 kernel (needs KVM_PRE_FAULT_MEMORY: trixie or sid)")
+    ap.add_argument(
+        "--suite",
+        default="trixie",
+        choices=sorted(kernels.SUITES),
+        help="L1 kernel (needs KVM_PRE_FAULT_MEMORY: trixie or sid)",
+    )
     ap.add_argument("--mib", type=int, default=1024, help="guest memory pre-faulted at 4K")
     ap.add_argument("--runs", type=int, default=9)
-    ap.add_argument("--keep", type=Path, default=TOP / "build" / "bench",
-                    help="work directory (the dump is deleted at the end)")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=TOP / "build" / "bench",
+        help="work directory (the dump is deleted at the end)",
+    )
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     kernel = kernels.fetch(args.suite, log=log)
@@ -79,15 +90,33 @@ def main() -> int:
     shared = work / "shared"
     truth_file = shared / "truth.json"
     l2vmm = TOP / "build" / "l2vmm"
-    workload = shlex.join([str(l2vmm), "--truth", str(truth_file), "--prefault-mib",
-                           str(args.mib), "--stop-file", str(shared / "release"),
-                           "--timeout", "3000", "-v"])
+    workload = shlex.join(
+        [
+            str(l2vmm),
+            "--truth",
+            str(truth_file),
+            "--prefault-mib",
+            str(args.mib),
+            "--stop-file",
+            str(shared / "release"),
+            "--timeout",
+            "3000",
+            "-v",
+        ]
+    )
     elf = work / "l1.elf"
     t0 = time.monotonic()
-    with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=work,
-            memory="4G", log=log,
-            agent_cmd=agent_command([workload], {}, python=sys.executable,
-                                    ready_timeout=2400, timeout=3000)) as l1:
+    with L1(
+        kernel,
+        append=spec.append,
+        cpu_features=spec.cpu_features,
+        workdir=work,
+        memory="4G",
+        log=log,
+        agent_cmd=agent_command(
+            [workload], {}, python=sys.executable, ready_timeout=2400, timeout=3000
+        ),
+    ) as l1:
         ready = l1.wait_ready(2700)
         if not ready.get("ok"):
             raise SystemExit(f"L1 failed: {ready.get('errors')}")
@@ -99,18 +128,42 @@ def main() -> int:
     drgn = cell.drgn_bin()
     syms = cell.symbol_args(kernel)
     target = ["-c", str(elf)]
-    result: Dict[str, Any] = {"suite": args.suite, "release": kernel.release, "mib": args.mib,
-                              "runs": args.runs, "inproc": {}, "process": {}}
+    result: Dict[str, Any] = {
+        "suite": args.suite,
+        "release": kernel.release,
+        "mib": args.mib,
+        "runs": args.runs,
+        "inproc": {},
+        "process": {},
+    }
     for view in VIEWS:
         out = work / f"inproc-{view}.json"
-        subprocess.run([drgn, *target, *syms, str(HERE / "bench_inproc.py"), "--pid", pid,
-                        "--view", view, "--runs", str(args.runs), "--out", str(out)],
-                       check=True)
+        subprocess.run(
+            [
+                drgn,
+                *target,
+                *syms,
+                str(HERE / "bench_inproc.py"),
+                "--pid",
+                pid,
+                "--view",
+                view,
+                "--runs",
+                str(args.runs),
+                "--out",
+                str(out),
+            ],
+            check=True,
+        )
         r = json.loads(out.read_text())
         leaves = sum(r["stats"]["leaves"].values())
         med = statistics.median(r["seconds"])
-        r.update(leaves=leaves, median=med, leaves_per_s=leaves / med,
-                 extra_peak_mib=(r["rss_kib_after"] - r["rss_kib_before"]) / 1024)
+        r.update(
+            leaves=leaves,
+            median=med,
+            leaves_per_s=leaves / med,
+            extra_peak_mib=(r["rss_kib_after"] - r["rss_kib_before"]) / 1024,
+        )
         result["inproc"][view] = r
     addr = hex(truth["pages"][0]["gpa"])
     script = str(TOP / "contrib" / "kvmwalk.py")
@@ -119,26 +172,57 @@ def main() -> int:
     console_syms = [x for f in sym_files for x in ("-s", f)]
     procs = {
         "drgn start-up": [drgn, *target, *syms, "-e", "pass"],
-        "--addr (drgn script)": [drgn, *target, *syms, script, "--vm", pid, "--vcpu", "0",
-                                 "--addr", addr],
-        "--addr (kvmwalk)": [kvmwalk, *target, *console_syms, "--vm", pid, "--vcpu", "0",
-                             "--addr", addr],
+        "--addr (drgn script)": [
+            drgn,
+            *target,
+            *syms,
+            script,
+            "--vm",
+            pid,
+            "--vcpu",
+            "0",
+            "--addr",
+            addr,
+        ],
+        "--addr (kvmwalk)": [
+            kvmwalk,
+            *target,
+            *console_syms,
+            "--vm",
+            pid,
+            "--vcpu",
+            "0",
+            "--addr",
+            addr,
+        ],
     }
     for view in VIEWS:
-        procs[f"--{view} (kvmwalk)"] = [kvmwalk, *target, *console_syms, "--vm", pid,
-                                        *VIEW_ARGS[view]]
+        procs[f"--{view} (kvmwalk)"] = [
+            kvmwalk,
+            *target,
+            *console_syms,
+            "--vm",
+            pid,
+            *VIEW_ARGS[view],
+        ]
     for name, cmd in procs.items():
         result["process"][name] = timed(cmd, args.runs)
     elf.unlink(missing_ok=True)
     (work / "bench.json").write_text(json.dumps(result, indent=1))
     base = result["process"]["drgn start-up"]["median"]
-    print(f"{args.suite} ({kernel.release}), {args.mib} MiB guest pre-faulted at 4K, "
-          f"median of {args.runs} runs")
-    print(f"{'in-process view':<14} {'leaves':>8} {'median s':>9} {'leaves/s':>12} "
-          f"{'peak MiB over drgn':>19}")
+    print(
+        f"{args.suite} ({kernel.release}), {args.mib} MiB guest pre-faulted at 4K, "
+        f"median of {args.runs} runs"
+    )
+    print(
+        f"{'in-process view':<14} {'leaves':>8} {'median s':>9} {'leaves/s':>12} "
+        f"{'peak MiB over drgn':>19}"
+    )
     for view, r in result["inproc"].items():
-        print(f"{view:<14} {r['leaves']:>8} {r['median']:>9.4f} {r['leaves_per_s']:>12,.0f} "
-              f"{r['extra_peak_mib']:>19.1f}")
+        print(
+            f"{view:<14} {r['leaves']:>8} {r['median']:>9.4f} {r['leaves_per_s']:>12,.0f} "
+            f"{r['extra_peak_mib']:>19.1f}"
+        )
     print(f"{'whole process':<24} {'median s':>9} {'x drgn start-up':>16}")
     for name, r in result["process"].items():
         print(f"{name:<24} {r['median']:>9.3f} {r['median'] / base:>16.2f}")

@@ -61,8 +61,7 @@ def main():
     # The leaves the views go through: KVM's own count over the VM's tables
     # and the tool's (--stats), taken once.
     stats_out = io.StringIO()
-    rc = kvmwalk_main(prog_, ["--vm", args.pid, "--stats", "--json"], out=stats_out,
-                      err=sys.stderr)
+    rc = kvmwalk_main(prog_, ["--vm", args.pid, "--stats", "--json"], out=stats_out, err=sys.stderr)
     stats = json.loads(stats_out.getvalue())
     argv = ["--vm", args.pid, *VIEWS[args.view]]
     times, chars = [], 0
@@ -74,8 +73,15 @@ def main():
         chars = sink.chars
         if rc:
             sys.exit(f"{argv}: exit status {rc}")
-    result = {"view": args.view, "argv": argv, "seconds": times, "output_chars": chars,
-              "stats": stats, "rss_kib_before": base_rss, "rss_kib_after": peak_rss_kib()}
+    result = {
+        "view": args.view,
+        "argv": argv,
+        "seconds": times,
+        "output_chars": chars,
+        "stats": stats,
+        "rss_kib_before": base_rss,
+        "rss_kib_after": peak_rss_kib(),
+    }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

@@ -43,20 +43,20 @@ from l1 import L1, L1Error, agent_command, compress_dump  # noqa: E402
 class Workload(NamedTuple):
     """One L2 guest (build/l2vmm) run in the cell's L1 boot."""
 
-    opts: List[str]                   # extra l2vmm options
+    opts: List[str]  # extra l2vmm options
     root_level: Optional[int] = None  # when not the mode's: 32-bit guests under
-                                      # shadow paging get a PAE root (3 levels)
+    # shadow paging get a PAE root (3 levels)
 
 
 class Mode(NamedTuple):
     """How L1 boots for one MMU mode, and which L2 workloads run in it."""
 
-    append: List[str]        # L1 kernel command line (kvm_amd loads by itself at
-                             # boot under -cpu max: module parameters go here)
+    append: List[str]  # L1 kernel command line (kvm_amd loads by itself at
+    # boot under -cpu max: module parameters go here)
     cpu_features: List[str]  # appended to -cpu
     workloads: Dict[str, Workload]
-    root_level: int          # the NPT/shadow root level the boot must give
-    memory: str = "2G"       # L1 RAM
+    root_level: int  # the NPT/shadow root level the boot must give
+    memory: str = "2G"  # L1 RAM
 
     def expected_root_level(self, suite: str, workload: str) -> int:
         level = self.workloads[workload].root_level or self.root_level
@@ -72,8 +72,11 @@ class Mode(NamedTuple):
 # transparent huge pages, and with one 1 GiB hugetlbfs page: 4K, 2M and 1G
 # leaves.  L1 reserves that 1 GiB page at boot (a 2G L1 cannot find a free,
 # aligned GiB for it; 4G can).
-_TDP_WORKLOADS = {"base": Workload([]), "thp": Workload(["--thp"]),
-                  "1g": Workload(["--backing", "hugetlb1g"])}
+_TDP_WORKLOADS = {
+    "base": Workload([]),
+    "thp": Workload(["--thp"]),
+    "1g": Workload(["--backing", "hugetlb1g"]),
+}
 _HUGETLB_1G = ["hugepagesz=1G", "hugepages=1"]
 
 MODES: Dict[str, Mode] = {
@@ -89,12 +92,17 @@ MODES: Dict[str, Mode] = {
     # which KVM shadows with 2M leaves.  The 64-bit guest starts on a copy of
     # its top-level table and then loads the real one, so KVM keeps its first
     # root in mmu->prev_roots (--root prev).
-    "shadow": Mode(["kvm_amd.npt=0"], [], {
-        "base": Workload(["--switch-cr3"]),
-        "pae": Workload(["--guest-paging", "pae"], root_level=3),
-        "32": Workload(["--guest-paging", "32"], root_level=3),
-        "2m": Workload(["--guest-2m", "--thp"]),
-    }, 4),
+    "shadow": Mode(
+        ["kvm_amd.npt=0"],
+        [],
+        {
+            "base": Workload(["--switch-cr3"]),
+            "pae": Workload(["--guest-paging", "pae"], root_level=3),
+            "32": Workload(["--guest-paging", "32"], root_level=3),
+            "2m": Workload(["--guest-2m", "--thp"]),
+        },
+        4,
+    ),
 }
 VIEWS = ["live", "qmp", "elf", "kdump"]
 # The kernels the tests cover (Debian suites; see kernels.py).  experimental
@@ -136,12 +144,22 @@ def symbol_args(kernel: kernels.Kernel) -> List[str]:
 def _run(cmd: List[str], timeout: float) -> Dict[str, Any]:
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    return {"cmd": shlex.join(cmd), "rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr,
-            "seconds": round(time.monotonic() - t0, 3)}
+    return {
+        "cmd": shlex.join(cmd),
+        "rc": p.returncode,
+        "stdout": p.stdout,
+        "stderr": p.stderr,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
 
 
-def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = print,
-             keep_dumps: bool = False) -> Dict[str, Any]:
+def run_cell(
+    suite: str,
+    mode: str,
+    workdir: Path,
+    log: Callable[[str], None] = print,
+    keep_dumps: bool = False,
+) -> Dict[str, Any]:
     kernel = kernels.fetch(suite, log=log)
     spec = MODES[mode]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -154,19 +172,49 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
     l2vmm = TOP / "build" / "l2vmm"
     if not l2vmm.exists():
         raise RuntimeError(f"{l2vmm} is missing: run vm-test/setup")
-    workloads = [shlex.join([str(l2vmm), "--truth", str(truths[name]), *wl.opts,
-                             "--stop-file", str(shared / "release"), "--timeout", "1800"])
-                 for name, wl in spec.workloads.items()]
+    workloads = [
+        shlex.join(
+            [
+                str(l2vmm),
+                "--truth",
+                str(truths[name]),
+                *wl.opts,
+                "--stop-file",
+                str(shared / "release"),
+                "--timeout",
+                "1800",
+            ]
+        )
+        for name, wl in spec.workloads.items()
+    ]
     truth_args = [arg for name, path in truths.items() for arg in ("--truth", f"{name}={path}")]
 
     def views_cmd(target: List[str], view: str, out: Path) -> List[str]:
-        return [drgn, *target, *syms, str(HERE / "check_views.py"), *truth_args,
-                "--out", str(out), "--view", view, "--addr-kind", kind]
+        return [
+            drgn,
+            *target,
+            *syms,
+            str(HERE / "check_views.py"),
+            *truth_args,
+            "--out",
+            str(out),
+            "--view",
+            view,
+            "--addr-kind",
+            kind,
+        ]
 
     def one_walk_cmd(target: List[str]) -> List[str]:
         # One address, as a user would type it; the address comes from the truth file.
-        return [str(HERE / "walk_first"), str(first), kind, drgn, *target, *syms,
-                str(TOP / "contrib" / "kvmwalk.py")]
+        return [
+            str(HERE / "walk_first"),
+            str(first),
+            kind,
+            drgn,
+            *target,
+            *syms,
+            str(TOP / "contrib" / "kvmwalk.py"),
+        ]
 
     # The kvmwalk console script opens the target itself and loads only
     # vmlinux and the kvm modules (here from the -s files).
@@ -180,53 +228,77 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         # %kvmwalk through drgn's own command machinery (the drgn.plugins
         # entry point registers it when drgn sets up the program).
         page = json.loads(first.read_text())
-        command = (f"kvmwalk --vm {page['pid']} --vcpu 0 --addr "
-                   f"{hex(page['pages'][0][kind])}")
+        command = f"kvmwalk --vm {page['pid']} --vcpu 0 --addr {hex(page['pages'][0][kind])}"
         # A failure is drgn's CommandError: its message, exit status 2.
-        return [drgn, *target, *syms, "-e",
-                "import sys\nfrom drgn.commands import CommandError, run_command\n"
-                f"try:\n    run_command(prog, {command!r})\n"
-                "except CommandError as e:\n    print(e, file=sys.stderr)\n    sys.exit(2)\n"]
+        return [
+            drgn,
+            *target,
+            *syms,
+            "-e",
+            "import sys\nfrom drgn.commands import CommandError, run_command\n"
+            f"try:\n    run_command(prog, {command!r})\n"
+            "except CommandError as e:\n    print(e, file=sys.stderr)\n    sys.exit(2)\n",
+        ]
 
     checks = {
         "live": shlex.join(views_cmd(["-k"], "live", shared / "live.json")),
         "live-one": shlex.join(one_walk_cmd(["-k"])),
         "live-console": shlex.join(console_cmd(["-k"])),
     }
-    result: Dict[str, Any] = {"suite": suite, "mode": mode, "release": kernel.release,
-                              "addr_kind": kind,
-                              "root_levels": {name: spec.expected_root_level(suite, name)
-                                              for name in spec.workloads},
-                              "views": {}, "one_walk": {}, "console": {}, "plugin": {}}
+    result: Dict[str, Any] = {
+        "suite": suite,
+        "mode": mode,
+        "release": kernel.release,
+        "addr_kind": kind,
+        "root_levels": {name: spec.expected_root_level(suite, name) for name in spec.workloads},
+        "views": {},
+        "one_walk": {},
+        "console": {},
+        "plugin": {},
+    }
     t_cell = time.monotonic()
-    with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir,
-            memory=spec.memory, log=log, agent_cmd=agent_command(workloads, checks, python=sys.executable)) as l1:
+    with L1(
+        kernel,
+        append=spec.append,
+        cpu_features=spec.cpu_features,
+        workdir=workdir,
+        memory=spec.memory,
+        log=log,
+        agent_cmd=agent_command(workloads, checks, python=sys.executable),
+    ) as l1:
         ready = l1.wait_ready(900)
         result["ready"] = ready
         missing = [name for name, path in truths.items() if not path.exists()]
         if missing:
-            raise RuntimeError(f"L2 workloads {missing} wrote no truth: {ready.get('errors')}; "
-                               f"see {shared}/workload-*.err and {l1.console_log}")
+            raise RuntimeError(
+                f"L2 workloads {missing} wrote no truth: {ready.get('errors')}; "
+                f"see {shared}/workload-*.err and {l1.console_log}"
+            )
         result["truth"] = {name: json.loads(path.read_text()) for name, path in truths.items()}
         for name in ("live", "live-one", "live-console"):
             check = {c["name"]: c for c in ready.get("checks", [])}.get(name, {})
             out_file = shared / f"check-{name}.out"
             err_file = shared / f"check-{name}.err"
-            entry = {"rc": check.get("rc"), "seconds": check.get("seconds"),
-                     "stdout": out_file.read_text() if out_file.exists() else "",
-                     "stderr": err_file.read_text() if err_file.exists() else ""}
+            entry = {
+                "rc": check.get("rc"),
+                "seconds": check.get("seconds"),
+                "stdout": out_file.read_text() if out_file.exists() else "",
+                "stderr": err_file.read_text() if err_file.exists() else "",
+            }
             if name == "live":
                 live = shared / "live.json"
-                result["views"]["live"] = (json.loads(live.read_text()) if live.exists()
-                                           else {"error": entry})
+                result["views"]["live"] = (
+                    json.loads(live.read_text()) if live.exists() else {"error": entry}
+                )
             elif name == "live-one":
                 result["one_walk"]["live"] = entry
             else:
                 result["console"]["live"] = entry
         qmp = ["--qemu", str(l1.qmp_drgn)]
         r = _run(views_cmd(qmp, "qmp", workdir / "qmp.json"), 600)
-        result["views"]["qmp"] = (json.loads((workdir / "qmp.json").read_text())
-                                  if r["rc"] == 0 else {"error": r})
+        result["views"]["qmp"] = (
+            json.loads((workdir / "qmp.json").read_text()) if r["rc"] == 0 else {"error": r}
+        )
         result["one_walk"]["qmp"] = _run(one_walk_cmd(qmp), 600)
         result["console"]["qmp"] = _run(console_cmd(qmp), 600)
         result["plugin"]["qmp"] = _run(plugin_cmd(qmp), 600)
@@ -253,9 +325,20 @@ def run_cell(suite: str, mode: str, workdir: Path, log: Callable[[str], None] = 
         if view == "kdump":
             # Opened as the console script opens it: drgn's reader, or
             # kvmwalk's own where libkdumpfile refuses the dump.
-            cmd = [sys.executable, str(HERE / "check_views.py"), "--core", str(path),
-                   *console_syms, *truth_args, "--out", str(out), "--view", view,
-                   "--addr-kind", kind]
+            cmd = [
+                sys.executable,
+                str(HERE / "check_views.py"),
+                "--core",
+                str(path),
+                *console_syms,
+                *truth_args,
+                "--out",
+                str(out),
+                "--view",
+                view,
+                "--addr-kind",
+                kind,
+            ]
         else:
             cmd = views_cmd(["-c", str(path)], view, out)
         r = _run(cmd, 600)
@@ -280,12 +363,12 @@ def libkdumpfile_reads(release: str) -> bool:
 
 
 # What contrib/kvmwalk.py and %kvmwalk say on a dump libkdumpfile refuses.
-KDUMP_REFUSED_HINT = ("kvmwalk -c DUMP) reads kdump-compressed dumps that libkdumpfile "
-                      "refuses")
+KDUMP_REFUSED_HINT = "kvmwalk -c DUMP) reads kdump-compressed dumps that libkdumpfile refuses"
 
 
-def compare_kdump_reader(elf: Path, kdump: Path, truths: Dict[str, Any],
-                         sample: int = 512) -> Dict[str, Any]:
+def compare_kdump_reader(
+    elf: Path, kdump: Path, truths: Dict[str, Any], sample: int = 512
+) -> Dict[str, Any]:
     """drgn_kvmwalk.kdump's pages of the kdump-compressed dump beside the same
     pages of the ELF dump it was made from (read by drgn's own ELF reader):
     every tagged page the dump holds, and ``sample`` more spread over it."""
@@ -299,7 +382,7 @@ def compare_kdump_reader(elf: Path, kdump: Path, truths: Dict[str, Any],
     held = [int(p) for p in dump.dumped.nonzero()[0]]
     tagged = {int(p["pfn"]) for t in truths.values() for p in t["pages"]}
     tagged = {p for p in tagged if p < len(dump.dumped) and dump.dumped[p]}
-    pfns = sorted(tagged | set(held[::max(1, len(held) // sample)]))
+    pfns = sorted(tagged | set(held[:: max(1, len(held) // sample)]))
     mismatches = []
     for pfn in pfns:
         try:
@@ -310,8 +393,13 @@ def compare_kdump_reader(elf: Path, kdump: Path, truths: Dict[str, Any],
         if not same:
             mismatches.append(f"pfn {pfn:#x}: differs from the ELF dump")
     dump.close()
-    return {"release": dump.release, "held": len(held), "compared": len(pfns),
-            "tagged": len(tagged), "mismatches": mismatches[:50]}
+    return {
+        "release": dump.release,
+        "held": len(held),
+        "compared": len(pfns),
+        "tagged": len(tagged),
+        "mismatches": mismatches[:50],
+    }
 
 
 def check_kdump_views(result: Dict[str, Any]) -> List[str]:
@@ -325,28 +413,30 @@ def check_kdump_views(result: Dict[str, Any]) -> List[str]:
         w = result["one_walk"]["kdump"]
         lines = w.get("stderr", "").strip().splitlines()
         if w.get("rc") != 2 or not lines or KDUMP_REFUSED_HINT not in lines[-1]:
-            problems.append(f"kdump one walk: libkdumpfile refuses {result['release']}, but "
-                            f"drgn -c contrib/kvmwalk.py did not say so: rc {w.get('rc')}, "
-                            f"{w.get('stderr', '')[-300:]!r}")
+            problems.append(
+                f"kdump one walk: libkdumpfile refuses {result['release']}, but "
+                f"drgn -c contrib/kvmwalk.py did not say so: rc {w.get('rc')}, "
+                f"{w.get('stderr', '')[-300:]!r}"
+            )
     return problems
 
 
-def error_cases(drgn: str, target: List[str], syms: List[str],
-                truths: Dict[str, Dict[str, Any]], kind: str) -> Dict[str, Dict[str, Any]]:
+def error_cases(
+    drgn: str, target: List[str], syms: List[str], truths: Dict[str, Dict[str, Any]], kind: str
+) -> Dict[str, Dict[str, Any]]:
     """Run contrib/kvmwalk.py with wrong or incomplete input against the real
     kernel; tests/vm checks the exit status and the one-line message."""
     truth = next(iter(truths.values()))
     script = str(TOP / "contrib" / "kvmwalk.py")
     pid = str(truth["pid"])
     addr = hex(truth["pages"][0][kind])
-    vmlinux_only = syms[:syms.index("-s") + 2]  # --no-default-symbols -s vmlinux
+    vmlinux_only = syms[: syms.index("-s") + 2]  # --no-default-symbols -s vmlinux
     cases = {
         "not_a_vm": [*syms, script, "--vm", "1", "--vcpu", "0", "--addr", addr],
         "no_such_vcpu": [*syms, script, "--vm", pid, "--vcpu", "7", "--addr", addr],
         "beyond_root": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", hex(1 << 60)],
         "malformed": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", "0xZZ"],
-        "no_kvm_debug_info": [*vmlinux_only, script, "--vm", pid, "--vcpu", "0",
-                              "--addr", addr],
+        "no_kvm_debug_info": [*vmlinux_only, script, "--vm", pid, "--vcpu", "0", "--addr", addr],
         # Without --vm: fine with one VM, an error listing them with several.
         "vm_omitted": [*syms, script, "--vcpu", "1", "--addr", addr],
         # A GPA/GVA nobody touched: an answer, not an error.
@@ -358,8 +448,7 @@ def error_cases(drgn: str, target: List[str], syms: List[str],
 SIZE_4K, SIZE_2M, SIZE_1G = 4 << 10, 2 << 20, 1 << 30
 
 
-def expected_page_size(result: Dict[str, Any], truth: Dict[str, Any],
-                       page: Dict[str, Any]) -> int:
+def expected_page_size(result: Dict[str, Any], truth: Dict[str, Any], page: Dict[str, Any]) -> int:
     """The leaf size KVM must use for ``page``, from how the workload backs it.
 
     Under TDP the leaf follows the host mapping (slot 1's GPA and HVA are
@@ -370,8 +459,7 @@ def expected_page_size(result: Dict[str, Any], truth: Dict[str, Any],
     otherwise 4K.
     """
     backing = {s["slot"]: s.get("backing", "anon") for s in truth["memslots"]}[page["slot"]]
-    host = (SIZE_1G if backing == "hugetlb1g" else
-            SIZE_2M if page.get("host_thp") else SIZE_4K)
+    host = SIZE_1G if backing == "hugetlb1g" else SIZE_2M if page.get("host_thp") else SIZE_4K
     if result["addr_kind"] == "gpa":
         return host
     guest = SIZE_2M if truth.get("guest_2m") and page["slot"] == 1 else SIZE_4K
@@ -403,20 +491,36 @@ def check_cell(result: Dict[str, Any]) -> List[str]:
             for vcpu in truth["vcpus"]:
                 r = wl["vcpus"].get(str(vcpu))
                 if r is None or r["rc"] != 0:
-                    problems.append(f"{view} {name} vcpu {vcpu}: kvmwalk failed: "
-                                    f"{r and r['stderr']}")
+                    problems.append(
+                        f"{view} {name} vcpu {vcpu}: kvmwalk failed: {r and r['stderr']}"
+                    )
                     continue
                 walks = {w["addr"]: w for w in r["walks"]}
                 for page in truth["pages"]:
-                    want = {"mmu": expect_mmu, "root_level": result["root_levels"][name],
-                            "page_size": expected_page_size(result, truth, page)}
-                    problems += _check_page(result, view, f"{view} {name} vcpu {vcpu}",
-                                            walks.get(page[kind]), page, want)
+                    want = {
+                        "mmu": expect_mmu,
+                        "root_level": result["root_levels"][name],
+                        "page_size": expected_page_size(result, truth, page),
+                    }
+                    problems += _check_page(
+                        result,
+                        view,
+                        f"{view} {name} vcpu {vcpu}",
+                        walks.get(page[kind]),
+                        page,
+                        want,
+                    )
     return problems
 
 
-def _check_page(result: Dict[str, Any], view: str, where: str, w: Any,
-                page: Dict[str, Any], want: Dict[str, Any]) -> List[str]:
+def _check_page(
+    result: Dict[str, Any],
+    view: str,
+    where: str,
+    w: Any,
+    page: Dict[str, Any],
+    want: Dict[str, Any],
+) -> List[str]:
     kind = result["addr_kind"]
     where = f"{where} {kind} {page[kind]:#x}"
     if w is None:
@@ -427,15 +531,13 @@ def _check_page(result: Dict[str, Any], view: str, where: str, w: Any,
             problems.append(f"{where}: {key} {w[key]}, expected {want[key]}")
     first = w["steps"][0]["kind"] if w["steps"] else None
     if (first == "pae_root") != (want["root_level"] == 3):
-        problems.append(f"{where}: first step is {first!r} under a "
-                        f"{want['root_level']}-level root")
+        problems.append(f"{where}: first step is {first!r} under a {want['root_level']}-level root")
     hpa = pagemap_hpa(page, kind)
     if w["hpa"] != hpa:
         got = "unmapped (" + str(w["stop"]) + ")" if w["hpa"] is None else hex(w["hpa"])
         problems.append(f"{where}: HPA {got}, pagemap says {hpa:#x}")
     elif w["page_size"] != want["page_size"]:
-        problems.append(f"{where}: {w['page_size']:#x}-byte leaf, expected "
-                        f"{want['page_size']:#x}")
+        problems.append(f"{where}: {w['page_size']:#x}-byte leaf, expected {want['page_size']:#x}")
     elif w["tag_at_hpa"] is None:
         if view != "kdump" or result.get("dump_level", 31) & 8 == 0:
             # only makedumpfile -d with 8 drops user pages
@@ -498,18 +600,25 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
             old_lpages = result["suite"] == "bullseye" and result["mode"] == "tdp_mmu"
             if st is not None and old_lpages and name in ("thp", "1g"):
                 if st["differences"] != ["lpages"] or len(st.get("notes") or []) != 1:
-                    problems.append(f"{view} {name} --stats: the 5.10 lpages gap is not "
-                                    f"flagged and explained: {st}")
+                    problems.append(
+                        f"{view} {name} --stats: the 5.10 lpages gap is not "
+                        f"flagged and explained: {st}"
+                    )
             elif st is None or not st["match"]:
                 problems.append(f"{view} {name} --stats: leaves and KVM's counters differ: {st}")
             # Every table page is counted, the TDP MMU's too: at least the
             # pages that hold --dump's leaves, and a root above them.
-            leaf_tables = {rec["sptep"] >> 12 for r in v["workloads"][name]["vcpus"].values()
-                           for rec in (r.get("dump") or {}).get("records", [])}
+            leaf_tables = {
+                rec["sptep"] >> 12
+                for r in v["workloads"][name]["vcpus"].values()
+                for rec in (r.get("dump") or {}).get("records", [])
+            }
             if st is not None and st["tables"] < len(leaf_tables) + 1:
-                problems.append(f"{view} {name} --stats: {st['tables']} table pages read, but "
-                                f"--dump's leaves lie in {len(leaf_tables)} table pages under "
-                                "a root")
+                problems.append(
+                    f"{view} {name} --stats: {st['tables']} table pages read, but "
+                    f"--dump's leaves lie in {len(leaf_tables)} table pages under "
+                    "a root"
+                )
             where = f"{view} {name}"
             vm = vms.get(truth["pid"])
             if vm is None:
@@ -519,17 +628,28 @@ def check_whole_tables(result: Dict[str, Any]) -> List[str]:
             wl = v["workloads"][name]
             for vcpu in truth["vcpus"]:
                 r = wl["vcpus"].get(str(vcpu), {})
-                problems += _check_annotated(result, f"{where} vcpu {vcpu}", r.get("annotated"),
-                                             truth)
-                problems += _check_all_roots(result, f"{where} vcpu {vcpu}", r.get("all_roots"),
-                                             r.get("walks") or [], truth)
-                problems += _check_prev_root(f"{where} vcpu {vcpu}", r.get("prev_root"),
-                                             r.get("walks") or [], truth, kind)
-                problems += _check_map_annotated(result, f"{where} vcpu {vcpu}",
-                                                 r.get("map_annotated"), r.get("map"))
-                problems += _check_map(result, f"{where} vcpu {vcpu}", r.get("map"),
-                                       r.get("dump"), truth, truth["pages"], kind,
-                                       live=view == "live")
+                problems += _check_annotated(
+                    result, f"{where} vcpu {vcpu}", r.get("annotated"), truth
+                )
+                problems += _check_all_roots(
+                    result, f"{where} vcpu {vcpu}", r.get("all_roots"), r.get("walks") or [], truth
+                )
+                problems += _check_prev_root(
+                    f"{where} vcpu {vcpu}", r.get("prev_root"), r.get("walks") or [], truth, kind
+                )
+                problems += _check_map_annotated(
+                    result, f"{where} vcpu {vcpu}", r.get("map_annotated"), r.get("map")
+                )
+                problems += _check_map(
+                    result,
+                    f"{where} vcpu {vcpu}",
+                    r.get("map"),
+                    r.get("dump"),
+                    truth,
+                    truth["pages"],
+                    kind,
+                    live=view == "live",
+                )
     return problems
 
 
@@ -540,12 +660,12 @@ def _sp_level_ok(result: Dict[str, Any], sp: Dict[str, Any], level: int, root: b
     Debian's 5.10 shows."""
     if sp["level"] == level:
         return True
-    return (result["suite"] == "bullseye" and sp["tdp_mmu"] and not root
-            and sp["level"] == level + 1)
+    return result["suite"] == "bullseye" and sp["tdp_mmu"] and not root and sp["level"] == level + 1
 
 
-def _check_annotated(result: Dict[str, Any], where: str, ann: Any,
-                     truth: Dict[str, Any]) -> List[str]:
+def _check_annotated(
+    result: Dict[str, Any], where: str, ann: Any, truth: Dict[str, Any]
+) -> List[str]:
     """--annotate: every table on the path has its struct kvm_mmu_page, of the
     step's level; under TDP it maps the GFN range the step covers, under
     shadow paging it shadows one of the guest's own page-table pages."""
@@ -567,19 +687,20 @@ def _check_annotated(result: Dict[str, Any], where: str, ann: Any,
             if result["addr_kind"] == "gpa":
                 span = 9 * step["level"]
                 if not sp["direct"] or sp["gfn"] != (w["addr"] >> 12) >> span << span:
-                    problems.append(f"{at}: kvm_mmu_page gfn {sp['gfn']:#x}, direct "
-                                    f"{sp['direct']}: not the GFNs the table maps")
+                    problems.append(
+                        f"{at}: kvm_mmu_page gfn {sp['gfn']:#x}, direct "
+                        f"{sp['direct']}: not the GFNs the table maps"
+                    )
             elif not sp["direct"] and sp["gfn"] not in guest_tables:
-                problems.append(f"{at}: kvm_mmu_page shadows gfn {sp['gfn']:#x}, not a "
-                                f"guest page table")
+                problems.append(
+                    f"{at}: kvm_mmu_page shadows gfn {sp['gfn']:#x}, not a guest page table"
+                )
             if i == 0 and sp["root_count"] < 1:
-                problems.append(f"{at}: the root's kvm_mmu_page has root_count "
-                                f"{sp['root_count']}")
+                problems.append(f"{at}: the root's kvm_mmu_page has root_count {sp['root_count']}")
     return problems
 
 
-def _check_map_annotated(result: Dict[str, Any], where: str, ann: Any,
-                         mp: Any) -> List[str]:
+def _check_map_annotated(result: Dict[str, Any], where: str, ann: Any, mp: Any) -> List[str]:
     """--map --annotate: the same addresses as --map, each range with the
     struct kvm_mmu_page of its table, of the range's level."""
     if not ann or ann["rc"] != 0 or not mp:
@@ -605,8 +726,9 @@ def _check_map_annotated(result: Dict[str, Any], where: str, ann: Any,
     return problems
 
 
-def _check_all_roots(result: Dict[str, Any], where: str, ar: Any, walks: List[Dict[str, Any]],
-                     truth: Dict[str, Any]) -> List[str]:
+def _check_all_roots(
+    result: Dict[str, Any], where: str, ar: Any, walks: List[Dict[str, Any]], truth: Dict[str, Any]
+) -> List[str]:
     """--root all: the current root is among the labelled roots and gives the
     same answer as the plain walk; every root is listed once."""
     if not ar or ar["rc"] != 0:
@@ -629,8 +751,9 @@ def _switched_cr3(truth: Dict[str, Any]) -> bool:
     return bool(truth["first_cr3"] != truth["cr3"])
 
 
-def _check_prev_root(where: str, pr: Any, walks: List[Dict[str, Any]], truth: Dict[str, Any],
-                     kind: str) -> List[str]:
+def _check_prev_root(
+    where: str, pr: Any, walks: List[Dict[str, Any]], truth: Dict[str, Any], kind: str
+) -> List[str]:
     """--root prev --annotate, for a guest that started on a copy of its
     top-level table and then loaded the real one (l2vmm --switch-cr3): KVM
     kept the first root in mmu->prev_roots (fast_pgd_switch()).  It is the
@@ -648,45 +771,60 @@ def _check_prev_root(where: str, pr: Any, walks: List[Dict[str, Any]], truth: Di
     problems = []
     root_sp = recs[0]["steps"][0].get("sp") if recs and recs[0]["steps"] else None
     if root_sp is None or root_sp["gfn"] != truth["first_cr3"] >> 12 or root_sp["direct"]:
-        problems.append(f"{where} --root prev: root kvm_mmu_page {root_sp}, expected one "
-                        f"shadowing gfn {truth['first_cr3'] >> 12:#x} (the first CR3)")
+        problems.append(
+            f"{where} --root prev: root kvm_mmu_page {root_sp}, expected one "
+            f"shadowing gfn {truth['first_cr3'] >> 12:#x} (the first CR3)"
+        )
     if walks and recs[0]["root_hpa"] == walks[0].get("root_hpa"):
         problems.append(f"{where} --root prev: the previous root is the current one")
     if len(recs) != len(truth["pages"]):
-        problems.append(f"{where} --root prev: {len(recs)} walks for {len(truth['pages'])} "
-                        f"addresses")
+        problems.append(
+            f"{where} --root prev: {len(recs)} walks for {len(truth['pages'])} addresses"
+        )
     for rec, page in zip(recs, truth["pages"]):
         want = pagemap_hpa(page, kind)
         if rec["addr"] != page[kind] or rec["hpa"] != want:
-            problems.append(f"{where} --root prev: {rec['addr']:#x} -> HPA {rec['hpa']}, "
-                            f"pagemap says {want:#x}")
+            problems.append(
+                f"{where} --root prev: {rec['addr']:#x} -> HPA {rec['hpa']}, pagemap says {want:#x}"
+            )
             break
     return problems
 
 
-def _check_list(result: Dict[str, Any], name: str, where: str, vm: Dict[str, Any],
-                truth: Dict[str, Any], walked: Dict[str, Any]) -> List[str]:
+def _check_list(
+    result: Dict[str, Any],
+    name: str,
+    where: str,
+    vm: Dict[str, Any],
+    truth: Dict[str, Any],
+    walked: Dict[str, Any],
+) -> List[str]:
     problems = []
     want_mmu = "shadow" if result["addr_kind"] == "gva" else "npt"
     want_tdp_mmu = result["mode"] == "tdp_mmu"
     if (vm["mmu"], vm["tdp_mmu"]) != (want_mmu, want_tdp_mmu):
-        problems.append(f"{where} --list: mmu {vm['mmu']} tdp_mmu {vm['tdp_mmu']}, expected "
-                        f"{want_mmu} {want_tdp_mmu}")
+        problems.append(
+            f"{where} --list: mmu {vm['mmu']} tdp_mmu {vm['tdp_mmu']}, expected "
+            f"{want_mmu} {want_tdp_mmu}"
+        )
     if vm["stats_id"] not in (None, f"kvm-{truth['pid']}"):
         problems.append(f"{where} --list: stats_id {vm['stats_id']}")
     if sorted(c["id"] for c in vm["vcpus"]) != sorted(truth["vcpus"]):
         problems.append(f"{where} --list: vCPUs {[c['id'] for c in vm['vcpus']]}")
     for c in vm["vcpus"]:
         walks = walked["vcpus"].get(str(c["id"]), {}).get("walks") or [{}]
-        want = (walks[0].get("root_hpa"), result["root_levels"][name],
-                result["addr_kind"] == "gpa")
+        want = (walks[0].get("root_hpa"), result["root_levels"][name], result["addr_kind"] == "gpa")
         got = (c["root_hpa"], c["root_level"], c["direct"])
         if got != want:
             problems.append(f"{where} --list: vCPU {c['id']} root {got}, the walk used {want}")
-    want_slots = sorted((m["as_id"], m["slot"], m["gpa"] >> 12, m["size"] >> 12, m["hva"],
-                         m["flags"]) for m in truth["memslots"])
-    got_slots = sorted((m["as_id"], m["id"], m["base_gfn"], m["npages"], m["hva"], m["flags"])
-                       for m in vm["memslots"])
+    want_slots = sorted(
+        (m["as_id"], m["slot"], m["gpa"] >> 12, m["size"] >> 12, m["hva"], m["flags"])
+        for m in truth["memslots"]
+    )
+    got_slots = sorted(
+        (m["as_id"], m["id"], m["base_gfn"], m["npages"], m["hva"], m["flags"])
+        for m in vm["memslots"]
+    )
     if got_slots != want_slots:
         problems.append(f"{where} --list: memslots {got_slots}, the VMM made {want_slots}")
     return problems
@@ -703,12 +841,23 @@ def _aged(dump_flags: List[str], map_flags: List[str]) -> bool:
     again.  Seen on Debian's 7.2 in
     every MMU mode, between the live view and the dumps taken after it.
     """
-    return "A" in dump_flags and "A" not in map_flags and \
-        [f for f in dump_flags if f != "A"] == map_flags
+    return (
+        "A" in dump_flags
+        and "A" not in map_flags
+        and [f for f in dump_flags if f != "A"] == map_flags
+    )
 
 
-def _check_map(result: Dict[str, Any], where: str, mp: Any, dump: Any, truth: Dict[str, Any],
-               pages: List[Dict[str, Any]], kind: str, live: bool = False) -> List[str]:
+def _check_map(
+    result: Dict[str, Any],
+    where: str,
+    mp: Any,
+    dump: Any,
+    truth: Dict[str, Any],
+    pages: List[Dict[str, Any]],
+    kind: str,
+    live: bool = False,
+) -> List[str]:
     if not mp or mp["rc"] != 0 or mp["stderr"]:
         return [f"{where} --map failed: {mp and mp['stderr']}"]
     if not dump or dump["rc"] != 0 or dump["stderr"]:
@@ -726,19 +875,25 @@ def _check_map(result: Dict[str, Any], where: str, mp: Any, dump: Any, truth: Di
         else:
             gpa_pieces = resolve(truth["guest_maps"], r["start"], length) or []
             if sum(p[2] for p in gpa_pieces) != length:
-                problems.append(f"{where} --map: GVA {r['start']:#x}-{r['end']:#x} is not "
-                                f"(all) mapped by the guest's page tables")
+                problems.append(
+                    f"{where} --map: GVA {r['start']:#x}-{r['end']:#x} is not "
+                    f"(all) mapped by the guest's page tables"
+                )
                 continue
         for off, gpa, n in gpa_pieces:
             host = resolve(truth["host_runs"], gpa, n)
             if host is None:
-                problems.append(f"{where} --map: {r['start'] + off:#x} (GPA {gpa:#x}, "
-                                f"{n:#x} bytes) is not all present in the host's pagemap")
+                problems.append(
+                    f"{where} --map: {r['start'] + off:#x} (GPA {gpa:#x}, "
+                    f"{n:#x} bytes) is not all present in the host's pagemap"
+                )
                 break
             bad = [h for h in host if h[1] != r["hpa"] + off + h[0]]
             if bad:
-                problems.append(f"{where} --map: {r['start'] + off + bad[0][0]:#x} -> HPA "
-                                f"{r['hpa'] + off + bad[0][0]:#x}, pagemap says {bad[0][1]:#x}")
+                problems.append(
+                    f"{where} --map: {r['start'] + off + bad[0][0]:#x} -> HPA "
+                    f"{r['hpa'] + off + bad[0][0]:#x}, pagemap says {bad[0][1]:#x}"
+                )
                 break
     starts = [r["start"] for r in ranges]
     for page in pages:
@@ -755,13 +910,19 @@ def _check_map(result: Dict[str, Any], where: str, mp: Any, dump: Any, truth: Di
     for leaf in leaves:
         i = bisect.bisect_right(starts, leaf["addr"]) - 1
         r = ranges[i] if i >= 0 else None
-        if (r is None or not r["start"] <= leaf["addr"] < r["end"] or r["level"] != leaf["level"]
-                or r["hpa"] + leaf["addr"] - r["start"] != leaf["hpa"]):
+        if (
+            r is None
+            or not r["start"] <= leaf["addr"] < r["end"]
+            or r["level"] != leaf["level"]
+            or r["hpa"] + leaf["addr"] - r["start"] != leaf["hpa"]
+        ):
             problems.append(f"{where} --dump: leaf {leaf['addr']:#x} disagrees with --map")
             break
         if r["flags"] != leaf["flags"] and not (live and _aged(leaf["flags"], r["flags"])):
-            problems.append(f"{where} --dump: leaf {leaf['addr']:#x} has flags "
-                            f"{leaf['flags']}, its --map range {r['flags']}")
+            problems.append(
+                f"{where} --dump: leaf {leaf['addr']:#x} has flags "
+                f"{leaf['flags']}, its --map range {r['flags']}"
+            )
             break
     return problems
 
@@ -776,14 +937,18 @@ def check_entry_points(result: Dict[str, Any]) -> List[str]:
         for view, r in result.get(what, {}).items():
             if what == "plugin" and view == "kdump" and not result["libkdumpfile_reads"]:
                 if KDUMP_REFUSED_HINT not in r.get("stderr", "") or want in r.get("stdout", ""):
-                    problems.append(f"kdump plugin: libkdumpfile refuses "
-                                    f"{result['release']}, but %kvmwalk did not say so: "
-                                    f"{r.get('stderr', '')[-300:]!r}")
+                    problems.append(
+                        f"kdump plugin: libkdumpfile refuses "
+                        f"{result['release']}, but %kvmwalk did not say so: "
+                        f"{r.get('stderr', '')[-300:]!r}"
+                    )
                 continue
             if r.get("rc") != 0 or want not in r.get("stdout", ""):
-                problems.append(f"{view} {what}: rc {r.get('rc')}, stdout "
-                                f"{r.get('stdout', '')[-300:]!r}, stderr "
-                                f"{r.get('stderr', '')[-300:]!r}")
+                problems.append(
+                    f"{view} {what}: rc {r.get('rc')}, stdout "
+                    f"{r.get('stdout', '')[-300:]!r}, stderr "
+                    f"{r.get('stderr', '')[-300:]!r}"
+                )
     return problems
 
 
@@ -809,16 +974,27 @@ def main() -> int:
     ap.add_argument("--keep-dumps", action="store_true", help="keep l1.elf and l1.kdump")
     args = ap.parse_args()
     workdir = args.workdir or TOP / "build" / "vm" / f"{args.suite}-{args.mode}"
-    result = run_cell(args.suite, args.mode, workdir.resolve(),
-                      log=lambda m: print(m, file=sys.stderr), keep_dumps=args.keep_dumps)
-    problems = (check_cell(result) + check_whole_tables(result) + check_entry_points(result)
-                + check_kdump_views(result))
+    result = run_cell(
+        args.suite,
+        args.mode,
+        workdir.resolve(),
+        log=lambda m: print(m, file=sys.stderr),
+        keep_dumps=args.keep_dumps,
+    )
+    problems = (
+        check_cell(result)
+        + check_whole_tables(result)
+        + check_entry_points(result)
+        + check_kdump_views(result)
+    )
     for view, w in result["one_walk"].items():
         print(f"--- {view}: one whole-process walk, {w.get('seconds')} s, rc {w.get('rc')}")
         print(w.get("stdout", "").rstrip())
     pages = sum(len(t["pages"]) * len(t["vcpus"]) for t in result["truth"].values())
-    print(f"{args.suite}/{args.mode}: {pages} (page, vCPU) walks x {len(VIEWS)} views, "
-          f"{len(problems)} problems, {result['seconds']} s (details: {workdir}/cell.json)")
+    print(
+        f"{args.suite}/{args.mode}: {pages} (page, vCPU) walks x {len(VIEWS)} views, "
+        f"{len(problems)} problems, {result['seconds']} s (details: {workdir}/cell.json)"
+    )
     for p in problems[:50]:
         print("  " + p)
     return 1 if problems else 0

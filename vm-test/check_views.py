@@ -46,30 +46,44 @@ def run(prog, truth, view, addr_kind):
                     w["tag_at_hpa"] = int.from_bytes(prog.read(w["hpa"], 8, True), "little")
                 except FaultError:
                     pass  # not in this dump (filtered), or not readable
-        result["vcpus"][str(vcpu)] = {"rc": rc, "stderr": err.getvalue(), "seconds": elapsed,
-                                      "walks": walks}
+        result["vcpus"][str(vcpu)] = {
+            "rc": rc,
+            "stderr": err.getvalue(),
+            "seconds": elapsed,
+            "walks": walks,
+        }
         # The shadow pages behind the tables of a few walks.
-        annotated = whole_table(prog, argv[:5] + ["--annotate"] + [
-            a for page in truth["pages"][:: max(1, len(truth["pages"]) // 4)]
-            for a in ("--addr", hex(page[addr_kind]))])
+        annotated = whole_table(
+            prog,
+            argv[:5]
+            + ["--annotate"]
+            + [
+                a
+                for page in truth["pages"][:: max(1, len(truth["pages"]) // 4)]
+                for a in ("--addr", hex(page[addr_kind]))
+            ],
+        )
         result["vcpus"][str(vcpu)]["annotated"] = annotated
         # Every root the vCPU can reach, for the first page.
         result["vcpus"][str(vcpu)]["all_roots"] = whole_table(
-            prog, argv[:5] + ["--root", "all", "--addr", hex(truth["pages"][0][addr_kind])])
+            prog, argv[:5] + ["--root", "all", "--addr", hex(truth["pages"][0][addr_kind])]
+        )
         # A guest that switched CR3 (l2vmm --switch-cr3): under shadow
         # paging its first root is in mmu->prev_roots.
         if truth["first_cr3"] != truth["cr3"]:
             result["vcpus"][str(vcpu)]["prev_root"] = whole_table(
-                prog, argv[:5] + ["--root", "prev", "--annotate"] + argv[5:])
+                prog, argv[:5] + ["--root", "prev", "--annotate"] + argv[5:]
+            )
         # The whole table under the vCPU's root, as leaves and as ranges.
         # In this order: cell._check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.
         for what in ("dump", "map"):
             result["vcpus"][str(vcpu)][what] = whole_table(
-                prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--" + what, "--json"])
+                prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--" + what, "--json"]
+            )
         result["vcpus"][str(vcpu)]["map_annotated"] = whole_table(
-            prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate",
-                   "--json"])
+            prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate", "--json"]
+        )
     return result
 
 
@@ -77,23 +91,43 @@ def whole_table(prog, argv):
     out, err = io.StringIO(), io.StringIO()
     t0 = time.monotonic()
     rc = kvmwalk_main(prog, argv, out=out, err=err)
-    return {"rc": rc, "stderr": err.getvalue(), "seconds": time.monotonic() - t0,
-            "records": [json.loads(line) for line in out.getvalue().splitlines()]}
+    return {
+        "rc": rc,
+        "stderr": err.getvalue(),
+        "seconds": time.monotonic() - t0,
+        "records": [json.loads(line) for line in out.getvalue().splitlines()],
+    }
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--truth", required=True, action="append",
-                    help="NAME=FILE: ground truth of one L2 workload (repeatable)")
+    ap.add_argument(
+        "--truth",
+        required=True,
+        action="append",
+        help="NAME=FILE: ground truth of one L2 workload (repeatable)",
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument("--view", default="unknown")
-    ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True,
-                    help="gpa under TDP, gva under shadow paging")
-    ap.add_argument("--core", help="run under plain Python: open this dump as the kvmwalk "
-                    "console script does (drgn's reader, or kvmwalk's own for a "
-                    "kdump-compressed dump libkdumpfile refuses)")
-    ap.add_argument("-s", "--symbols", action="append", default=[],
-                    help="with --core: debug info files (vmlinux, kvm.ko)")
+    ap.add_argument(
+        "--addr-kind",
+        choices=["gpa", "gva"],
+        required=True,
+        help="gpa under TDP, gva under shadow paging",
+    )
+    ap.add_argument(
+        "--core",
+        help="run under plain Python: open this dump as the kvmwalk "
+        "console script does (drgn's reader, or kvmwalk's own for a "
+        "kdump-compressed dump libkdumpfile refuses)",
+    )
+    ap.add_argument(
+        "-s",
+        "--symbols",
+        action="append",
+        default=[],
+        help="with --core: debug info files (vmlinux, kvm.ko)",
+    )
     args = ap.parse_args()
     global prog
     if args.core:
@@ -104,15 +138,22 @@ def main():
     result = {"view": args.view, "workloads": {}}
     out, err = io.StringIO(), io.StringIO()
     rc = kvmwalk_main(prog, ["--list", "--json"], out=out, err=err)  # noqa: F821 (drgn's prog)
-    result["list"] = {"rc": rc, "stderr": err.getvalue(),
-                      "vms": json.loads(out.getvalue())["vms"] if rc == 0 else None}
+    result["list"] = {
+        "rc": rc,
+        "stderr": err.getvalue(),
+        "vms": json.loads(out.getvalue())["vms"] if rc == 0 else None,
+    }
     result["stats"] = whole_table(prog, ["--stats", "--json"])  # noqa: F821
     for spec in args.truth:
         name, _, path = spec.partition("=")
         with open(path) as f:
             truth = json.load(f)
-        result["workloads"][name] = run(prog, truth, args.view,  # noqa: F821 (drgn's prog)
-                                        args.addr_kind)
+        result["workloads"][name] = run(
+            prog,
+            truth,
+            args.view,  # noqa: F821 (drgn's prog)
+            args.addr_kind,
+        )
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)

@@ -30,10 +30,18 @@ from l1 import L1, agent_command  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", default="bookworm", choices=sorted(kernels.SUITES),
-                    help="Debian suite of the L1 kernel (default: bookworm)")
-    ap.add_argument("--mode", default="tdp_mmu", choices=sorted(cell.MODES),
-                    help="KVM MMU mode in L1 (default: tdp_mmu)")
+    ap.add_argument(
+        "--suite",
+        default="bookworm",
+        choices=sorted(kernels.SUITES),
+        help="Debian suite of the L1 kernel (default: bookworm)",
+    )
+    ap.add_argument(
+        "--mode",
+        default="tdp_mmu",
+        choices=sorted(cell.MODES),
+        help="KVM MMU mode in L1 (default: tdp_mmu)",
+    )
     args = ap.parse_args()
 
     def log(msg: str) -> None:
@@ -47,42 +55,86 @@ def main() -> int:
     drgn = cell.drgn_bin()
     syms = cell.symbol_args(kernel)
     script = str(cell.TOP / "contrib" / "kvmwalk.py")
-    workload = shlex.join([str(cell.TOP / "build" / "l2vmm"), "--truth", str(truth_file),
-                           "--stop-file", str(shared / "release"), "--timeout", "900"])
-    live = shlex.join([str(HERE / "walk_first"), str(truth_file), kind, drgn, "-k", *syms,
-                       script])
-    log(f"[demo] booting {kernel.release} ({args.suite}) as L1, MMU mode {args.mode}; "
-        f"this takes a minute or two under TCG")
+    workload = shlex.join(
+        [
+            str(cell.TOP / "build" / "l2vmm"),
+            "--truth",
+            str(truth_file),
+            "--stop-file",
+            str(shared / "release"),
+            "--timeout",
+            "900",
+        ]
+    )
+    live = shlex.join([str(HERE / "walk_first"), str(truth_file), kind, drgn, "-k", *syms, script])
+    log(
+        f"[demo] booting {kernel.release} ({args.suite}) as L1, MMU mode {args.mode}; "
+        f"this takes a minute or two under TCG"
+    )
     spec = cell.MODES[args.mode]
-    with L1(kernel, append=spec.append, cpu_features=spec.cpu_features, workdir=workdir, log=log,
-            memory=spec.memory,
-            agent_cmd=agent_command([workload], {"live": live}, python=sys.executable)) as l1:
+    with L1(
+        kernel,
+        append=spec.append,
+        cpu_features=spec.cpu_features,
+        workdir=workdir,
+        log=log,
+        memory=spec.memory,
+        agent_cmd=agent_command([workload], {"live": live}, python=sys.executable),
+    ) as l1:
         ready = l1.wait_ready(900)
         if not ready.get("ok") or not truth_file.exists():
             log(f"[demo] L1 reported a failure: {ready.get('errors')} (see {workdir})")
             return 1
         truth = json.loads(truth_file.read_text())
-        pages = [p for p in truth["pages"] if p["vcpu"] == 0][:2] + \
-                [p for p in truth["pages"] if p["vcpu"] == 1][:1]
+        pages = [p for p in truth["pages"] if p["vcpu"] == 0][:2] + [
+            p for p in truth["pages"] if p["vcpu"] == 1
+        ][:1]
         seconds = {c["name"]: c["seconds"] for c in ready["checks"]}["live"]
-        print(f"\n=== inside L1: drgn -k contrib/kvmwalk.py (live kernel, one whole "
-              f"process: {seconds:.0f} s under TCG)")
+        print(
+            f"\n=== inside L1: drgn -k contrib/kvmwalk.py (live kernel, one whole "
+            f"process: {seconds:.0f} s under TCG)"
+        )
         print((shared / "check-live.out").read_text().rstrip())
-        cmd = [drgn, "--qemu", str(l1.qmp_drgn), *syms, script, "--vm", str(truth["pid"]),
-               "--vcpu", "0"]
+        cmd = [
+            drgn,
+            "--qemu",
+            str(l1.qmp_drgn),
+            *syms,
+            script,
+            "--vm",
+            str(truth["pid"]),
+            "--vcpu",
+            "0",
+        ]
         for p in pages:
             cmd += ["--addr", hex(p[kind])]
-        print("\n=== from outside over QMP: " + shlex.join(
-            ["drgn", "--qemu", "SOCK", "-s", "vmlinux", "-s", "kvm.ko", "...", "contrib/kvmwalk.py",
-             *cmd[cmd.index(script) + 1:]]))
+        print(
+            "\n=== from outside over QMP: "
+            + shlex.join(
+                [
+                    "drgn",
+                    "--qemu",
+                    "SOCK",
+                    "-s",
+                    "vmlinux",
+                    "-s",
+                    "kvm.ko",
+                    "...",
+                    "contrib/kvmwalk.py",
+                    *cmd[cmd.index(script) + 1 :],
+                ]
+            )
+        )
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         print(r.stdout.rstrip())
         if r.returncode:
             print(r.stderr.rstrip())
         print("\n=== ground truth from the L2 VMM (its memslots and /proc/self/pagemap in L1)")
         for p in pages:
-            print(f"  {kind.upper()} {p[kind]:#x}: GPA {p['gpa']:#x} -> HVA {p['hva']:#x} -> "
-                  f"HPA {p['pfn'] << 12:#x}; the guest wrote tag {p['tag']:#x} there")
+            print(
+                f"  {kind.upper()} {p[kind]:#x}: GPA {p['gpa']:#x} -> HVA {p['hva']:#x} -> "
+                f"HPA {p['pfn'] << 12:#x}; the guest wrote tag {p['tag']:#x} there"
+            )
         l1.release(120)
     return 0 if r.returncode == 0 else 1
 

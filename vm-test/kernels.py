@@ -47,8 +47,11 @@ SUITES = {
 # one has no kernel with its -dbg package, its matrix cells are skipped with
 # that reason (NoKernel); every other suite must have one.
 OPTIONAL = {"experimental"}
-SECURITY = {"bullseye": "bullseye-security", "bookworm": "bookworm-security",
-            "trixie": "trixie-security"}
+SECURITY = {
+    "bullseye": "bullseye-security",
+    "bookworm": "bookworm-security",
+    "trixie": "trixie-security",
+}
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -70,10 +73,10 @@ def default_cache() -> Path:
 @dataclass
 class Kernel:
     suite: str
-    release: str           # uname -r
-    version: str           # Debian package version
+    release: str  # uname -r
+    version: str  # Debian package version
     vmlinuz: str
-    moddir: str            # directory holding lib/modules/<release>
+    moddir: str  # directory holding lib/modules/<release>
     vmlinux: str
     kvm_modules: list[str]  # kvm.ko, kvm-amd.ko, kvm-intel.ko with DWARF
 
@@ -85,16 +88,20 @@ class Kernel:
 def host_mirrors() -> tuple[str, str]:
     """The debian and debian-security URIs that the host's apt already uses."""
     texts = []
-    for path in ["/etc/apt/sources.list", *glob.glob("/etc/apt/sources.list.d/*.list"),
-                 *glob.glob("/etc/apt/sources.list.d/*.sources")]:
+    for path in [
+        "/etc/apt/sources.list",
+        *glob.glob("/etc/apt/sources.list.d/*.list"),
+        *glob.glob("/etc/apt/sources.list.d/*.sources"),
+    ]:
         try:
             texts.append(Path(path).read_text())
         except OSError:
             pass
     uris = re.findall(r"(?:URIs:\s*|^deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", "\n".join(texts), re.M)
     main = next((u for u in uris if u.rstrip("/").endswith("/debian")), DEFAULT_MIRROR)
-    sec = next((u for u in uris if u.rstrip("/").endswith("/debian-security")),
-               DEFAULT_SECURITY_MIRROR)
+    sec = next(
+        (u for u in uris if u.rstrip("/").endswith("/debian-security")), DEFAULT_SECURITY_MIRROR
+    )
     return main.rstrip("/"), sec.rstrip("/")
 
 
@@ -106,26 +113,42 @@ class PrivateApt:
         for d in ["lists/partial", "archives/partial", "etc/preferences.d", "etc/sources.list.d"]:
             (root / d).mkdir(parents=True, exist_ok=True)
         main, sec = host_mirrors()
-        stanzas = [f"Types: deb\nURIs: {main}\nSuites: {' '.join(SUITES[suite])}\n"
-                   f"Components: main\nSigned-By: {KEYRING}\n"]
+        stanzas = [
+            f"Types: deb\nURIs: {main}\nSuites: {' '.join(SUITES[suite])}\n"
+            f"Components: main\nSigned-By: {KEYRING}\n"
+        ]
         if suite in SECURITY:
-            stanzas.append(f"Types: deb\nURIs: {sec}\nSuites: {SECURITY[suite]}\n"
-                           f"Components: main\nSigned-By: {KEYRING}\n")
+            stanzas.append(
+                f"Types: deb\nURIs: {sec}\nSuites: {SECURITY[suite]}\n"
+                f"Components: main\nSigned-By: {KEYRING}\n"
+            )
         (root / "etc/sources.list.d/kernel.sources").write_text("\n".join(stanzas))
         (root / "status").touch()
         self.opts = [
-            "-o", f"Dir::Etc::SourceList={root}/etc/none.list",
-            "-o", f"Dir::Etc::SourceParts={root}/etc/sources.list.d",
-            "-o", f"Dir::Etc::Preferences={root}/etc/none.pref",
-            "-o", f"Dir::Etc::PreferencesParts={root}/etc/preferences.d",
-            "-o", f"Dir::State::Lists={root}/lists",
-            "-o", f"Dir::State::status={root}/status",
-            "-o", f"Dir::Cache={root}/cache",
-            "-o", f"Dir::Cache::Archives={root}/archives",
-            "-o", "APT::Architecture=amd64",
-            "-o", "APT::Architectures=amd64",
-            "-o", "Acquire::Languages=none",
-            "-o", "Debug::NoLocking=true",
+            "-o",
+            f"Dir::Etc::SourceList={root}/etc/none.list",
+            "-o",
+            f"Dir::Etc::SourceParts={root}/etc/sources.list.d",
+            "-o",
+            f"Dir::Etc::Preferences={root}/etc/none.pref",
+            "-o",
+            f"Dir::Etc::PreferencesParts={root}/etc/preferences.d",
+            "-o",
+            f"Dir::State::Lists={root}/lists",
+            "-o",
+            f"Dir::State::status={root}/status",
+            "-o",
+            f"Dir::Cache={root}/cache",
+            "-o",
+            f"Dir::Cache::Archives={root}/archives",
+            "-o",
+            "APT::Architecture=amd64",
+            "-o",
+            "APT::Architectures=amd64",
+            "-o",
+            "Acquire::Languages=none",
+            "-o",
+            "Debug::NoLocking=true",
         ]
 
     def run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
@@ -139,9 +162,17 @@ class PrivateApt:
         self.run("apt-get", "-q", "update")
 
     def depends(self, package: str) -> list[str]:
-        out = self.run("apt-cache", "depends", "--no-recommends", "--no-suggests",
-                       "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
-                       package)
+        out = self.run(
+            "apt-cache",
+            "depends",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+            package,
+        )
         return re.findall(r"^\s+(?:\|)?(?:Pre)?Depends:\s+<?([^\s>]+)>?", out, re.M)
 
     def version(self, package: str) -> str:
@@ -200,24 +231,37 @@ def extract(deb: Path, dest: Path, members: list[str] | None = None) -> None:
     p1.stdout.close()
     # With member patterns, tar exits 2 when one of them matched nothing; the
     # callers check for the files they need.
-    missing_only = members and all("Not found in archive" in line or "Exiting with failure" in line
-                                   for line in p2.stderr.splitlines())
+    missing_only = members and all(
+        "Not found in archive" in line or "Exiting with failure" in line
+        for line in p2.stderr.splitlines()
+    )
     if p1.wait() != 0 or (p2.returncode != 0 and not missing_only):
         raise RuntimeError(f"extracting {deb.name} failed: {p2.stderr.strip()}")
 
 
 def locate(root: Path, dbg: Path, release: str) -> tuple[str, str, str, list[str]]:
-    candidates = [root / f"boot/vmlinuz-{release}",
-                  root / f"usr/lib/modules/{release}/vmlinuz",
-                  root / f"lib/modules/{release}/vmlinuz"]
+    candidates = [
+        root / f"boot/vmlinuz-{release}",
+        root / f"usr/lib/modules/{release}/vmlinuz",
+        root / f"lib/modules/{release}/vmlinuz",
+    ]
     vmlinuz = next((p for p in candidates if p.exists()), None)
     if vmlinuz is None:
         raise RuntimeError(f"no vmlinuz for {release} in {root}")
-    moddir = next(p for p in [root / f"usr/lib/modules/{release}", root / f"lib/modules/{release}"]
-                  if p.exists())
+    moddir = next(
+        p
+        for p in [root / f"usr/lib/modules/{release}", root / f"lib/modules/{release}"]
+        if p.exists()
+    )
     dbgmods = dbg / f"usr/lib/debug/lib/modules/{release}"
-    vmlinux = next((p for p in [dbgmods / "vmlinux", dbg / f"usr/lib/debug/boot/vmlinux-{release}"]
-                    if p.exists()), None)  # exists() follows links: a dangling one is skipped
+    vmlinux = next(
+        (
+            p
+            for p in [dbgmods / "vmlinux", dbg / f"usr/lib/debug/boot/vmlinux-{release}"]
+            if p.exists()
+        ),
+        None,
+    )  # exists() follows links: a dangling one is skipped
     if vmlinux is None:
         raise RuntimeError(f"no vmlinux in the -dbg package for {release}")
     kvm = sorted(str(p) for p in (dbgmods / "kernel/arch/x86/kvm").glob("kvm*.ko*"))
@@ -239,8 +283,9 @@ def fetch(suite: str, cache: Path | None = None, log=print) -> Kernel:
     release = find_release(apt, suite)
     image_pkgs = kernel_packages(apt, "linux-image-amd64", release)
     try:
-        dbg_pkgs = [p for p in kernel_packages(apt, "linux-image-amd64-dbg", release)
-                    if p.endswith("-dbg")]
+        dbg_pkgs = [
+            p for p in kernel_packages(apt, "linux-image-amd64-dbg", release) if p.endswith("-dbg")
+        ]
     except RuntimeError as e:
         raise NoKernel(f"Debian {suite} has no linux-image-amd64-dbg now ({e})") from None
     if not dbg_pkgs:
@@ -261,9 +306,15 @@ def fetch(suite: str, cache: Path | None = None, log=print) -> Kernel:
             log(f"[kernels] {suite}: extracting vmlinux and kvm modules from {deb.name}")
             # vmlinux is /usr/lib/debug/boot/vmlinux-<release> up to trixie, with a
             # link in lib/modules; sid turns it round.  Take both.
-            extract(deb, dbg, [f"./usr/lib/debug/boot/vmlinux-{release}",
-                               f"./usr/lib/debug/lib/modules/{release}/vmlinux",
-                               f"./usr/lib/debug/lib/modules/{release}/kernel/arch/x86/kvm/*"])
+            extract(
+                deb,
+                dbg,
+                [
+                    f"./usr/lib/debug/boot/vmlinux-{release}",
+                    f"./usr/lib/debug/lib/modules/{release}/vmlinux",
+                    f"./usr/lib/debug/lib/modules/{release}/kernel/arch/x86/kvm/*",
+                ],
+            )
             deb.unlink()
     vmlinuz, moddir, vmlinux, kvm = locate(root, dbg, release)
     # Debian generates modules.dep in postinst; we never run it, so do it here.
@@ -271,8 +322,15 @@ def fetch(suite: str, cache: Path | None = None, log=print) -> Kernel:
     if not (root / "lib").exists() and (root / "usr/lib/modules").exists():
         (root / "lib").symlink_to("usr/lib")
     subprocess.run(["depmod", "-b", str(root), release], check=True)
-    k = Kernel(suite=suite, release=release, version=version, vmlinuz=vmlinuz,
-               moddir=moddir, vmlinux=vmlinux, kvm_modules=kvm)
+    k = Kernel(
+        suite=suite,
+        release=release,
+        version=version,
+        vmlinuz=vmlinuz,
+        moddir=moddir,
+        vmlinux=vmlinux,
+        kvm_modules=kvm,
+    )
     stamp.write_text(json.dumps(asdict(k), indent=1) + "\n")
     return k
 
@@ -280,8 +338,11 @@ def fetch(suite: str, cache: Path | None = None, log=print) -> Kernel:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite", choices=sorted(SUITES), help="Debian suite to take the kernel from")
-    ap.add_argument("--cache", type=Path, help="cache directory (default: $KVMWALK_CACHE/kernels "
-                    "or ~/.cache/drgn-kvmwalk/kernels)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        help="cache directory (default: $KVMWALK_CACHE/kernels or ~/.cache/drgn-kvmwalk/kernels)",
+    )
     args = ap.parse_args()
     try:
         k = fetch(args.suite, args.cache, log=lambda m: print(m, file=sys.stderr))

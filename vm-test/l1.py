@@ -110,6 +110,7 @@ def find_vng() -> str:
 # ---------------------------------------------------------------------------
 # KVM detection
 
+
 def _nested_enabled() -> tuple[bool, str]:
     try:
         flags = set()
@@ -139,14 +140,29 @@ def _qemu_kvm_probe(timeout: float = 2.0) -> tuple[bool, str]:
     is not fit for a real guest; ``query-kvm`` must say enabled and the guest
     must still be running after ~0.3 s.
     """
-    qmp_in = ('{"execute":"qmp_capabilities"}\n{"execute":"cont"}\n')
-    qmp_tail = ('{"execute":"query-kvm"}\n{"execute":"query-status"}\n'
-                '{"execute":"quit"}\n')
-    cmd = [QEMU, "-enable-kvm", "-cpu", "host", "-machine", "q35", "-m", "16",
-           "-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio"]
+    qmp_in = '{"execute":"qmp_capabilities"}\n{"execute":"cont"}\n'
+    qmp_tail = '{"execute":"query-kvm"}\n{"execute":"query-status"}\n{"execute":"quit"}\n'
+    cmd = [
+        QEMU,
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-machine",
+        "q35",
+        "-m",
+        "16",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-S",
+        "-qmp",
+        "stdio",
+    ]
     try:
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     except OSError as e:
         return False, f"{QEMU}: {e}"
     try:
@@ -197,8 +213,10 @@ def kvm_usable() -> tuple[bool, str]:
 # ---------------------------------------------------------------------------
 # QMP
 
-async def _qmp_session(sock: Path, commands: Sequence[tuple[str, dict | None]],
-                       timeout: float) -> list:
+
+async def _qmp_session(
+    sock: Path, commands: Sequence[tuple[str, dict | None]], timeout: float
+) -> list:
     from qemu.qmp import QMPClient  # only needed on the host side
 
     qmp = QMPClient("l1")
@@ -240,17 +258,26 @@ if data.strip() != b"done":
 """
 
 
-def agent_command(workloads: Iterable[str] = (), checks: dict[str, str] | None = None, *,
-                  timeout: float | None = None, ready_timeout: float | None = None,
-                  check_timeout: float | None = None, python: str = "python3") -> list[str]:
+def agent_command(
+    workloads: Iterable[str] = (),
+    checks: dict[str, str] | None = None,
+    *,
+    timeout: float | None = None,
+    ready_timeout: float | None = None,
+    check_timeout: float | None = None,
+    python: str = "python3",
+) -> list[str]:
     """The l1_agent.py command line for L1(agent_cmd=...) (without --shared)."""
     cmd = [python, str(AGENT)]
     for w in workloads:
         cmd += ["--workload", w]
     for name, c in (checks or {}).items():
         cmd += ["--check", f"{name}={c}"]
-    for opt, val in (("--timeout", timeout), ("--ready-timeout", ready_timeout),
-                     ("--check-timeout", check_timeout)):
+    for opt, val in (
+        ("--timeout", timeout),
+        ("--ready-timeout", ready_timeout),
+        ("--check-timeout", check_timeout),
+    ):
         if val is not None:
             cmd += [opt, str(val)]
     return cmd
@@ -259,11 +286,21 @@ def agent_command(workloads: Iterable[str] = (), checks: dict[str, str] | None =
 class L1:
     """One L1 boot.  ``agent_cmd`` runs in L1 with ``--shared <shared dir>`` appended."""
 
-    def __init__(self, kernel, *, append: Iterable[str] = (), memory: str = "2G",
-                 cpus: int = 2, workdir: Path | None = None, agent_cmd: list[str],
-                 log: Callable[[str], None] = print, kvm: bool | None = None,
-                 exit_timeout: float = 60.0, vng: str | None = None,
-                 cpu_features: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        kernel,
+        *,
+        append: Iterable[str] = (),
+        memory: str = "2G",
+        cpus: int = 2,
+        workdir: Path | None = None,
+        agent_cmd: list[str],
+        log: Callable[[str], None] = print,
+        kvm: bool | None = None,
+        exit_timeout: float = 60.0,
+        vng: str | None = None,
+        cpu_features: Iterable[str] = (),
+    ) -> None:
         self.kernel = kernel
         self.append = list(append)
         # Appended to -cpu (e.g. "la57=off" for 4-level host paging).
@@ -304,14 +341,31 @@ class L1:
     # -- boot ---------------------------------------------------------------
 
     def command(self) -> list[str]:
-        qopts = ["-device", "vmcoreinfo",
-                 "-qmp", f"unix:{self.qmp_ctl},server=on,wait=off",
-                 "-qmp", f"unix:{self.qmp_drgn},server=on,wait=off",
-                 "-pidfile", str(self.pidfile),
-                 "-cpu", ",".join(["host" if self.kvm else "max", *self.cpu_features])]
-        cmd = [self.vng, "-v", "-r", str(self.kernel.vmlinuz), "--name", "l1",
-               "--memory", self.memory, "--cpus", str(self.cpus),
-               f"--rwdir={self.shared}"]
+        qopts = [
+            "-device",
+            "vmcoreinfo",
+            "-qmp",
+            f"unix:{self.qmp_ctl},server=on,wait=off",
+            "-qmp",
+            f"unix:{self.qmp_drgn},server=on,wait=off",
+            "-pidfile",
+            str(self.pidfile),
+            "-cpu",
+            ",".join(["host" if self.kvm else "max", *self.cpu_features]),
+        ]
+        cmd = [
+            self.vng,
+            "-v",
+            "-r",
+            str(self.kernel.vmlinuz),
+            "--name",
+            "l1",
+            "--memory",
+            self.memory,
+            "--cpus",
+            str(self.cpus),
+            f"--rwdir={self.shared}",
+        ]
         if not self.kvm:
             cmd.append("--disable-kvm")
         for a in self.append:
@@ -319,8 +373,7 @@ class L1:
         # The agent's command line goes in a file: vng passes --exec on the
         # kernel command line, which Linux caps at 2048 bytes (a longer one
         # panics early, in a fortified strcpy).
-        cmd += ["--exec", f"sh {self.agent_script}",
-                f"--qemu-opts={' '.join(qopts)}"]
+        cmd += ["--exec", f"sh {self.agent_script}", f"--qemu-opts={' '.join(qopts)}"]
         return cmd
 
     def __enter__(self) -> "L1":
@@ -331,7 +384,8 @@ class L1:
             shutil.rmtree(self.shared)
         self.shared.mkdir()
         self.agent_script.write_text(
-            "#!/bin/sh\nexec " + shlex.join([*self.agent_cmd, "--shared", str(self.shared)]) + "\n")
+            "#!/bin/sh\nexec " + shlex.join([*self.agent_cmd, "--shared", str(self.shared)]) + "\n"
+        )
         cmd = self.command()
         env = dict(os.environ)
         # vng runs "virtme-run" through the shell: its bin dir must be on PATH.
@@ -341,14 +395,23 @@ class L1:
         self._console.flush()
         self.log(f"l1: booting {self.kernel.vmlinuz} in {self.workdir}")
         self.t_start = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._console,
-                                     stderr=subprocess.STDOUT, cwd=self.shared, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._console,
+            stderr=subprocess.STDOUT,
+            cwd=self.shared,
+            env=env,
+            start_new_session=True,
+        )
         try:
             self._reaper = subprocess.Popen(
                 [sys.executable, "-c", _REAPER, str(self.proc.pid), str(self.pidfile)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except BaseException:
             self._kill()
             raise
@@ -381,15 +444,19 @@ class L1:
         while True:
             if ready.exists():
                 info = json.loads(ready.read_text())
-                self.log(f"l1: ready after {time.monotonic() - self.t_start:.1f} s "
-                         f"(ok={info.get('ok')})")
+                self.log(
+                    f"l1: ready after {time.monotonic() - self.t_start:.1f} s (ok={info.get('ok')})"
+                )
                 return info
             if not self.alive():
-                raise L1Error(f"L1 exited ({self.proc.returncode if self.proc else None}) "
-                              f"before ready; console tail:\n{self.console_tail()}")
+                raise L1Error(
+                    f"L1 exited ({self.proc.returncode if self.proc else None}) "
+                    f"before ready; console tail:\n{self.console_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise L1Error(f"L1 not ready after {timeout} s; console tail:\n"
-                              f"{self.console_tail()}")
+                raise L1Error(
+                    f"L1 not ready after {timeout} s; console tail:\n{self.console_tail()}"
+                )
             time.sleep(0.2)
 
     # -- QMP --------------------------------------------------------------
@@ -421,9 +488,16 @@ class L1:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         t = time.monotonic()
-        _, status = self.qmp([("dump-guest-memory", {"paging": False, "protocol": f"file:{path}",
-                                                     "detach": False, "format": "elf"}),
-                              ("query-dump", None)], timeout=timeout)
+        _, status = self.qmp(
+            [
+                (
+                    "dump-guest-memory",
+                    {"paging": False, "protocol": f"file:{path}", "detach": False, "format": "elf"},
+                ),
+                ("query-dump", None),
+            ],
+            timeout=timeout,
+        )
         secs = time.monotonic() - t
         if status.get("status") != "completed":
             raise L1Error(f"dump-guest-memory: query-dump says {status}")
@@ -443,17 +517,21 @@ class L1:
         try:
             vng_rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise L1Error(f"L1 still running {timeout} s after release; console tail:\n"
-                          f"{self.console_tail()}") from None
+            raise L1Error(
+                f"L1 still running {timeout} s after release; console tail:\n{self.console_tail()}"
+            ) from None
         self._finish()
         rc_file = self.shared / "agent-rc"
         try:
             self.agent_rc = int(rc_file.read_text())
         except (OSError, ValueError):
-            raise L1Error(f"no agent-rc (vng exited {vng_rc}); console tail:\n"
-                          f"{self.console_tail()}") from None
-        self.log(f"l1: powered off, agent rc {self.agent_rc} (vng rc {vng_rc}), "
-                 f"{time.monotonic() - self.t_start:.1f} s after boot")
+            raise L1Error(
+                f"no agent-rc (vng exited {vng_rc}); console tail:\n{self.console_tail()}"
+            ) from None
+        self.log(
+            f"l1: powered off, agent rc {self.agent_rc} (vng rc {vng_rc}), "
+            f"{time.monotonic() - self.t_start:.1f} s after boot"
+        )
         return self.agent_rc
 
     def _kill(self) -> None:
@@ -548,8 +626,8 @@ def fix_elf_layout(elf: Path) -> bool:
         first_data = min(struct.unpack_from("<Q", phdrs, i * 56 + 8)[0] for i in range(phnum))
         if 64 + len(phdrs) > first_data:
             raise L1Error(f"{elf}: no room for the program headers at offset 64")
-        struct.pack_into("<QQ", ehdr, 0x20, 64, 0)       # e_phoff, e_shoff
-        struct.pack_into("<HHH", ehdr, 0x3A, 0, 0, 0)    # e_shentsize, e_shnum, e_shstrndx
+        struct.pack_into("<QQ", ehdr, 0x20, 64, 0)  # e_phoff, e_shoff
+        struct.pack_into("<HHH", ehdr, 0x3A, 0, 0, 0)  # e_shentsize, e_shnum, e_shstrndx
         f.seek(64)
         f.write(phdrs)
         f.seek(0)
@@ -557,8 +635,13 @@ def fix_elf_layout(elf: Path) -> bool:
     return True
 
 
-def compress_dump(elf: Path, out: Path, dump_level: int = 31, vmlinux: str | Path | None = None,
-                  timeout: float = 600) -> float:
+def compress_dump(
+    elf: Path,
+    out: Path,
+    dump_level: int = 31,
+    vmlinux: str | Path | None = None,
+    timeout: float = 600,
+) -> float:
     """makedumpfile -c (zlib kdump-compressed) from a QEMU ELF dump; seconds.
 
     The ELF holds the VMCOREINFO note (vmcoreinfo device), which gives
@@ -588,6 +671,7 @@ def compress_dump(elf: Path, out: Path, dump_level: int = 31, vmlinux: str | Pat
 
 # ---------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Boot one L1 guest (manual use).")
     ap.add_argument("--suite", default="bookworm")
@@ -595,32 +679,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--workdir", type=Path)
-    ap.add_argument("--workload", action="append", default=[],
-                    help="default: a dummy that prints L2VMM READY and sleeps")
+    ap.add_argument(
+        "--workload",
+        action="append",
+        default=[],
+        help="default: a dummy that prints L2VMM READY and sleeps",
+    )
     ap.add_argument("--check", action="append", default=[], metavar="NAME=CMD")
     ap.add_argument("--ready-timeout", type=float, default=600)
     ap.add_argument("--dump", type=Path, help="dump-guest-memory ELF to this path")
     ap.add_argument("--compress", type=Path, help="makedumpfile -c -d 31 the dump to this path")
-    ap.add_argument("--hold", type=float, default=None,
-                    help="keep L1 up this many seconds (default: until Enter)")
+    ap.add_argument(
+        "--hold",
+        type=float,
+        default=None,
+        help="keep L1 up this many seconds (default: until Enter)",
+    )
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
     args = ap.parse_args(argv)
 
     # SIGTERM (e.g. from timeout(1)) unwinds like Ctrl-C, so L1 gets stopped.
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_term)
     kernel = _kernels().fetch(args.suite)
     workloads = args.workload or ["sh -c 'echo L2VMM READY pid=$$; exec sleep 100000'"]
     checks = dict(c.split("=", 1) for c in args.check)
     kvm = None if args.accel == "auto" else args.accel == "kvm"
-    with L1(kernel, append=args.append, memory=args.memory, cpus=args.cpus,
-            workdir=args.workdir, kvm=kvm,
-            agent_cmd=agent_command(workloads, checks)) as l1:
+    with L1(
+        kernel,
+        append=args.append,
+        memory=args.memory,
+        cpus=args.cpus,
+        workdir=args.workdir,
+        kvm=kvm,
+        agent_cmd=agent_command(workloads, checks),
+    ) as l1:
         info = l1.wait_ready(args.ready_timeout)
         print(json.dumps(info, indent=1))
-        print(f"drgn --qemu {l1.qmp_drgn} -s {kernel.vmlinux}"
-              + "".join(f" -s {m}" for m in kernel.kvm_modules))
+        print(
+            f"drgn --qemu {l1.qmp_drgn} -s {kernel.vmlinux}"
+            + "".join(f" -s {m}" for m in kernel.kvm_modules)
+        )
         if args.dump:
             l1.dump_elf(args.dump)
         if args.hold is not None:

@@ -109,9 +109,14 @@ class Workload:
         run = cmd if re.search(r"[;&|()`\n]", cmd) else "exec " + cmd
         # Own session/process group, so that SIGTERM reaches the whole shell
         # pipeline and nothing else.
-        self.proc = subprocess.Popen(run, shell=True, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._err,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            run,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            start_new_session=True,
+        )
         self._thread = threading.Thread(target=self._reader, daemon=True)
         self._thread.start()
 
@@ -138,8 +143,10 @@ class Workload:
                 self.eof_event.wait(1.0)
                 if self.ready_event.is_set():
                     return None
-                return (f"workload {self.index} exited with {self.proc.returncode} before "
-                        f"{READY_PREFIX!r}; stderr:\n{tail(self.err_path)}")
+                return (
+                    f"workload {self.index} exited with {self.proc.returncode} before "
+                    f"{READY_PREFIX!r}; stderr:\n{tail(self.err_path)}"
+                )
         return f"workload {self.index}: no {READY_PREFIX!r} line in time"
 
     def stop(self, grace: float = 10.0) -> int | None:
@@ -162,9 +169,13 @@ class Workload:
         return self.proc.returncode
 
     def info(self) -> dict:
-        return {"index": self.index, "cmd": self.cmd, "pid": self.proc.pid,
-                "ready_line": self.ready_line,
-                "returncode": self.proc.poll()}
+        return {
+            "index": self.index,
+            "cmd": self.cmd,
+            "pid": self.proc.pid,
+            "ready_line": self.ready_line,
+            "returncode": self.proc.poll(),
+        }
 
 
 def run_check(name: str, cmd: str, shared: str, env: dict, timeout: float) -> dict:
@@ -174,8 +185,15 @@ def run_check(name: str, cmd: str, shared: str, env: dict, timeout: float) -> di
     t = time.monotonic()
     result: dict = {"name": name, "cmd": cmd}
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.DEVNULL, stdout=fo,
-                                stderr=fe, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=fo,
+            stderr=fe,
+            env=env,
+            start_new_session=True,
+        )
         try:
             result["rc"] = proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -194,12 +212,21 @@ def main() -> int:
     ap.add_argument("--shared", required=True, help="directory shared with the host")
     ap.add_argument("--workload", action="append", default=[], metavar="CMD")
     ap.add_argument("--check", action="append", default=[], metavar="NAME=CMD")
-    ap.add_argument("--timeout", type=float, default=900.0,
-                    help="bound on the whole run, until release (default 900 s)")
-    ap.add_argument("--ready-timeout", type=float, default=120.0,
-                    help="per workload, for its ready line (default 120 s)")
-    ap.add_argument("--check-timeout", type=float, default=600.0,
-                    help="per check command (default 600 s)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="bound on the whole run, until release (default 900 s)",
+    )
+    ap.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=120.0,
+        help="per workload, for its ready line (default 120 s)",
+    )
+    ap.add_argument(
+        "--check-timeout", type=float, default=600.0, help="per check command (default 600 s)"
+    )
     args = ap.parse_args()
     deadline = _t0 + args.timeout
     shared = args.shared
@@ -216,6 +243,7 @@ def main() -> int:
     # SIGTERM/SIGINT to the agent: clean up like a release.
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_signal)
 
     errors: list[str] = []
@@ -228,10 +256,14 @@ def main() -> int:
         if mp.returncode != 0:
             log(f"modprobe qemu_fw_cfg failed ({mp.returncode}): {mp.stderr.strip()}")
         ready["vmcoreinfo_fw_cfg"] = os.path.exists(
-            "/sys/firmware/qemu_fw_cfg/by_name/etc/vmcoreinfo")
+            "/sys/firmware/qemu_fw_cfg/by_name/etc/vmcoreinfo"
+        )
         ready["kernel_release"] = os.uname().release
-        ready["params"] = {p.split("/")[3] + "." + p.split("/")[5]: read_param(p)
-                           for p in PARAMS if os.path.exists(p)}
+        ready["params"] = {
+            p.split("/")[3] + "." + p.split("/")[5]: read_param(p)
+            for p in PARAMS
+            if os.path.exists(p)
+        }
         log(f"kernel {ready['kernel_release']} params {ready['params']}")
 
         for i, cmd in enumerate(args.workload):
@@ -249,8 +281,11 @@ def main() -> int:
 
         results = []
         if not errors:
-            env = dict(os.environ, L1_SHARED=shared,
-                       L2VMM_PIDS=" ".join(str(w.proc.pid) for w in workloads))
+            env = dict(
+                os.environ,
+                L1_SHARED=shared,
+                L2VMM_PIDS=" ".join(str(w.proc.pid) for w in workloads),
+            )
             for w in workloads:
                 env[f"L2VMM_PID_{w.index}"] = str(w.proc.pid)
                 env[f"L2VMM_READY_{w.index}"] = w.ready_line or ""

@@ -24,8 +24,10 @@ Field = Tuple[str, Union[Type, Tuple[Type, int]]]  # (name, type) or (name, (typ
 
 # What drgn needs to take a program for a Linux kernel (drgn's kernel
 # commands are enabled only for those); nothing is read through it here.
-VMCOREINFO = (b"OSRELEASE=7.3-amd64\nPAGESIZE=4096\nKERNELOFFSET=0\n"
-              b"SYMBOL(swapper_pg_dir)=ffffffff82000000\nNUMBER(phys_base)=0\n")
+VMCOREINFO = (
+    b"OSRELEASE=7.3-amd64\nPAGESIZE=4096\nKERNELOFFSET=0\n"
+    b"SYMBOL(swapper_pg_dir)=ffffffff82000000\nNUMBER(phys_base)=0\n"
+)
 
 
 def kernel_program() -> Program:
@@ -55,18 +57,20 @@ class FakeKernel:
         p.register_object_finder("fake", self._find_object, enable_index=0)
 
     def _read(self, address: int, count: int, offset: int, physical: bool) -> bytes:
-        return bytes(self.mem[offset:offset + count])
+        return bytes(self.mem[offset : offset + count])
 
-    def _find_type(self, prog: Program, kinds: "drgn.TypeKindSet", name: str,
-                   filename: Optional[str]) -> Optional[Type]:
+    def _find_type(
+        self, prog: Program, kinds: "drgn.TypeKindSet", name: str, filename: Optional[str]
+    ) -> Optional[Type]:
         for kind in kinds:
             t = self.types.get(f"{kind.name.lower()} {name}")
             if t is not None:
                 return t
         return None
 
-    def _find_object(self, prog: Program, name: str, flags: object,
-                     filename: Optional[str]) -> Optional[Object]:
+    def _find_object(
+        self, prog: Program, name: str, flags: object, filename: Optional[str]
+    ) -> Optional[Object]:
         return self.objects.get(name)
 
     def struct(self, tag: str, fields: Sequence[Field], kind: str = "struct") -> Type:
@@ -74,12 +78,13 @@ class FakeKernel:
         ``(type, bits)`` makes consecutive bit fields of one 32-bit word."""
         members: List[TypeMember] = []
         offset = 0  # in bits
-        bit = 0     # next free bit inside the current bit-field word, -1: none
+        bit = 0  # next free bit inside the current bit-field word, -1: none
         for name, t in fields:
             if isinstance(t, tuple):
                 ftype, bits = t
-                members.append(TypeMember(Object(self.prog, ftype, bit_field_size=bits),
-                                          name, offset + bit))
+                members.append(
+                    TypeMember(Object(self.prog, ftype, bit_field_size=bits), name, offset + bit)
+                )
                 bit += bits
                 continue
             if bit:
@@ -93,8 +98,11 @@ class FakeKernel:
                 offset += size * 8
         if bit:
             offset += 32
-        size = -(-offset // 64) * 8 if kind == "struct" else max(
-            drgn.sizeof(m.type) if m.bit_field_size is None else 4 for m in members)
+        size = (
+            -(-offset // 64) * 8
+            if kind == "struct"
+            else max(drgn.sizeof(m.type) if m.bit_field_size is None else 4 for m in members)
+        )
         make = self.prog.struct_type if kind == "struct" else self.prog.union_type
         t = make(tag, size, members)
         self.types[f"{kind} {tag}"] = t
@@ -108,7 +116,7 @@ class FakeKernel:
 
     def write(self, address: int, fmt: str, *values: int) -> None:
         off = address - BASE
-        self.mem[off:off + struct.calcsize(fmt)] = struct.pack(fmt, *values)
+        self.mem[off : off + struct.calcsize(fmt)] = struct.pack(fmt, *values)
 
     def member_address(self, t: Type, address: int, path: str) -> int:
         return int(Object(self.prog, t, address=address).subobject_(path).address_)
@@ -117,9 +125,12 @@ class FakeKernel:
         self.objects[name] = Object(self.prog, t, address=address)
 
 
-def kvm_host(mmu_fields: Sequence[Field], values: Dict[str, int],
-             pids: Sequence[int] = (4242,),
-             vcpu_arch_fields: Optional[Sequence[Field]] = None) -> FakeKernel:
+def kvm_host(
+    mmu_fields: Sequence[Field],
+    values: Dict[str, int],
+    pids: Sequence[int] = (4242,),
+    vcpu_arch_fields: Optional[Sequence[Field]] = None,
+) -> FakeKernel:
     """A host with one VM per pid in ``pids``, each with one vCPU (id 0) whose
     MMU is a ``struct kvm_mmu`` of ``mmu_fields``; ``values`` sets its members
     by path (``"root.hpa"``, ``"w->cpu_role.base.level"``).  ``vcpu_arch_fields``
@@ -129,33 +140,64 @@ def kvm_host(mmu_fields: Sequence[Field], values: Dict[str, int],
     k = FakeKernel()
     p = k.prog
     # list_head points at itself: its members are made lazily.
-    list_head = p.struct_type("list_head", 16, [
-        TypeMember(lambda: p.pointer_type(list_head), "next", 0),
-        TypeMember(lambda: p.pointer_type(list_head), "prev", 64)])
+    list_head = p.struct_type(
+        "list_head",
+        16,
+        [
+            TypeMember(lambda: p.pointer_type(list_head), "next", 0),
+            TypeMember(lambda: p.pointer_type(list_head), "prev", 64),
+        ],
+    )
     k.types["struct list_head"] = list_head
     atomic = k.struct("atomic_t", [("counter", k.int)])
-    role = k.struct("kvm_mmu_page_role", [("level", (k.u32, 4)), ("has_4_byte_gpte", (k.u32, 1)),
-                                          ("quadrant", (k.u32, 2)), ("direct", (k.u32, 1))],
-                    kind="union")
+    role = k.struct(
+        "kvm_mmu_page_role",
+        [
+            ("level", (k.u32, 4)),
+            ("has_4_byte_gpte", (k.u32, 1)),
+            ("quadrant", (k.u32, 2)),
+            ("direct", (k.u32, 1)),
+        ],
+        kind="union",
+    )
     root_info = k.struct("kvm_mmu_root_info", [("pgd", k.u64), ("hpa", k.u64)])
     cpu_role = k.struct("kvm_cpu_role", [("base", role), ("ext", k.u32)])
     walk = k.struct("kvm_pagewalk", [("cpu_role", cpu_role)])
-    known = {"u64": k.u64, "u8": k.u8, "bool": k.bool, "root_info": root_info, "role": role,
-             "cpu_role": cpu_role, "pagewalk *": p.pointer_type(walk),
-             "u64 *": p.pointer_type(k.u64)}
-    mmu = k.struct("kvm_mmu", [(name, known[t] if isinstance(t, str) else t)
-                               for name, t in mmu_fields])
+    known = {
+        "u64": k.u64,
+        "u8": k.u8,
+        "bool": k.bool,
+        "root_info": root_info,
+        "role": role,
+        "cpu_role": cpu_role,
+        "pagewalk *": p.pointer_type(walk),
+        "u64 *": p.pointer_type(k.u64),
+    }
+    mmu = k.struct(
+        "kvm_mmu", [(name, known[t] if isinstance(t, str) else t) for name, t in mmu_fields]
+    )
     mmu_ptr = p.pointer_type(mmu)
     known["mmu *"], known["mmu"] = mmu_ptr, mmu
-    vcpu_arch = k.struct("kvm_vcpu_arch", [
-        (name, known[t] if isinstance(t, str) else t)
-        for name, t in vcpu_arch_fields or [("mmu", "mmu *"), ("root_mmu", "mmu")]])
+    vcpu_arch = k.struct(
+        "kvm_vcpu_arch",
+        [
+            (name, known[t] if isinstance(t, str) else t)
+            for name, t in vcpu_arch_fields or [("mmu", "mmu *"), ("root_mmu", "mmu")]
+        ],
+    )
     vcpu = k.struct("kvm_vcpu", [("vcpu_id", k.int), ("arch", vcpu_arch)])
     vcpu_ptr = p.pointer_type(vcpu)
     memslots = k.struct("kvm_memslots", [("used_slots", k.int)])
-    kvm = k.struct("kvm", [("vm_list", list_head), ("userspace_pid", k.int),
-                           ("online_vcpus", atomic), ("vcpus", p.array_type(vcpu_ptr, 4)),
-                           ("memslots", p.array_type(p.pointer_type(memslots), 2))])
+    kvm = k.struct(
+        "kvm",
+        [
+            ("vm_list", list_head),
+            ("userspace_pid", k.int),
+            ("online_vcpus", atomic),
+            ("vcpus", p.array_type(vcpu_ptr, 4)),
+            ("memslots", p.array_type(p.pointer_type(memslots), 2)),
+        ],
+    )
     head = k.alloc(list_head)
     links = []
     for pid in pids:
@@ -174,7 +216,7 @@ def kvm_host(mmu_fields: Sequence[Field], values: Dict[str, int],
             k.write(k.member_address(mmu, mmu_at, "w"), "<Q", walk_at)
         for path, value in values.items():
             if path.startswith("w->"):
-                t, base, sub = walk, walk_at, path[len("w->"):]
+                t, base, sub = walk, walk_at, path[len("w->") :]
             else:
                 t, base, sub = mmu, mmu_at, path
             obj = Object(p, t, address=base).subobject_(sub)

@@ -29,7 +29,7 @@ class FakeMem:
     def set(self, hpa: int, value: int) -> None:
         page = self.pages[hpa & ~(PAGE_SIZE - 1)]
         off = hpa & (PAGE_SIZE - 1)
-        page[off:off + 8] = struct.pack("<Q", value)
+        page[off : off + 8] = struct.pack("<Q", value)
 
     def read(self, address: int, size: int) -> bytes:
         self.reads += 1
@@ -37,14 +37,15 @@ class FakeMem:
         if page is None or (address & (PAGE_SIZE - 1)) + size > PAGE_SIZE:
             raise PhysMemError(address)
         off = address & (PAGE_SIZE - 1)
-        return bytes(page[off:off + size])
+        return bytes(page[off : off + size])
 
 
 class Tables:
     """Builds a tree under one root; ``table_bits``/``leaf_bits`` are OR'ed in."""
 
-    def __init__(self, mem: FakeMem, root_level: int, table_bits: int, leaf_bits: int,
-                 fill: int = 0) -> None:
+    def __init__(
+        self, mem: FakeMem, root_level: int, table_bits: int, leaf_bits: int, fill: int = 0
+    ) -> None:
         self.mem = mem
         self.level = root_level
         self.table_bits = table_bits

@@ -28,8 +28,7 @@ def run(prog, *argv):
 def test_list_of_a_pid_without_a_vm_is_refused():
     rc, out, err = run(two_vms().prog, "--vm", "9999", "--list")
     assert rc == EXIT_USAGE and out == ""
-    assert err == ("kvmwalk: process 9999 has no VM; VMs: pid 4242 (1 vCPUs), "
-                   "pid 4343 (1 vCPUs)\n")
+    assert err == ("kvmwalk: process 9999 has no VM; VMs: pid 4242 (1 vCPUs), pid 4343 (1 vCPUs)\n")
 
 
 def test_list_of_one_vm_lists_only_that_vm():
@@ -52,8 +51,15 @@ def test_drgn_command_raises_command_error_on_failure():
         run_command(prog, "kvmwalk --addr 0x1000")
 
 
-@pytest.mark.parametrize("argv", ["--vcpu 0 --map --root all", "--vcpu 0 --dump --root prev",
-                                  "--vcpu 0 --map --annotate", "--vcpu 0 --addr 1 --root all"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "--vcpu 0 --map --root all",
+        "--vcpu 0 --dump --root prev",
+        "--vcpu 0 --map --annotate",
+        "--vcpu 0 --addr 1 --root all",
+    ],
+)
 def test_drgn_code_refuses_what_it_cannot_print(capsys, argv):
     """--drgn never prints code that does something else than the command."""
     plugin.register()

@@ -27,23 +27,32 @@ def empty_prog():
     return drgn.Program(drgn.host_platform)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--addr", "0x1000"], "missing --vcpu"),
-    (["--vcpu", "0"], "missing --addr"),
-    ([], "missing --addr (or --dump, --map, --list, --stats)"),
-    (["--dump"], "missing --vcpu"),
-    (["--vcpu", "0", "--addr", "0", "--dump"], "choose one of --addr, --dump, --map, --list and --stats"),
-    (["--vcpu", "0", "--dump", "--map"], "choose one of"),
-    (["--list", "--vcpu", "0"], "covers every vCPU; leave out --vcpu"),
-    (["--vcpu", "0", "--addr", "0", "--range", "0-0x1000"], "--range goes with --dump or --map"),
-    (["--vcpu", "0", "--map", "--range", "0x2000-0x1000"], "END must be above START"),
-    (["--vcpu", "0", "--map", "--range", "0x2000"], "use START-END"),
-    (["--vcpu", "0", "--addr", "zz"], "invalid address 'zz'"),
-    (["--vcpu", "0", "--addr", "-5"], "negative"),
-    (["--vcpu", "0", "--addr", hex(1 << 64)], "more than 64 bits"),
-    (["--vcpu", "-1", "--addr", "0"], "invalid number '-1'"),
-    (["--vcpu", "0", "--addr", "0", "--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--addr", "0x1000"], "missing --vcpu"),
+        (["--vcpu", "0"], "missing --addr"),
+        ([], "missing --addr (or --dump, --map, --list, --stats)"),
+        (["--dump"], "missing --vcpu"),
+        (
+            ["--vcpu", "0", "--addr", "0", "--dump"],
+            "choose one of --addr, --dump, --map, --list and --stats",
+        ),
+        (["--vcpu", "0", "--dump", "--map"], "choose one of"),
+        (["--list", "--vcpu", "0"], "covers every vCPU; leave out --vcpu"),
+        (
+            ["--vcpu", "0", "--addr", "0", "--range", "0-0x1000"],
+            "--range goes with --dump or --map",
+        ),
+        (["--vcpu", "0", "--map", "--range", "0x2000-0x1000"], "END must be above START"),
+        (["--vcpu", "0", "--map", "--range", "0x2000"], "use START-END"),
+        (["--vcpu", "0", "--addr", "zz"], "invalid address 'zz'"),
+        (["--vcpu", "0", "--addr", "-5"], "negative"),
+        (["--vcpu", "0", "--addr", hex(1 << 64)], "more than 64 bits"),
+        (["--vcpu", "-1", "--addr", "0"], "invalid number '-1'"),
+        (["--vcpu", "0", "--addr", "0", "--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_bad_arguments(empty_prog, argv, message):
     rc, out, err = run(empty_prog, *argv)
     assert rc == EXIT_USAGE and out == ""
@@ -63,13 +72,25 @@ def test_help_explains_every_option(empty_prog, capsys):
         main(empty_prog, ["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--vm PID", "--vcpu N", "--addr X", "--json", "exit status", "GVA", "--dump",
-                "--map", "--list", "--stats", "--range START-END"):
+    for opt in (
+        "--vm PID",
+        "--vcpu N",
+        "--addr X",
+        "--json",
+        "exit status",
+        "GVA",
+        "--dump",
+        "--map",
+        "--list",
+        "--stats",
+        "--range START-END",
+    ):
         assert opt in text
 
 
-@pytest.mark.parametrize("text,value", [("0x1000", 0x1000), ("4096", 4096),
-                                        ("0XFFFF_F000", 0xFFFFF000)])
+@pytest.mark.parametrize(
+    "text,value", [("0x1000", 0x1000), ("4096", 4096), ("0XFFFF_F000", 0xFFFFF000)]
+)
 def test_parse_addr(text, value):
     assert parse_addr(text) == value
 
@@ -81,10 +102,18 @@ def test_walk_through_drgn_physical_memory():
     t.map(0x4000_0000, 0x1234_5000)
     prog = drgn.Program(drgn.host_platform)
     for hpa, page in mem.pages.items():
-        prog.add_memory_segment(hpa, 4096, lambda addr, count, offset, physical, p=page:
-                                bytes(p[offset:offset + count]), physical=True)
-    w = walk_addr(TableCache(DrgnPhysMem(prog)), x86_format(phys_bits=48),
-                  Root(t.root, 4, True, 4), 0x4000_0123)
+        prog.add_memory_segment(
+            hpa,
+            4096,
+            lambda addr, count, offset, physical, p=page: bytes(p[offset : offset + count]),
+            physical=True,
+        )
+    w = walk_addr(
+        TableCache(DrgnPhysMem(prog)),
+        x86_format(phys_bits=48),
+        Root(t.root, 4, True, 4),
+        0x4000_0123,
+    )
     assert w.hpa == 0x1234_5123
     with pytest.raises(PhysMemError):
         DrgnPhysMem(prog).read(0xDEAD_0000, 8)

@@ -37,14 +37,17 @@ def test_console_help_names_the_target_options(capsys):
         assert opt in text
 
 
-@pytest.mark.parametrize("argv", [
-    "--vcpu 1 --addr 0x1000 --addr 0x2000",
-    "--vm 42 --vcpu 0 --dump --range 0x1000-0x2000",
-    "--list",
-    "--stats",
-    "--vm 7 --stats",
-    "--vcpu 0 --addr 1 --annotate",
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "--vcpu 1 --addr 0x1000 --addr 0x2000",
+        "--vm 42 --vcpu 0 --dump --range 0x1000-0x2000",
+        "--list",
+        "--stats",
+        "--vm 7 --stats",
+        "--vcpu 0 --addr 1 --annotate",
+    ],
+)
 def test_drgn_command_prints_valid_python(capsys, argv):
     plugin.register()
     prog = kernel_program()
@@ -75,6 +78,7 @@ def test_drgn_command_is_for_kernels_only():
 
 def test_one_address_walk_does_not_import_numpy():
     code = "import sys, drgn_kvmwalk.cli, drgn_kvmwalk; print('numpy' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"

@@ -12,8 +12,10 @@ import pytest
 from drgn_kvmwalk.kdump import KdumpError, KdumpFile, is_kdump, kdump_program
 
 BLOCK = 4096
-VMCOREINFO = (b"OSRELEASE=7.3-amd64\nPAGESIZE=4096\nKERNELOFFSET=0\n"
-              b"SYMBOL(swapper_pg_dir)=ffffffff82000000\nNUMBER(phys_base)=0\n")
+VMCOREINFO = (
+    b"OSRELEASE=7.3-amd64\nPAGESIZE=4096\nKERNELOFFSET=0\n"
+    b"SYMBOL(swapper_pg_dir)=ffffffff82000000\nNUMBER(phys_base)=0\n"
+)
 
 
 def write_kdump(path, pages, max_mapnr=64, flags=0x1, release=b"7.3-amd64", version=6):
@@ -21,7 +23,7 @@ def write_kdump(path, pages, max_mapnr=64, flags=0x1, release=b"7.3-amd64", vers
     head = bytearray(BLOCK)
     head[:8] = b"KDUMP   "
     struct.pack_into("<i", head, 8, version)
-    head[12 + 130:12 + 130 + len(release)] = release
+    head[12 + 130 : 12 + 130 + len(release)] = release
     bitmap_blocks = 2
     struct.pack_into("<IiiII", head, 424, 0, BLOCK, 1, bitmap_blocks, max_mapnr)
     sub = bytearray(BLOCK)
@@ -49,8 +51,9 @@ def page(fill):
 
 
 def test_pages_come_back_by_pfn_and_filtered_ones_fault(tmp_path):
-    dump = KdumpFile(str(write_kdump(tmp_path / "d", {3: page(0x33), 5: page(0x55),
-                                                      40: page(0x40)})))
+    dump = KdumpFile(
+        str(write_kdump(tmp_path / "d", {3: page(0x33), 5: page(0x55), 40: page(0x40)}))
+    )
     assert dump.release == "7.3-amd64" and dump.vmcoreinfo == VMCOREINFO
     assert dump.first_pfn() == 3
     assert dump.page(5) == page(0x55) and dump.page(40) == page(0x40)

@@ -20,30 +20,59 @@ ROOT = 0x1_2345_6000
 # and where each holds the root HPA, root level, directness and guest level.
 LAYOUTS = {
     # v7.3: the guest-walk part moved to struct kvm_pagewalk (mmu->w).
-    "v7.3": ([("w", "pagewalk *"), ("root", "root_info"), ("root_role", "role"),
-              ("pae_root", "u64 *")],
-             {"root.hpa": ROOT, "root_role.level": 4, "root_role.direct": 0,
-              "w->cpu_role.base.level": 3}),
+    "v7.3": (
+        [("w", "pagewalk *"), ("root", "root_info"), ("root_role", "role"), ("pae_root", "u64 *")],
+        {
+            "root.hpa": ROOT,
+            "root_role.level": 4,
+            "root_role.direct": 0,
+            "w->cpu_role.base.level": 3,
+        },
+    ),
     # v5.19 .. v7.2: cpu_role and root_role in struct kvm_mmu.
-    "v5.19": ([("root", "root_info"), ("cpu_role", "cpu_role"), ("root_role", "role"),
-               ("pae_root", "u64 *")],
-              {"root.hpa": ROOT, "root_role.level": 4, "root_role.direct": 0,
-               "cpu_role.base.level": 3}),
+    "v5.19": (
+        [
+            ("root", "root_info"),
+            ("cpu_role", "cpu_role"),
+            ("root_role", "role"),
+            ("pae_root", "u64 *"),
+        ],
+        {"root.hpa": ROOT, "root_role.level": 4, "root_role.direct": 0, "cpu_role.base.level": 3},
+    ),
     # v5.18: mmu->root, but the levels and direct_map as before.
-    "v5.18": ([("root", "root_info"), ("root_level", "u8"), ("shadow_root_level", "u8"),
-               ("direct_map", "bool"), ("pae_root", "u64 *")],
-              {"root.hpa": ROOT, "shadow_root_level": 4, "direct_map": 0, "root_level": 3}),
+    "v5.18": (
+        [
+            ("root", "root_info"),
+            ("root_level", "u8"),
+            ("shadow_root_level", "u8"),
+            ("direct_map", "bool"),
+            ("pae_root", "u64 *"),
+        ],
+        {"root.hpa": ROOT, "shadow_root_level": 4, "direct_map": 0, "root_level": 3},
+    ),
     # v5.10: root_hpa.
-    "v5.10": ([("root_hpa", "u64"), ("root_level", "u8"), ("shadow_root_level", "u8"),
-               ("direct_map", "bool"), ("pae_root", "u64 *")],
-              {"root_hpa": ROOT, "shadow_root_level": 4, "direct_map": 0, "root_level": 3}),
+    "v5.10": (
+        [
+            ("root_hpa", "u64"),
+            ("root_level", "u8"),
+            ("shadow_root_level", "u8"),
+            ("direct_map", "bool"),
+            ("pae_root", "u64 *"),
+        ],
+        {"root_hpa": ROOT, "shadow_root_level": 4, "direct_map": 0, "root_level": 3},
+    ),
     # A backport of only 4d25502aa12e (cpu_role) onto a v5.18 layout: each
     # value still comes from where this kernel keeps it.
-    "v5.18+cpu_role": ([("root", "root_info"), ("cpu_role", "cpu_role"),
-                        ("shadow_root_level", "u8"), ("direct_map", "bool"),
-                        ("pae_root", "u64 *")],
-                       {"root.hpa": ROOT, "shadow_root_level": 4, "direct_map": 0,
-                        "cpu_role.base.level": 3}),
+    "v5.18+cpu_role": (
+        [
+            ("root", "root_info"),
+            ("cpu_role", "cpu_role"),
+            ("shadow_root_level", "u8"),
+            ("direct_map", "bool"),
+            ("pae_root", "u64 *"),
+        ],
+        {"root.hpa": ROOT, "shadow_root_level": 4, "direct_map": 0, "cpu_role.base.level": 3},
+    ),
 }
 
 
@@ -70,9 +99,10 @@ def test_the_layout_is_probed_once_per_program():
 
 
 # struct kvm_mmu as no kernel has it: the root level renamed.
-UNKNOWN = ([("w", "pagewalk *"), ("root", "root_info"), ("spte_role", "role"),
-            ("pae_root", "u64 *")],
-           {"root.hpa": ROOT, "spte_role.level": 4, "w->cpu_role.base.level": 4})
+UNKNOWN = (
+    [("w", "pagewalk *"), ("root", "root_info"), ("spte_role", "role"), ("pae_root", "u64 *")],
+    {"root.hpa": ROOT, "spte_role.level": 4, "w->cpu_role.base.level": 4},
+)
 
 
 def test_an_unknown_layout_names_the_structure_and_the_members_looked_for():
@@ -84,10 +114,15 @@ def test_an_unknown_layout_names_the_structure_and_the_members_looked_for():
     assert "root level" in str(e.value)
 
 
-@pytest.mark.parametrize("action", [["--vcpu", "0", "--addr", "0x1000"],
-                                    ["--vcpu", "0", "--dump"],
-                                    ["--vcpu", "0", "--map", "--json"],
-                                    ["--vcpu", "0", "--addr", "0", "--root", "all"]])
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["--vcpu", "0", "--addr", "0x1000"],
+        ["--vcpu", "0", "--dump"],
+        ["--vcpu", "0", "--map", "--json"],
+        ["--vcpu", "0", "--addr", "0", "--root", "all"],
+    ],
+)
 def test_an_unknown_layout_is_one_line_and_exit_2(action):
     k = kvm_host(*UNKNOWN)
     out, err = io.StringIO(), io.StringIO()
@@ -95,8 +130,10 @@ def test_an_unknown_layout_is_one_line_and_exit_2(action):
     assert rc == EXIT_USAGE and out.getvalue() == ""
     lines = err.getvalue().splitlines()
     assert len(lines) == 1 and "Traceback" not in err.getvalue()
-    assert lines[0].startswith("kvmwalk: unknown kernel layout: struct kvm_mmu has none of "
-                               "the members root_role, shadow_root_level")
+    assert lines[0].startswith(
+        "kvmwalk: unknown kernel layout: struct kvm_mmu has none of "
+        "the members root_role, shadow_root_level"
+    )
 
 
 def test_a_member_missing_elsewhere_is_one_line_and_exit_2():
@@ -106,5 +143,7 @@ def test_a_member_missing_elsewhere_is_one_line_and_exit_2():
     out, err = io.StringIO(), io.StringIO()
     rc = main(k.prog, ["--vcpu", "0", "--addr", "0x1000"], out=out, err=err)
     assert rc == EXIT_USAGE and out.getvalue() == ""
-    assert err.getvalue() == ("kvmwalk: unknown kernel layout: 'struct kvm_vcpu_arch' has no "
-                              "member 'mmu'; this kvmwalk does not know this kernel yet\n")
+    assert err.getvalue() == (
+        "kvmwalk: unknown kernel layout: 'struct kvm_vcpu_arch' has no "
+        "member 'mmu'; this kvmwalk does not know this kernel yet\n"
+    )

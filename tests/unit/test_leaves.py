@@ -31,8 +31,9 @@ def flatten(runs, fmt):
             holes.append(r)
             continue
         assert isinstance(r, LeafRun) and len(r.indexes) == len(r.sptes) > 0
-        for addr, sptep, spte, hpa in zip(r.addrs().tolist(), r.spteps().tolist(),
-                                          r.sptes.tolist(), r.hpas(fmt).tolist()):
+        for addr, sptep, spte, hpa in zip(
+            r.addrs().tolist(), r.spteps().tolist(), r.sptes.tolist(), r.hpas(fmt).tolist()
+        ):
             leaves.append((addr, r.level, sptep, spte, hpa))
     return leaves, holes
 
@@ -54,16 +55,20 @@ def reference(mem, fmt, table, level, base=0):
 
 def test_leaves_in_address_order_with_mixed_sizes():
     mem, t, root = npt(4)
-    t.map(0x4000_0000, 0x8000_0000, level=3)          # 1G
-    t.map(0x20_0000, 0x60_0000, level=2)              # 2M, before the 4K ones above it
+    t.map(0x4000_0000, 0x8000_0000, level=3)  # 1G
+    t.map(0x20_0000, 0x60_0000, level=2)  # 2M, before the 4K ones above it
     t.map(0x40_1000, 0x9000)
     t.map(0x40_0000, 0x7000)
     t.map(0x7F_0000_0000, 0x5000)
     leaves, holes = flatten(iter_leaves(mem, X86, root), X86)
     assert not holes
     assert [(a, lvl, h) for a, lvl, _, _, h in leaves] == [
-        (0x20_0000, 2, 0x60_0000), (0x40_0000, 1, 0x7000), (0x40_1000, 1, 0x9000),
-        (0x4000_0000, 3, 0x8000_0000), (0x7F_0000_0000, 1, 0x5000)]
+        (0x20_0000, 2, 0x60_0000),
+        (0x40_0000, 1, 0x7000),
+        (0x40_1000, 1, 0x9000),
+        (0x4000_0000, 3, 0x8000_0000),
+        (0x7F_0000_0000, 1, 0x5000),
+    ]
     for addr, level, sptep, _, hpa in leaves:
         w = walk_addr(TableCache(mem), X86, root, addr)
         assert (w.hpa, w.page_size, w.steps[-1].sptep) == (hpa, level_size(level), sptep)
@@ -81,9 +86,9 @@ def test_each_table_page_is_read_once():
 def test_non_leaf_garbage_is_not_a_leaf():
     mem, t, root = npt(4)
     t.map(0x1000, 0x5000)
-    t.put(0x2000, 1, 0)                                   # empty
-    t.put(0x3000, 1, sorted(FROZEN_SPTE_VALUES)[0])       # frozen
-    t.put(0x4000, 1, X86_LEAF & ~(1 << 11))               # no MMU-present bit
+    t.put(0x2000, 1, 0)  # empty
+    t.put(0x3000, 1, sorted(FROZEN_SPTE_VALUES)[0])  # frozen
+    t.put(0x4000, 1, X86_LEAF & ~(1 << 11))  # no MMU-present bit
     leaves, _ = flatten(iter_leaves(mem, X86, root), X86)
     assert [a for a, *_ in leaves] == [0x1000]
 
@@ -155,10 +160,17 @@ def test_5_10_layout_and_ept():
 @settings(max_examples=150, deadline=None)
 @given(
     level=st.sampled_from([4, 5]),
-    maps=st.lists(st.tuples(st.integers(0, (1 << 39) - 1), st.sampled_from([1, 1, 1, 2, 3]),
-                            st.integers(1, (1 << 20))), max_size=40),
-    junk=st.lists(st.tuples(st.integers(0, (1 << 39) - 1), st.integers(0, (1 << 64) - 1)),
-                  max_size=10),
+    maps=st.lists(
+        st.tuples(
+            st.integers(0, (1 << 39) - 1),
+            st.sampled_from([1, 1, 1, 2, 3]),
+            st.integers(1, (1 << 20)),
+        ),
+        max_size=40,
+    ),
+    junk=st.lists(
+        st.tuples(st.integers(0, (1 << 39) - 1), st.integers(0, (1 << 64) - 1)), max_size=10
+    ),
     window=st.tuples(st.integers(0, (1 << 39) - 1), st.integers(1, 1 << 38)),
 )
 def test_matches_a_plain_reading(level, maps, junk, window):

@@ -52,10 +52,13 @@ def test_dump_json_lines_are_the_contract():
     runs = build([(0x1000, 1, 0x5000, 0), (0x20_0000, 2, 0x40_0000, NX)])
     flags = FlagCache(X86)
     recs = [json.loads(line) for r in runs for line in dump_lines(r, X86, flags, 7, 1, True)]
-    assert [list(r) for r in recs] == [["vm", "vcpu", "addr", "level", "sptep", "spte", "hpa",
-                                        "flags"]] * 2
-    assert [(r["addr"], r["level"], r["hpa"]) for r in recs] == [(0x1000, 1, 0x5000),
-                                                                  (0x20_0000, 2, 0x40_0000)]
+    assert [list(r) for r in recs] == [
+        ["vm", "vcpu", "addr", "level", "sptep", "spte", "hpa", "flags"]
+    ] * 2
+    assert [(r["addr"], r["level"], r["hpa"]) for r in recs] == [
+        (0x1000, 1, 0x5000),
+        (0x20_0000, 2, 0x40_0000),
+    ]
     assert recs[0]["spte"] == 0x5000 | X86_LEAF
     assert recs[1]["flags"][-1:] != ["NX"] and "NX" in recs[1]["flags"] and "PS" in recs[1]["flags"]
     text = [line for r in runs for line in dump_lines(r, X86, flags, 7, 1, False)]
@@ -65,15 +68,19 @@ def test_dump_json_lines_are_the_contract():
 
 @pytest.mark.parametrize("segments", [False, True])
 def test_map_merges_contiguous_leaves_only(segments):
-    leaves = [(0x1000 * i, 1, 0x10_0000 + 0x1000 * i, 0) for i in range(1, 5)]   # one range
-    leaves += [(0x5000, 1, 0x20_0000, 0)]                                         # HPA jumps
-    leaves += [(0x6000, 1, 0x20_1000, NX)]                                        # other flags
-    leaves += [(0x8000, 1, 0x20_3000, NX)]                                        # address gap
-    leaves += [(0x20_0000, 2, 0x40_0000, 0), (0x40_0000, 2, 0x60_0000, 0)]        # 2M x 2
+    leaves = [(0x1000 * i, 1, 0x10_0000 + 0x1000 * i, 0) for i in range(1, 5)]  # one range
+    leaves += [(0x5000, 1, 0x20_0000, 0)]  # HPA jumps
+    leaves += [(0x6000, 1, 0x20_1000, NX)]  # other flags
+    leaves += [(0x8000, 1, 0x20_3000, NX)]  # address gap
+    leaves += [(0x20_0000, 2, 0x40_0000, 0), (0x40_0000, 2, 0x60_0000, 0)]  # 2M x 2
     got = [(r["start"], r["end"], r["hpa"], r["level"]) for r in ranges(build(leaves, segments))]
-    assert got == [(0x1000, 0x5000, 0x10_1000, 1), (0x5000, 0x6000, 0x20_0000, 1),
-                   (0x6000, 0x7000, 0x20_1000, 1), (0x8000, 0x9000, 0x20_3000, 1),
-                   (0x20_0000, 0x60_0000, 0x40_0000, 2)]
+    assert got == [
+        (0x1000, 0x5000, 0x10_1000, 1),
+        (0x5000, 0x6000, 0x20_0000, 1),
+        (0x6000, 0x7000, 0x20_1000, 1),
+        (0x8000, 0x9000, 0x20_3000, 1),
+        (0x20_0000, 0x60_0000, 0x40_0000, 2),
+    ]
 
 
 @pytest.mark.parametrize("segments", [False, True])
@@ -86,14 +93,22 @@ def test_map_joins_across_table_pages(segments):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2047), st.integers(0, 7), st.booleans()),
-                max_size=60, unique_by=lambda x: x[0]), st.booleans())
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2047), st.integers(0, 7), st.booleans()),
+        max_size=60,
+        unique_by=lambda x: x[0],
+    ),
+    st.booleans(),
+)
 def test_map_covers_exactly_the_dump(pages, segments):
     """Random 4K leaves (some with contiguous HPAs, some with NX): the ranges
     are sorted, disjoint, and cover exactly the leaves, each range's leaves
     contiguous in HPA and with the range's flags."""
-    runs = build([(i << 12, 1, (0x100000 + i + 7 * j) << 12, NX if nx else 0)
-                  for i, j, nx in pages], segments)
+    runs = build(
+        [(i << 12, 1, (0x100000 + i + 7 * j) << 12, NX if nx else 0) for i, j, nx in pages],
+        segments,
+    )
     leaves, _ = flatten(runs, X86)
     nx = {i << 12: n for i, _, n in pages}
     covered = {}
@@ -114,7 +129,9 @@ def test_stats_rendering_flags_differences():
     leaves = {"4K": 10, "2M": 2, "1G": 1}
     assert _differences(leaves, {"pages_4k": 10, "pages_2m": 2, "pages_1g": 1}) == []
     assert _differences(leaves, {"pages_4k": 9, "pages_2m": 2, "pages_1g": 0}) == [
-        "pages_4k", "pages_1g"]
+        "pages_4k",
+        "pages_1g",
+    ]
     assert _differences(leaves, {"lpages": 3}) == []
     assert _differences(leaves, {"lpages": 2}) == ["lpages"]
     by_mmu = {"tdp_mmu": {"4K": 10, "2M": 2, "1G": 0}, "legacy": {"4K": 0, "2M": 0, "1G": 1}}
@@ -134,8 +151,10 @@ def test_annotation_text_names_the_role():
     from drgn_kvmwalk.render import sp_json, sp_text
 
     sp = ShadowPage(0xFFFF888001234000, 4, True, 7, 0, False, False, 0, 0x0, 1, True)
-    assert sp_text(sp) == ("kvm_mmu_page 0xffff888001234000: level 4, direct, gfn 0x0, "
-                           "access uwx, as 0, root_count 1, TDP MMU")
+    assert sp_text(sp) == (
+        "kvm_mmu_page 0xffff888001234000: level 4, direct, gfn 0x0, "
+        "access uwx, as 0, root_count 1, TDP MMU"
+    )
     assert sp_json(sp)["root_count"] == 1 and sp_json(None) is None
     assert "special root" in sp_text(None)
 
@@ -178,10 +197,20 @@ X86_52 = x86_format(phys_bits=52)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 511), st.integers(1, 2),
-                          st.integers(0, (1 << 52) - 1), st.sampled_from([0, NX, 1 << 9, 1 << 10])),
-                min_size=1, max_size=40, unique_by=lambda x: x[0]),
-       st.booleans())
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 511),
+            st.integers(1, 2),
+            st.integers(0, (1 << 52) - 1),
+            st.sampled_from([0, NX, 1 << 9, 1 << 10]),
+        ),
+        min_size=1,
+        max_size=40,
+        unique_by=lambda x: x[0],
+    ),
+    st.booleans(),
+)
 def test_dump_text_block_equals_line_by_line(entries, big_hpas):
     """The text --dump lines made as one character matrix are the lines
     dump_text_row formats one at a time (HPAs of 13 digits take the
@@ -195,10 +224,14 @@ def test_dump_text_block_equals_line_by_line(entries, big_hpas):
     runs = list(iter_leaves(mem, X86_52, root))
     flags = FlagCache(X86_52)
     got = [line for r in runs for line in dump_lines(r, X86_52, flags, 7, 1, False)]
-    want = [dump_text_row(a, page_size_name(1 << (12 + 9 * (r.level - 1))), p, s, h,
-                          flags.get(r.level, s)[0])
-            for r in runs
-            for a, p, s, h in zip(r.addrs().tolist(), r.spteps().tolist(), r.sptes.tolist(),
-                                  r.hpas(X86_52).tolist())]
+    want = [
+        dump_text_row(
+            a, page_size_name(1 << (12 + 9 * (r.level - 1))), p, s, h, flags.get(r.level, s)[0]
+        )
+        for r in runs
+        for a, p, s, h in zip(
+            r.addrs().tolist(), r.spteps().tolist(), r.sptes.tolist(), r.hpas(X86_52).tolist()
+        )
+    ]
     assert got == want
     assert len(got) == len(entries)

@@ -17,11 +17,21 @@ D = [f for f in AD if f != "A"]
 
 def _records(map_flags, dump_flags):
     """One 8 KiB --map range and its two --dump leaves; GPA == HPA."""
-    mp = {"rc": 0, "stderr": "", "records": [
-        {"start": 0x1000, "end": 0x3000, "hpa": 0x1000, "level": 1, "flags": map_flags}]}
-    dump = {"rc": 0, "stderr": "", "records": [
-        {"addr": a, "level": 1, "hpa": a, "flags": f}
-        for a, f in ((0x1000, dump_flags[0]), (0x2000, dump_flags[1]))]}
+    mp = {
+        "rc": 0,
+        "stderr": "",
+        "records": [
+            {"start": 0x1000, "end": 0x3000, "hpa": 0x1000, "level": 1, "flags": map_flags}
+        ],
+    }
+    dump = {
+        "rc": 0,
+        "stderr": "",
+        "records": [
+            {"addr": a, "level": 1, "hpa": a, "flags": f}
+            for a, f in ((0x1000, dump_flags[0]), (0x2000, dump_flags[1]))
+        ],
+    }
     return mp, dump
 
 

@@ -45,7 +45,9 @@ def test_leaf_sizes(level, leaf_level, size):
     assert w.hpa == page + (gpa & (size - 1))
     assert [s.level for s in w.steps] == list(range(level, leaf_level - 1, -1))
     assert w.steps[-1].leaf and all(not s.leaf for s in w.steps[:-1])
-    assert w.steps[-1].info.flags[:6] == ["P", "W", "U", "A", "D"] + (["PS"] if leaf_level > 1 else ["mmu-present"])
+    assert w.steps[-1].info.flags[:6] == ["P", "W", "U", "A", "D"] + (
+        ["PS"] if leaf_level > 1 else ["mmu-present"]
+    )
 
 
 def test_indices_and_sptep():
@@ -148,8 +150,17 @@ def test_ept_decoding_and_exec_only():
     t.map(0x20_0000, 0x4000_0000, level=2, extra=1 << 6)  # 2M with IPAT
     w = walk_addr(TableCache(mem), EPT, root, 0x1234)
     assert w.hpa == 0xA234
-    assert w.steps[-1].info.flags == ["R", "W", "X", "MT=WB", "A", "D", "mmu-present",
-                                      "host-writable", "mmu-writable"]
+    assert w.steps[-1].info.flags == [
+        "R",
+        "W",
+        "X",
+        "MT=WB",
+        "A",
+        "D",
+        "mmu-present",
+        "host-writable",
+        "mmu-writable",
+    ]
     w = walk_addr(TableCache(mem), EPT, root, 0x2008)
     assert w.hpa == 0xB008 and w.steps[-1].info.flags[:2] == ["X", "MT=WB"]
     w = walk_addr(TableCache(mem), EPT, root, 0x20_0010)
@@ -218,17 +229,20 @@ def test_64bit_shadow_root_is_not_special():
     assert walk_addr(TableCache(mem), X86, root, 0xFFFF_8000_0000_0123).hpa == 0x5123
 
 
-@pytest.mark.parametrize("root,addr,ok", [
-    (Root(0x1000, 4, True, 4), (1 << 48) - 1, True),
-    (Root(0x1000, 4, True, 4), 1 << 48, False),
-    (Root(0x1000, 5, True, 5), (1 << 57) - 1, True),
-    (Root(0x1000, 5, True, 5), 1 << 57, False),
-    (Root(0x1000, 4, False, 4), 0xFFFF_8000_0000_0000, True),
-    (Root(0x1000, 4, False, 4), 0x0000_8000_0000_0000, False),
-    (Root(0x1000, 5, False, 5), 0xFF00_0000_0000_0000, True),
-    (Root(0x1000, 3, False, 3, 0x2000), 0xFFFF_FFFF, True),
-    (Root(0x1000, 3, False, 3, 0x2000), 1 << 32, False),
-])
+@pytest.mark.parametrize(
+    "root,addr,ok",
+    [
+        (Root(0x1000, 4, True, 4), (1 << 48) - 1, True),
+        (Root(0x1000, 4, True, 4), 1 << 48, False),
+        (Root(0x1000, 5, True, 5), (1 << 57) - 1, True),
+        (Root(0x1000, 5, True, 5), 1 << 57, False),
+        (Root(0x1000, 4, False, 4), 0xFFFF_8000_0000_0000, True),
+        (Root(0x1000, 4, False, 4), 0x0000_8000_0000_0000, False),
+        (Root(0x1000, 5, False, 5), 0xFF00_0000_0000_0000, True),
+        (Root(0x1000, 3, False, 3, 0x2000), 0xFFFF_FFFF, True),
+        (Root(0x1000, 3, False, 3, 0x2000), 1 << 32, False),
+    ],
+)
 def test_check_addr(root, addr, ok):
     if ok:
         check_addr(root, addr)
@@ -276,10 +290,18 @@ def old_layout(**kw):
     import dataclasses
 
     from drgn_kvmwalk.spte import MMIO_GEN_LAYOUT_5_6, REMOVED_SPTE_5_12, SPTE_MMIO_MASK_5_8
-    return dataclasses.replace(x86_format(phys_bits=46, **kw),
-        mmu_present_mask=0, mmio_mask=SPTE_MMIO_MASK_5_8, mmio_value=SPTE_MMIO_MASK_5_8,
-        mmio_caching=True, host_writable_mask=1 << 10, mmu_writable_mask=1 << 11,
-        mmio_gen=MMIO_GEN_LAYOUT_5_6, frozen_values=REMOVED_SPTE_5_12)
+
+    return dataclasses.replace(
+        x86_format(phys_bits=46, **kw),
+        mmu_present_mask=0,
+        mmio_mask=SPTE_MMIO_MASK_5_8,
+        mmio_value=SPTE_MMIO_MASK_5_8,
+        mmio_caching=True,
+        host_writable_mask=1 << 10,
+        mmu_writable_mask=1 << 11,
+        mmio_gen=MMIO_GEN_LAYOUT_5_6,
+        frozen_values=REMOVED_SPTE_5_12,
+    )
 
 
 def test_5_10_layout_walk():
@@ -311,9 +333,15 @@ def test_7_2_layout():
     import dataclasses
 
     from drgn_kvmwalk.spte import MMIO_GEN_LAYOUT_7_2, SPTE_TDP_AD_SHIFT_7_2
-    fmt = dataclasses.replace(ept_format(suppress_ve=True, ad_bits=False), xu_mask=1 << 10,
-                              host_writable_mask=1 << 53, mmu_writable_mask=1 << 55,
-                              mmio_gen=MMIO_GEN_LAYOUT_7_2, tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2)
+
+    fmt = dataclasses.replace(
+        ept_format(suppress_ve=True, ad_bits=False),
+        xu_mask=1 << 10,
+        host_writable_mask=1 << 53,
+        mmu_writable_mask=1 << 55,
+        mmio_gen=MMIO_GEN_LAYOUT_7_2,
+        tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2,
+    )
     spte = MMU_PRESENT | (1 << 63) | 0x1000 | 0x5 | (1 << 10) | (1 << 53) | (1 << 60)
     flags = decode_spte(fmt, spte, 1).flags
     assert flags[:3] == ["R", "X", "XU"] and "ad-disabled" in flags and "host-writable" in flags

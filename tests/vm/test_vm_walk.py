@@ -89,8 +89,11 @@ def test_workloads_are_what_the_mode_asks_for(cell_result):
 def test_leaf_sizes_follow_the_backing(cell_result):
     """Every leaf size the mode can produce is expected of some page: 4K, 2M
     and 1G under TDP, 4K and 2M under shadow paging."""
-    sizes = {cell.expected_page_size(cell_result, t, p)
-             for t in cell_result["truth"].values() for p in t["pages"]}
+    sizes = {
+        cell.expected_page_size(cell_result, t, p)
+        for t in cell_result["truth"].values()
+        for p in t["pages"]
+    }
     if cell_result["addr_kind"] == "gpa":
         assert sizes == {cell.SIZE_4K, cell.SIZE_2M, cell.SIZE_1G}
     else:
@@ -99,8 +102,11 @@ def test_leaf_sizes_follow_the_backing(cell_result):
 
 @pytest.mark.parametrize("view", cell.VIEWS)
 def test_view_matches_ground_truth(cell_result, view):
-    problems = [p for p in cell.check_cell(cell_result) if p.startswith(view + ":")
-                or p.startswith(view + " ")]
+    problems = [
+        p
+        for p in cell.check_cell(cell_result)
+        if p.startswith(view + ":") or p.startswith(view + " ")
+    ]
     assert not problems, "\n".join(problems[:40])
     for name, truth in cell_result["truth"].items():
         wl = cell_result["views"][view]["workloads"][name]
@@ -112,8 +118,9 @@ def test_view_matches_ground_truth(cell_result, view):
 
 
 def _whole_table_problems(cell_result, view, option):
-    return [p for p in cell.check_whole_tables(cell_result)
-            if p.startswith(view + " ") and option in p]
+    return [
+        p for p in cell.check_whole_tables(cell_result) if p.startswith(view + " ") and option in p
+    ]
 
 
 @pytest.mark.parametrize("view", cell.VIEWS)
@@ -152,8 +159,9 @@ def test_root_prev_is_the_first_cr3s_root(cell_result, view):
     its top-level table and then loaded the real one; KVM kept the first root
     in mmu->prev_roots, and every tagged page still translates through it."""
     if cell_result["mode"] != "shadow":
-        pytest.skip("under TDP a guest's CR3 switch does not reach KVM's MMU: no previous "
-                    "roots to check")
+        pytest.skip(
+            "under TDP a guest's CR3 switch does not reach KVM's MMU: no previous roots to check"
+        )
     switched = [name for name, t in cell_result["truth"].items() if cell._switched_cr3(t)]
     assert switched, "no shadow-paging workload switched CR3"
     for name in switched:
@@ -184,8 +192,9 @@ def test_map_and_dump_match_ground_truth(cell_result, view):
     """--map covers every tagged page, and every range it prints translates as
     the guest's tables and the host's pagemap say; --dump holds the same
     leaves."""
-    problems = (_whole_table_problems(cell_result, view, "--map")
-                + _whole_table_problems(cell_result, view, "--dump"))
+    problems = _whole_table_problems(cell_result, view, "--map") + _whole_table_problems(
+        cell_result, view, "--dump"
+    )
     assert not problems, "\n".join(problems[:40])
     for name, truth in cell_result["truth"].items():
         for vcpu in truth["vcpus"]:
@@ -255,14 +264,23 @@ def test_kdump_reader_matches_the_elf_dump(cell_result):
         assert r["tagged"] > 0, r
 
 
-@pytest.mark.parametrize("case,message", [
-    ("not_a_vm", r"^kvmwalk\.py: process 1 has no VM; VMs: pid \d+ \(2 vCPUs\)(, pid \d+ \(2 vCPUs\))*$"),
-    ("no_such_vcpu", r"^kvmwalk\.py: the VM has no vCPU 7; its vCPUs: 0, 1$"),
-    ("beyond_root", r"^kvmwalk\.py: G[PV]A 0x1000000000000000 is (beyond|not canonical)"),
-    ("malformed", r"^kvmwalk\.py: error: argument --addr: invalid address '0xZZ'"),
-    ("no_kvm_debug_info", r"^kvmwalk\.py: kvm\.ko is loaded but its debug info is not: load it "
-                          r"with -s /usr/lib/debug/lib/modules/\S+/kernel/arch/x86/kvm/kvm\.ko"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        (
+            "not_a_vm",
+            r"^kvmwalk\.py: process 1 has no VM; VMs: pid \d+ \(2 vCPUs\)(, pid \d+ \(2 vCPUs\))*$",
+        ),
+        ("no_such_vcpu", r"^kvmwalk\.py: the VM has no vCPU 7; its vCPUs: 0, 1$"),
+        ("beyond_root", r"^kvmwalk\.py: G[PV]A 0x1000000000000000 is (beyond|not canonical)"),
+        ("malformed", r"^kvmwalk\.py: error: argument --addr: invalid address '0xZZ'"),
+        (
+            "no_kvm_debug_info",
+            r"^kvmwalk\.py: kvm\.ko is loaded but its debug info is not: load it "
+            r"with -s /usr/lib/debug/lib/modules/\S+/kernel/arch/x86/kvm/kvm\.ko",
+        ),
+    ],
+)
 def test_errors_on_a_real_kernel(cell_result, case, message):
     """Bad input and missing pieces: exit 2, one line on stderr, no traceback."""
     r = cell_result["errors"][case]
