@@ -214,11 +214,18 @@ def mmu_root(mmu: Object) -> Root:
     return Root(hpa, level, direct, cpu_level, pae_root_hpa)
 
 
-def _zero_page_hpa(prog: Program) -> int:
-    try:
-        return int(virt_to_phys(prog, prog.symbol("empty_zero_page").address))
-    except (KeyError, LookupError):
-        return -1
+def _zero_page_hpa(prog: Program) -> Optional[int]:
+    """The zero page's HPA (KVM's dummy root), once per program; None when the
+    kernel has no ``empty_zero_page`` symbol."""
+    key = "drgn_kvmwalk.zero_page_hpa"
+    if key not in prog.cache:
+        try:
+            address = prog.symbol("empty_zero_page").address
+        except LookupError:
+            prog.cache[key] = None
+        else:
+            prog.cache[key] = int(virt_to_phys(prog, address))
+    return cast(Optional[int], prog.cache[key])
 
 
 def _tdp_enabled(prog: Program) -> bool:
@@ -226,16 +233,10 @@ def _tdp_enabled(prog: Program) -> bool:
 
 
 def _is_tdp_mmu_root(prog: Program, hpa: int) -> bool:
-    """to_shadow_page(hpa)->tdp_mmu_page: page_private() of the root's page is
-    its struct kvm_mmu_page.  PAE-style special roots have no shadow page."""
-    try:
-        private = _int(pfn_to_page(prog, hpa >> 12).private)
-        if not private:
-            return False
-        sp = Object(prog, "struct kvm_mmu_page *", private)
-        return bool(sp.tdp_mmu_page.value_())
-    except (AttributeError, LookupError, FaultError):
-        return False
+    """to_shadow_page(hpa)->tdp_mmu_page.  PAE-style special roots have no
+    shadow page."""
+    sp = shadow_page(prog, hpa)
+    return sp is not None and sp.tdp_mmu
 
 
 def mmu_info(vcpu: Object) -> MmuInfo:
@@ -453,23 +454,47 @@ class ShadowPage(NamedTuple):
     tdp_mmu: bool
 
 
+def _has_tdp_mmu_page(prog: Program) -> bool:
+    """Whether ``struct kvm_mmu_page`` has ``tdp_mmu_page``: since Linux kernel
+    commit 02c00b3a2f7e ("kvm: x86/mmu: Allocate and free TDP MMU roots") (in
+    v5.10).  Decided once per program."""
+    key = "drgn_kvmwalk.has_tdp_mmu_page"
+    found = prog.cache.get(key)
+    if found is None:
+        found = prog.type("struct kvm_mmu_page").has_member("tdp_mmu_page")
+        prog.cache[key] = found
+    return bool(found)
+
+
 def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
     """The ``struct kvm_mmu_page`` of the table page at ``table_hpa``: KVM keeps
     it in ``page->private`` of the table's page (``to_shadow_page()``).  None
-    for pages that are not shadow pages (``pae_root``, ``pml4_root``) or whose
-    ``private`` does not point back at them."""
+    for pages that are not shadow pages (``pae_root``, ``pml4_root``), whose
+    ``private`` does not point back at them, or whose ``struct page`` or
+    ``struct kvm_mmu_page`` the target does not hold (a filtered dump).
+
+    :raises LookupError: no ``struct kvm_mmu_page`` type (kvm.ko's debug info)
+    """
+    page = pfn_to_page(prog, table_hpa >> 12)
     try:
-        private = _int(pfn_to_page(prog, table_hpa >> 12).private)
-        if not private:
+        private = _int(page.private)
+    except FaultError:
+        return None
+    if not private:
+        return None
+    sp = Object(prog, "struct kvm_mmu_page *", private)
+    try:
+        spt = _int(sp.spt)
+    except FaultError:
+        return None  # private is not a pointer to memory the target has
+    try:
+        if int(virt_to_phys(prog, spt)) != table_hpa & ~0xFFF:
             return None
-        sp = Object(prog, "struct kvm_mmu_page *", private)
-        if int(virt_to_phys(prog, sp.spt)) != table_hpa & ~0xFFF:
-            return None
-        role = sp.role
-        try:
-            tdp_mmu = bool(sp.tdp_mmu_page)
-        except AttributeError:  # kernels before the TDP MMU (v5.10) lack the field
-            tdp_mmu = False
+    except ValueError:
+        return None  # spt is no direct-map address: not a shadow page
+    try:
+        role = sp.role.read_()
+        tdp_mmu = bool(sp.tdp_mmu_page) if _has_tdp_mmu_page(prog) else False
         return ShadowPage(
             private,
             int(role.level),
@@ -483,7 +508,7 @@ def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
             int(sp.root_count),
             tdp_mmu,
         )
-    except (FaultError, LookupError, ValueError, AttributeError):
+    except FaultError:
         return None
 
 

@@ -232,4 +232,11 @@ def kvm_host(
     k.variable("vm_list", list_head, head)
     tdp_enabled = k.alloc(k.bool)
     k.variable("tdp_enabled", k.bool, tdp_enabled)  # false: shadow paging
+    # struct page array where x86-64 keeps it; none of it is in memory, so
+    # no table page has a struct kvm_mmu_page.
+    page = k.struct("page", [("flags", k.u64), ("private", k.u64)])
+    k.struct("kvm_mmu_page", [("spt", p.pointer_type(k.u64))])
+    vmemmap = k.alloc(p.pointer_type(page))
+    k.write(vmemmap, "<Q", 0xFFFF_EA00_0000_0000)
+    k.variable("vmemmap", p.pointer_type(page), vmemmap)
     return k
