@@ -17,6 +17,7 @@ except ImportError:  # without drgn the pure layers still work
 else:
     from .kvm import *  # noqa: F401,F403
     from .mmu import *  # noqa: F401,F403
+    from .sptefmt import *  # noqa: F401,F403
 
 # leaves.py needs numpy, which a one-address walk should not pay for: its
 # names are imported on first use (PEP 562).

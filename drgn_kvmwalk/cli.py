@@ -27,7 +27,6 @@ from .mmu import (
     ShadowPage,
     select_roots,
     shadow_page,
-    spte_format,
     vm_summary,
 )
 from .render import (
@@ -48,6 +47,7 @@ from .render import (
     walk_text,
 )
 from .spte import SpteFormat
+from .sptefmt import spte_format
 from .walk import AddressError, TableCache, walk_addr
 
 __all__ = [
@@ -350,7 +350,7 @@ def _root_header(vm: Vm, args: argparse.Namespace, lr: LabelledRoot, fmt: SpteFo
 
 def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     vm, roots = _roots(prog, args)
-    fmt = spte_format(prog, vm.kvm)
+    fmt = spte_format(vm.kvm)
     mem = TableCache(DrgnPhysMem(prog))
     # Check every address before printing anything, so that a bad one does not
     # leave half an answer behind.
@@ -388,7 +388,7 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     from .leaves import Unreadable, iter_leaves  # numpy: only for whole-table views
 
     vm, roots = _roots(prog, args)
-    fmt = spte_format(prog, vm.kvm)
+    fmt = spte_format(vm.kvm)
     start, end = args.range if args.range else (0, None)
     # Every range is checked before anything is printed.
     walks = [
@@ -500,7 +500,7 @@ def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
 
 def _stats(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     """--stats: leaf counts beside KVM's counters, for --vm or every VM."""
-    from .verify import vm_stats  # numpy: only for whole-table views
+    from .stats import vm_stats  # numpy: only for whole-table views
 
     vms = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
     for vm in vms:

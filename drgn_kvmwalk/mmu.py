@@ -9,26 +9,15 @@ a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, cast
+from typing import List, NamedTuple, Optional, Sequence, Tuple, cast
 
 from drgn import FaultError, Object, Program, Type
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
-from .errors import KvmWalkError, MissingDebugInfo, NoRoot, UnknownLayout
-from .kvm import Memslot, Vm, for_each_memslot, for_each_vcpu, kvm_debug_info_hint, vm_stats_id
-from .spte import (
-    FROZEN_SPTE_VALUES,
-    MMIO_GEN_LAYOUT_5_6,
-    MMIO_GEN_LAYOUT_5_13,
-    MMIO_GEN_LAYOUT_7_2,
-    PAGE_SIZE,
-    REMOVED_SPTE_5_12,
-    SPTE_MMIO_MASK_5_8,
-    SPTE_MMU_PRESENT_MASK,
-    SPTE_TDP_AD_SHIFT_7_2,
-    SpteFormat,
-)
+from .errors import NoRoot, UnknownLayout
+from .kvm import Memslot, Vm, for_each_memslot, for_each_vcpu, vm_stats_id
+from .sptefmt import spte_format
 from .walk import PhysMemError, Root
 
 __all__ = [
@@ -44,7 +33,6 @@ __all__ = [
     "select_roots",
     "shadow_page",
     "shadow_page_list",
-    "spte_format",
     "vcpu_mmu",
     "vm_summary",
 ]
@@ -252,143 +240,6 @@ def mmu_info(vcpu: Object) -> MmuInfo:
     return MmuInfo(mmu, root, kind, _is_tdp_mmu_root(prog, root.hpa))
 
 
-def _var(prog: Program, name: str) -> int:
-    return int(prog[name].value_())
-
-
-def spte_format(prog: Program, kvm: Object) -> SpteFormat:
-    """The SPTE format in force, from the kernel's own mask variables.
-
-    :param kvm: ``struct kvm *`` (kernels since v6.10 keep a per-VM MMIO value)
-    :raises MissingDebugInfo: the kvm.ko variables cannot be found
-    """
-    key = "drgn_kvmwalk.spte_globals"
-    globs = prog.cache.get(key)
-    if globs is None:
-        globs = _spte_globals(prog)
-        prog.cache[key] = globs
-    fields = dict(globs)
-    mmio_value_global = fields.pop("mmio_value_global")
-    try:
-        # Since Linux kernel commit 949019b98289 ("KVM: x86/mmu: Track shadow
-        # MMIO value on a per-VM basis") (in v6.10), is_mmio_spte() compares
-        # with the VM's copy.
-        mmio_value = _int(kvm.arch.shadow_mmio_value)
-    except AttributeError:
-        mmio_value = mmio_value_global
-    return SpteFormat(mmio_value=mmio_value, **fields)
-
-
-def _spte_globals(prog: Program) -> Dict[str, Any]:
-    try:
-        fields: Dict[str, Any] = dict(
-            present_mask=_var(prog, "shadow_present_mask"),
-            user_mask=_var(prog, "shadow_user_mask"),
-            nx_mask=_var(prog, "shadow_nx_mask"),
-            accessed_mask=_var(prog, "shadow_accessed_mask"),
-            dirty_mask=_var(prog, "shadow_dirty_mask"),
-            acc_track_mask=_var(prog, "shadow_acc_track_mask"),
-            mmio_access_mask=_var(prog, "shadow_mmio_access_mask"),
-            nonpresent_or_rsvd_mask=_var(prog, "shadow_nonpresent_or_rsvd_mask"),
-            nonpresent_or_rsvd_lower_gfn_mask=_var(
-                prog, "shadow_nonpresent_or_rsvd_lower_gfn_mask"
-            ),
-            mmio_value_global=_var(prog, "shadow_mmio_value"),
-        )
-    except KeyError as e:
-        raise MissingDebugInfo(
-            f"kvm.ko variable {e} not found: " + kvm_debug_info_hint(prog)
-        ) from None
-    try:
-        fields.update(_spte_layout(prog))
-    except KeyError as e:
-        raise MissingDebugInfo(
-            f"kvm.ko variable {e} not found: " + kvm_debug_info_hint(prog)
-        ) from None
-    # The SPTE format is global: EPT exactly when executable is a bit to set.
-    fields["ept"] = fields["x_mask"] != 0
-    try:
-        # Since v5.19 the memory-encryption bits OR'ed into SPTEs are
-        # shadow_me_value; before, shadow_me_mask was both mask and value.
-        fields["me_value"] = _var(prog, "shadow_me_value")
-    except KeyError:
-        fields["me_value"] = _var(prog, "shadow_me_mask")
-    if "mmio_caching" not in fields:
-        try:
-            fields["mmio_caching"] = bool(_var(prog, "enable_mmio_caching"))
-        except KeyError:
-            # Without the switch, caching is on exactly when there is a value.
-            fields["mmio_caching"] = fields["mmio_value_global"] != 0
-    try:
-        # SPTE_BASE_ADDR_MASK is physical_mask & PAGE_MASK with
-        # CONFIG_DYNAMIC_PHYSICAL_MASK (which x86-64 always selects).
-        physical_mask = _var(prog, "physical_mask")
-    except KeyError:
-        physical_mask = (1 << 52) - 1
-    fields["base_addr_mask"] = physical_mask & ~(PAGE_SIZE - 1)
-    return fields
-
-
-def _present_bit_layout(prog: Program, **fields: Any) -> Dict[str, Any]:
-    """What every layout since v5.13 shares: bit 11 means "present", and the
-    writable bits and the MMIO mask are variables."""
-    return dict(
-        host_writable_mask=_var(prog, "shadow_host_writable_mask"),
-        mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
-        mmio_mask=_var(prog, "shadow_mmio_mask"),
-        mmu_present_mask=SPTE_MMU_PRESENT_MASK,
-        frozen_values=FROZEN_SPTE_VALUES,
-        **fields,
-    )
-
-
-def _spte_layout(prog: Program) -> Dict[str, Any]:
-    """The SPTE software bits that are macros, not variables: chosen by which
-    variables the kernel has."""
-    if "shadow_xs_mask" in prog:
-        # v7.2 (the EPT MBEC series, kvm-x86 commits be4e45f360a2 and
-        # 9a67ab74021b as posted to the kvm list) split shadow_x_mask into
-        # shadow_xs_mask/shadow_xu_mask, moved the A/D type to bits 60-61,
-        # freed bit 10 (MMIO generation in bits 3-9 and 52-62).  Values read
-        # from Debian's linux-source-7.2 (7.2.13), arch/x86/kvm/mmu/spte.h.
-        return _present_bit_layout(
-            prog,
-            x_mask=_var(prog, "shadow_xs_mask"),
-            xu_mask=_var(prog, "shadow_xu_mask"),
-            mmio_gen=MMIO_GEN_LAYOUT_7_2,
-            tdp_ad_shift=SPTE_TDP_AD_SHIFT_7_2,
-        )
-    x_mask = _var(prog, "shadow_x_mask")
-    if "shadow_host_writable_mask" in prog:
-        # Since Linux kernel commits 5fc3424f8b85 ("KVM: x86/mmu: Make
-        # Host-writable and MMU-writable bit locations dynamic") and
-        # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
-        # shadow/MMU-present SPTEs") (both in v5.13), the writable bits are
-        # variables, bit 11 means "present", shadow_mmio_mask is a variable
-        # again and the MMIO generation sits in bits 3-10 and 52-62.
-        return _present_bit_layout(prog, x_mask=x_mask, mmio_gen=MMIO_GEN_LAYOUT_5_13)
-    if "shadow_mmio_mask" in prog:
-        raise KvmWalkError(
-            "this kernel's SPTE layout (before v5.8: shadow_mmio_mask without "
-            "shadow_host_writable_mask) is not supported yet"
-        )
-    # v5.8 to v5.12: no shadow_mmio_mask variable; is_mmio_spte() tests bits
-    # 52-53 (SPTE_MMIO_MASK), host-/MMU-writable are bits 10/11 in every
-    # format, "present" is any non-zero SPTE that is not MMIO (nor v5.12's
-    # REMOVED_SPTE), and the MMIO generation sits in bits 3-11 and 54-62.
-    return dict(
-        x_mask=x_mask,
-        host_writable_mask=1 << 10,
-        mmu_writable_mask=1 << 11,
-        mmio_mask=SPTE_MMIO_MASK_5_8,
-        mmio_value_global=SPTE_MMIO_MASK_5_8,
-        mmio_caching=True,
-        mmu_present_mask=0,
-        mmio_gen=MMIO_GEN_LAYOUT_5_6,
-        frozen_values=REMOVED_SPTE_5_12,
-    )
-
-
 class VcpuSummary(NamedTuple):
     """One vCPU for --list: its current root, or why it has none."""
 
@@ -426,7 +277,7 @@ def vm_summary(prog: Program, vm: Vm) -> VmSummary:
         vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None))
     vcpus.sort(key=lambda v: v.id)
     if _tdp_enabled(prog):
-        mmu = "ept" if spte_format(prog, vm.kvm).ept else "npt"
+        mmu = "ept" if spte_format(vm.kvm).ept else "npt"
     else:
         mmu = "shadow"
     # Every vCPU of a VM uses the same MMU; a vCPU running a nested guest may

@@ -60,7 +60,7 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         return code.get()
     if args.stats:
         code.add_from_import("drgn_kvmwalk", "find_vm", "for_each_vm")
-        code.add_from_import("drgn_kvmwalk.verify", "vm_stats")
+        code.add_from_import("drgn_kvmwalk.stats", "vm_stats")
         vms = "for_each_vm(prog)" if args.vm is None else f"[find_vm(prog, {args.vm})]"
         code.append(
             f"for vm in {vms}:\n"
@@ -76,7 +76,7 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         f"vm = find_vm(prog, {args.vm!r})\n"
         f"vcpu = find_vcpu(vm.kvm, {args.vcpu})\n"
         "info = mmu_info(vcpu)  # root: HPA, level, direct; kind; tdp_mmu\n"
-        "fmt = spte_format(prog, vm.kvm)\n"
+        "fmt = spte_format(vm.kvm)\n"
     )
     if args.addr:
         code.add_from_import("drgn_kvmwalk", "TableCache", "walk_addr")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     # nor drgn (mmu.py), and a one-address run should not import them.
     from .leaves import LeafRun, Unreadable
     from .mmu import ShadowPage, VmSummary
-    from .verify import VmStats
+    from .stats import VmStats
 
 __all__ = [
     "LEVEL_NAMES",

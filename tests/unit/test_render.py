@@ -124,7 +124,7 @@ def test_map_covers_exactly_the_dump(pages, segments):
 
 def test_stats_rendering_flags_differences():
     from drgn_kvmwalk.render import stats_json, stats_text
-    from drgn_kvmwalk.verify import VmStats, _differences, _notes
+    from drgn_kvmwalk.stats import VmStats, _differences, _notes
 
     leaves = {"4K": 10, "2M": 2, "1G": 1}
     assert _differences(leaves, {"pages_4k": 10, "pages_2m": 2, "pages_1g": 1}) == []

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Cross-checks of KVM's tables against KVM's own books.
+"""Statistics of KVM's tables beside KVM's own books.
 
 Leaf SPTE counts per page size over every live table of a VM, beside the
 per-VM counters KVM keeps (``kvm->stat.pages_4k/2m/1g``, arch/x86/kvm/mmu.h
@@ -22,8 +22,9 @@ from drgn.helpers.linux.mm import virt_to_phys
 
 from .kvm import Vm
 from .leaves import LeafRun, count_table_leaves, iter_leaves
-from .mmu import DrgnPhysMem, shadow_page_list, spte_format
+from .mmu import DrgnPhysMem, shadow_page_list
 from .spte import PAGE_SIZE
+from .sptefmt import spte_format
 from .walk import PhysMem, PhysMemError, Root
 
 __all__ = ["LEVEL_KEYS", "VmStats", "kvm_page_counters", "vm_stats"]
@@ -127,7 +128,7 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
 
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
-    fmt = spte_format(prog, vm.kvm)
+    fmt = spte_format(vm.kvm)
     mem = _CountingMem(DrgnPhysMem(prog))
     counts = {"tdp_mmu": {1: 0, 2: 0, 3: 0}, "legacy": {1: 0, 2: 0, 3: 0}}
     roots = 0
