@@ -18,6 +18,7 @@ else:
     from .kvm import *  # noqa: F401,F403
     from .mmu import *  # noqa: F401,F403
     from .sptefmt import *  # noqa: F401,F403
+    from .views import *  # noqa: F401,F403
 
 # leaves.py needs numpy, which a one-address walk should not pay for: its
 # names are imported on first use (PEP 562).

@@ -20,15 +20,7 @@ from drgn import FaultError, Program
 
 from .errors import KvmWalkError, NoRoot
 from .kvm import Vm, find_vcpu, find_vm, for_each_vm
-from .mmu import (
-    ROOT_CHOICES,
-    DrgnPhysMem,
-    LabelledRoot,
-    ShadowPage,
-    select_roots,
-    shadow_page,
-    vm_summary,
-)
+from .mmu import DrgnPhysMem, ShadowPage, to_shadow_page
 from .render import (
     FlagCache,
     RangeMerger,
@@ -48,6 +40,7 @@ from .render import (
 )
 from .spte import SpteFormat
 from .sptefmt import spte_format
+from .views import ROOT_CHOICES, LabelledRoot, select_roots, vm_summary
 from .walk import AddressError, TableCache, walk_addr
 
 __all__ = [
@@ -362,7 +355,7 @@ def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
             for w in ws:
                 for step in w.steps:
                     if not step.pae_root and step.table not in sps:
-                        sps[step.table] = shadow_page(prog, step.table)
+                        sps[step.table] = to_shadow_page(prog, step.table)
     lines: List[str] = []
     for lr, ws in walks:
         if args.json:
@@ -433,7 +426,7 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                 if done is not None:
                     emit(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
                 sps.clear()  # only the current table's: memory stays bounded
-                sps[run.table] = shadow_page(prog, run.table)
+                sps[run.table] = to_shadow_page(prog, run.table)
             if args.dump:
                 for line in dump_lines(run, fmt, flags, vm.pid, args.vcpu, args.json, annotate):
                     emit(line)
@@ -489,7 +482,7 @@ class Progress:
 def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     """--list: VMs, vCPUs and memslots."""
     found = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
-    vms = [vm_summary(prog, vm) for vm in found]
+    vms = [vm_summary(vm) for vm in found]
     if args.json:
         out.write(json.dumps(list_json(vms)) + "\n")
     else:

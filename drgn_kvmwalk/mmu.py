@@ -9,32 +9,31 @@ a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple, cast
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple, cast
 
 from drgn import FaultError, Object, Program, Type
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
 from .errors import NoRoot, UnknownLayout
-from .kvm import Memslot, Vm, for_each_memslot, for_each_vcpu, vm_stats_id
-from .sptefmt import spte_format
 from .walk import PhysMemError, Root
 
 __all__ = [
     "DrgnPhysMem",
-    "LabelledRoot",
+    "INVALID_PAGE",
     "MmuInfo",
-    "ROOT_CHOICES",
     "ShadowPage",
-    "VcpuSummary",
-    "VmSummary",
+    "for_each_active_mmu_page",
+    "for_each_prev_root",
+    "for_each_tdp_mmu_root",
+    "for_each_vm_root_page",
+    "is_tdp_enabled",
+    "is_tdp_mmu_page",
     "mmu_info",
     "mmu_root",
-    "select_roots",
-    "shadow_page",
-    "shadow_page_list",
+    "root_of_shadow_page",
+    "to_shadow_page",
     "vcpu_mmu",
-    "vm_summary",
 ]
 
 INVALID_PAGE = (1 << 64) - 1
@@ -216,14 +215,16 @@ def _zero_page_hpa(prog: Program) -> Optional[int]:
     return cast(Optional[int], prog.cache[key])
 
 
-def _tdp_enabled(prog: Program) -> bool:
+def is_tdp_enabled(prog: Program) -> bool:
+    """KVM's ``tdp_enabled``: EPT or NPT in use (else shadow paging)."""
     return bool(prog["tdp_enabled"].value_())
 
 
-def _is_tdp_mmu_root(prog: Program, hpa: int) -> bool:
-    """to_shadow_page(hpa)->tdp_mmu_page.  PAE-style special roots have no
+def is_tdp_mmu_page(prog: Program, hpa: int) -> bool:
+    """Whether the table page at ``hpa`` is the TDP MMU's: KVM's
+    ``is_tdp_mmu_page(to_shadow_page(hpa))``.  PAE-style special roots have no
     shadow page."""
-    sp = shadow_page(prog, hpa)
+    sp = to_shadow_page(prog, hpa)
     return sp is not None and sp.tdp_mmu
 
 
@@ -236,63 +237,17 @@ def mmu_info(vcpu: Object) -> MmuInfo:
     mmu = vcpu_mmu(vcpu)
     root = mmu_root(mmu)
     prog = vcpu.prog_
-    kind = "tdp" if root.direct and _tdp_enabled(prog) else "shadow"
-    return MmuInfo(mmu, root, kind, _is_tdp_mmu_root(prog, root.hpa))
-
-
-class VcpuSummary(NamedTuple):
-    """One vCPU for --list: its current root, or why it has none."""
-
-    id: int
-    root: Optional[Root]
-    kind: Optional[str]  # "tdp" or "shadow", as MmuInfo.kind
-    tdp_mmu: Optional[bool]
-    no_root: Optional[str]  # the reason, when root is None
-
-
-class VmSummary(NamedTuple):
-    """One VM for --list."""
-
-    pid: int
-    stats_id: Optional[str]
-    mmu: str  # "ept", "npt" or "shadow"
-    tdp_mmu: Optional[bool]  # from the vCPUs' roots; None when no vCPU has one
-    vcpus: List[VcpuSummary]
-    memslots: List[Memslot]
-
-
-def vm_summary(prog: Program, vm: Vm) -> VmSummary:
-    """What --list shows of ``vm``: MMU kind, vCPUs with their roots, memslots.
-
-    :raises MissingDebugInfo: kvm.ko's debug info is missing
-    """
-    vcpus = []
-    for vcpu in for_each_vcpu(vm.kvm):
-        vid = int(vcpu.vcpu_id.value_())
-        try:
-            info = mmu_info(vcpu)
-        except NoRoot as e:
-            vcpus.append(VcpuSummary(vid, None, None, None, str(e)))
-            continue
-        vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None))
-    vcpus.sort(key=lambda v: v.id)
-    if _tdp_enabled(prog):
-        mmu = "ept" if spte_format(vm.kvm).ept else "npt"
-    else:
-        mmu = "shadow"
-    # Every vCPU of a VM uses the same MMU; a vCPU running a nested guest may
-    # be on guest_mmu (never the TDP MMU), so any vCPU on the TDP MMU decides.
-    known = [v.tdp_mmu for v in vcpus if v.tdp_mmu is not None]
-    tdp_mmu = any(known) if known else None
-    return VmSummary(
-        vm.pid, vm_stats_id(vm.kvm), mmu, tdp_mmu, vcpus, list(for_each_memslot(vm.kvm))
-    )
+    kind = "tdp" if root.direct and is_tdp_enabled(prog) else "shadow"
+    return MmuInfo(mmu, root, kind, is_tdp_mmu_page(prog, root.hpa))
 
 
 class ShadowPage(NamedTuple):
-    """The ``struct kvm_mmu_page`` that owns a table page (``sp->spt``)."""
+    """The ``struct kvm_mmu_page`` that owns a table page (``sp->spt``).
 
-    address: int  # of the struct kvm_mmu_page
+    ``sp`` is the ``struct kvm_mmu_page *`` itself; the other fields are its
+    role and state as read when the record was made."""
+
+    sp: Object  # struct kvm_mmu_page *
     level: int  # role.level
     direct: bool  # role.direct: maps GFNs directly (TDP, or a guest large page)
     access: int  # role.access: ACC_EXEC_MASK 1 | ACC_WRITE_MASK 2 | ACC_USER_MASK 4
@@ -303,6 +258,11 @@ class ShadowPage(NamedTuple):
     gfn: int  # direct: first GFN it maps; shadow: GFN of the guest table
     root_count: int  # references as a root (root_count / tdp_mmu_root_count)
     tdp_mmu: bool
+
+    @property
+    def address(self) -> int:
+        """Address of the ``struct kvm_mmu_page``."""
+        return int(self.sp.value_())
 
 
 def _has_tdp_mmu_page(prog: Program) -> bool:
@@ -317,7 +277,7 @@ def _has_tdp_mmu_page(prog: Program) -> bool:
     return bool(found)
 
 
-def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
+def to_shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
     """The ``struct kvm_mmu_page`` of the table page at ``table_hpa``: KVM keeps
     it in ``page->private`` of the table's page (``to_shadow_page()``).  None
     for pages that are not shadow pages (``pae_root``, ``pml4_root``), whose
@@ -347,7 +307,7 @@ def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
         role = sp.role.read_()
         tdp_mmu = bool(sp.tdp_mmu_page) if _has_tdp_mmu_page(prog) else False
         return ShadowPage(
-            private,
+            sp,
             int(role.level),
             bool(role.direct),
             int(role.access),
@@ -363,127 +323,78 @@ def shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
         return None
 
 
-ROOT_CHOICES = ("current", "prev", "all")
+def _mmu_page_list(kvm: Object, name: str) -> Iterator[Object]:
+    """The ``struct kvm_mmu_page``s on ``kvm->arch.<name>``, linked by
+    ``sp->link``.  A zeroed list head is an empty list: a VM without the TDP
+    MMU never initialises ``tdp_mmu_roots`` (``kvm_mmu_init_tdp_mmu()``
+    returns early); a 32-bit host has no such member."""
+    try:
+        head = kvm.arch.member_(name)
+    except LookupError:
+        return
+    if not head.next.value_():
+        return
+    yield from list_for_each_entry("struct kvm_mmu_page", head.address_of_(), "link")
 
 
-class LabelledRoot(NamedTuple):
-    """A root to walk, and which one it is (for --root)."""
+def for_each_tdp_mmu_root(kvm: Object) -> Iterator[Object]:
+    """The TDP MMU's roots (``kvm->arch.tdp_mmu_roots``, as
+    ``for_each_tdp_mmu_root()`` walks it), invalid ones included.
 
-    label: str  # "current", "prev[1]", "guest_mmu", "vm root 0x..."
-    root: Root
-    kind: str  # "tdp" or "shadow": what the root translates
-    tdp_mmu: bool
+    :param kvm: ``struct kvm *``
+    :return: ``struct kvm_mmu_page *`` objects
+    """
+    return _mmu_page_list(kvm, "tdp_mmu_roots")
 
 
-def _root_of_page(hpa: int, sp: ShadowPage, cpu_level: int) -> Root:
+def for_each_active_mmu_page(kvm: Object) -> Iterator[Object]:
+    """The legacy (shadow) MMU's pages (``kvm->arch.active_mmu_pages``, as
+    ``for_each_sp()`` walks it): every table page, roots and the rest.
+
+    :param kvm: ``struct kvm *``
+    :return: ``struct kvm_mmu_page *`` objects
+    """
+    return _mmu_page_list(kvm, "active_mmu_pages")
+
+
+def root_of_shadow_page(hpa: int, sp: ShadowPage, cpu_level: int) -> Root:
     """A root known only by its page (a cached or another vCPU's root): its
     level and directness come from its own struct kvm_mmu_page; a shadow
     root keeps the vCPU's guest paging level.  PAE roots are never such."""
     return Root(hpa, sp.level, sp.direct, sp.level if sp.direct else cpu_level)
 
 
-def _prev_roots(prog: Program, mmu: Object, cur: Root) -> List[Tuple[str, Root]]:
-    out: List[Tuple[str, Root]] = []
-    # mmu->prev_roots[KVM_MMU_NUM_PREV_ROOTS] (v4.19+): roots KVM keeps for a
-    # fast switch back (guest CR3 changes, nested transitions); PAE roots are
-    # never cached (shadow_walk_init_using_root() BUG()s on them).
+def for_each_prev_root(mmu: Object, cpu_level: int) -> Iterator[Tuple[int, Root]]:
+    """The MMU's cache of previous roots (``mmu->prev_roots[]``, since v4.19):
+    roots KVM keeps for a fast switch back (guest CR3 changes, nested
+    transitions), as (index, root).  Empty and invalid slots are left out;
+    PAE roots are never cached (``shadow_walk_init_using_root()`` BUG()s on
+    them).
+
+    :param mmu: ``struct kvm_mmu *``
+    :param cpu_level: the guest's paging level, for shadow roots
+    """
+    prog = mmu.prog_
     for i in range(mmu.prev_roots.type_.length or 0):
         hpa = _int(mmu.prev_roots[i].hpa)
         if hpa in (INVALID_PAGE, 0):
             continue
-        sp = shadow_page(prog, hpa)
+        sp = to_shadow_page(prog, hpa)
         if sp is not None:
-            out.append((f"prev[{i}]", _root_of_page(hpa, sp, cur.cpu_level)))
-    return out
+            yield i, root_of_shadow_page(hpa, sp, cpu_level)
 
 
-def select_roots(vcpu: Object, which: str) -> List[LabelledRoot]:
-    """The roots ``--root`` names for ``vcpu``.
-
-    - ``current``: the vCPU's current root (``vcpu->arch.mmu->root``);
-    - ``prev``: the MMU's cache of previous roots (``mmu->prev_roots``);
-    - ``all``: those, the nested guest MMU's root (``vcpu->arch.guest_mmu``,
-      when L1 runs an L2 guest with nested paging), and every other top-level
-      root of the VM (TDP MMU roots, including SMM and invalid ones; legacy
-      shadow pages in use as roots), each once.
-
-    :param vcpu: ``struct kvm_vcpu *``
-    :raises NoRoot: ``current`` and the vCPU has no valid root
-    """
-    prog = vcpu.prog_
-    info = mmu_info(vcpu)
-    tdp = _tdp_enabled(prog)
-
-    def labelled(label: str, root: Root) -> LabelledRoot:
-        return LabelledRoot(
-            label,
-            root,
-            "tdp" if root.direct and tdp else "shadow",
-            _is_tdp_mmu_root(prog, root.hpa),
-        )
-
-    roots: List[LabelledRoot] = []
-    if which in ("current", "all"):
-        roots.append(LabelledRoot("current", info.root, info.kind, info.tdp_mmu))
-    if which in ("prev", "all"):
-        roots += [labelled(label, r) for label, r in _prev_roots(prog, info.mmu, info.root)]
-    if which == "all":
-        try:
-            guest_mmu = vcpu.arch.guest_mmu
-            if guest_mmu.type_.kind.name == "STRUCT":
-                guest_mmu = guest_mmu.address_of_()
-            if guest_mmu.value_() != info.mmu.value_():
-                roots.append(labelled("guest_mmu", mmu_root(guest_mmu)))
-        except (AttributeError, NoRoot):
-            pass
-        seen = {r.root.hpa for r in roots}
-        for sp_hpa, sp in _vm_root_pages(prog, vcpu.kvm):
-            if sp_hpa in seen or sp.level < 4:
-                continue  # PAE roots' pages are reached through pae_root
-            seen.add(sp_hpa)
-            extra = "".join(
-                [
-                    f", as {sp.as_id}" if sp.as_id else "",
-                    ", invalid" if sp.invalid else "",
-                    ", guest mode" if sp.guest_mode else "",
-                ]
-            )
-            roots.append(
-                labelled(
-                    f"vm root {sp_hpa:#x}{extra}", _root_of_page(sp_hpa, sp, info.root.cpu_level)
-                )
-            )
-    return roots
-
-
-def shadow_page_list(kvm: Object, name: str) -> List[Object]:
-    """The ``struct kvm_mmu_page``s on ``kvm->arch.<name>`` (``tdp_mmu_roots``
-    or ``active_mmu_pages``), linked by ``sp->link``.
-
-    A VM without the TDP MMU never initialises ``tdp_mmu_roots``
-    (``kvm_mmu_init_tdp_mmu()`` returns early), so a zeroed list head means
-    an empty list; so does a 32-bit host, which has no such member.
+def for_each_vm_root_page(kvm: Object) -> Iterator[Tuple[int, ShadowPage]]:
+    """The VM's top-level pages, as (HPA, shadow page): TDP MMU roots, and
+    legacy shadow pages in use as roots (``root_count``).
 
     :param kvm: ``struct kvm *``
     """
-    try:
-        head = kvm.arch.member_(name)
-    except LookupError:
-        return []
-    if not head.next.value_():
-        return []
-    return list(list_for_each_entry("struct kvm_mmu_page", head.address_of_(), "link"))
-
-
-def _vm_root_pages(prog: Program, kvm: Object) -> List[Tuple[int, ShadowPage]]:
-    """Top-level pages of the VM: TDP MMU roots, and legacy shadow pages with
-    a root count."""
-    pages = shadow_page_list(kvm, "tdp_mmu_roots")
-    pages += [sp for sp in shadow_page_list(kvm, "active_mmu_pages") if int(sp.root_count)]
-    out = []
+    prog = kvm.prog_
+    pages = list(for_each_tdp_mmu_root(kvm))
+    pages += [sp for sp in for_each_active_mmu_page(kvm) if int(sp.root_count)]
     for page in pages:
         hpa = int(virt_to_phys(prog, page.spt))
-        sp = shadow_page(prog, hpa)
+        sp = to_shadow_page(prog, hpa)
         if sp is not None:
-            out.append((hpa, sp))
-    return out
+            yield hpa, sp

@@ -50,7 +50,7 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         code.add_from_import("drgn_kvmwalk", "for_each_vm", "vm_summary")
         code.append(
             "for vm in for_each_vm(prog):\n"
-            "    summary = vm_summary(prog, vm)\n"
+            "    summary = vm_summary(vm)\n"
             "    print(summary.pid, summary.mmu, summary.tdp_mmu)\n"
             "    for vcpu in summary.vcpus:\n"
             "        print(vcpu.id, vcpu.root)\n"
@@ -81,7 +81,7 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
     if args.addr:
         code.add_from_import("drgn_kvmwalk", "TableCache", "walk_addr")
         if args.annotate:
-            code.add_from_import("drgn_kvmwalk", "shadow_page")
+            code.add_from_import("drgn_kvmwalk", "to_shadow_page")
         code.append("mem = TableCache(DrgnPhysMem(prog))\n")
         code.append(f"for addr in [{', '.join(hex(a) for a in args.addr)}]:\n")
         code.append(
@@ -91,7 +91,7 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         )
         if args.annotate:
             code.append(
-                "        print('  ', shadow_page(prog, step.table))  # struct kvm_mmu_page\n"
+                "        print('  ', to_shadow_page(prog, step.table))  # struct kvm_mmu_page\n"
             )
         code.append("    print(hex(addr), walk.hpa, walk.page_size, walk.stop)\n")
         return code.get()

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     # Only for annotations: rendering a walk needs neither numpy (leaves.py)
     # nor drgn (mmu.py), and a one-address run should not import them.
     from .leaves import LeafRun, Unreadable
-    from .mmu import ShadowPage, VmSummary
+    from .mmu import ShadowPage
     from .stats import VmStats
+    from .views import VmSummary
 
 __all__ = [
     "LEVEL_NAMES",

@@ -22,7 +22,7 @@ from drgn.helpers.linux.mm import virt_to_phys
 
 from .kvm import Vm
 from .leaves import LeafRun, count_table_leaves, iter_leaves
-from .mmu import DrgnPhysMem, shadow_page_list
+from .mmu import DrgnPhysMem, for_each_active_mmu_page, for_each_tdp_mmu_root
 from .spte import PAGE_SIZE
 from .sptefmt import spte_format
 from .walk import PhysMem, PhysMemError, Root
@@ -133,7 +133,7 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
     counts = {"tdp_mmu": {1: 0, 2: 0, 3: 0}, "legacy": {1: 0, 2: 0, 3: 0}}
     roots = 0
     unreadable: List[Tuple[int, str]] = []
-    for sp in shadow_page_list(vm.kvm, "tdp_mmu_roots"):
+    for sp in for_each_tdp_mmu_root(vm.kvm):
         level = int(sp.role.level)
         hpa = int(virt_to_phys(prog, sp.spt))
         roots += 1
@@ -142,7 +142,7 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
                 counts["tdp_mmu"][run.level] += len(run.indexes)
             else:
                 unreadable.append((run.table, run.error))
-    for sp in shadow_page_list(vm.kvm, "active_mmu_pages"):
+    for sp in for_each_active_mmu_page(vm.kvm):
         level = int(sp.role.level)
         if int(sp.root_count):
             roots += 1

@@ -3,6 +3,7 @@
 
 import json
 
+import drgn
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -150,7 +151,9 @@ def test_annotation_text_names_the_role():
     from drgn_kvmwalk.mmu import ShadowPage
     from drgn_kvmwalk.render import sp_json, sp_text
 
-    sp = ShadowPage(0xFFFF888001234000, 4, True, 7, 0, False, False, 0, 0x0, 1, True)
+    prog = drgn.Program(drgn.host_platform)
+    ptr = drgn.Object(prog, prog.pointer_type(prog.void_type()), 0xFFFF888001234000)
+    sp = ShadowPage(ptr, 4, True, 7, 0, False, False, 0, 0x0, 1, True)
     assert sp_text(sp) == (
         "kvm_mmu_page 0xffff888001234000: level 4, direct, gfn 0x0, "
         "access uwx, as 0, root_count 1, TDP MMU"
