@@ -14,12 +14,12 @@ import json
 import re
 import sys
 import time
-from typing import Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import Dict, List, NamedTuple, NoReturn, Optional, Sequence, TextIO, Tuple
 
-from drgn import FaultError, Program
+from drgn import FaultError, Object, Program
 
 from .errors import KvmWalkError, NoRoot
-from .kvm import Vm, find_vcpu, find_vm, for_each_vm
+from .kvm import find_vcpu, find_vm, for_each_vm, vm_pid
 from .mmu import DrgnPhysMem, ShadowPage, to_shadow_page
 from .render import (
     FlagCache,
@@ -327,16 +327,22 @@ def run(
 _NO_MEMBER = re.compile(r"'(?:struct|union|class) [A-Za-z_]\w*' has no member '[A-Za-z_]\w*'")
 
 
-def _roots(prog: Program, args: argparse.Namespace) -> Tuple[Vm, List[LabelledRoot]]:
-    vm = find_vm(prog, args.vm)
-    vcpu = find_vcpu(vm.kvm, args.vcpu)
+class _Vm(NamedTuple):
+    kvm: Object  # struct kvm *
+    pid: int
+
+
+def _roots(prog: Program, args: argparse.Namespace) -> Tuple[_Vm, List[LabelledRoot]]:
+    kvm = find_vm(prog, args.vm)
+    vm = _Vm(kvm, vm_pid(kvm))
+    vcpu = find_vcpu(kvm, args.vcpu)
     roots = select_roots(vcpu, args.root)
     if not roots:
         raise NoRoot(f"the vCPU has no {args.root} roots")
     return vm, roots
 
 
-def _root_header(vm: Vm, args: argparse.Namespace, lr: LabelledRoot, fmt: SpteFormat) -> str:
+def _root_header(vm: _Vm, args: argparse.Namespace, lr: LabelledRoot, fmt: SpteFormat) -> str:
     head = header_text(vm.pid, args.vcpu, lr.kind, lr.tdp_mmu, fmt, lr.root)
     return head if args.root == "current" else f"[{lr.label}] {head}"
 
@@ -482,7 +488,7 @@ class Progress:
 def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     """--list: VMs, vCPUs and memslots."""
     found = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
-    vms = [vm_summary(vm) for vm in found]
+    vms = [vm_summary(kvm) for kvm in found]
     if args.json:
         out.write(json.dumps(list_json(vms)) + "\n")
     else:
@@ -496,8 +502,8 @@ def _stats(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     from .stats import vm_stats  # numpy: only for whole-table views
 
     vms = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
-    for vm in vms:
-        st = vm_stats(prog, vm)
+    for kvm in vms:
+        st = vm_stats(kvm)
         out.write((json.dumps(stats_json(st)) if args.json else stats_text(st)) + "\n")
     if not vms and not args.json:
         out.write("no VMs\n")

@@ -9,7 +9,7 @@ kvm.ko (or of vmlinux when KVM is built in).
 from __future__ import annotations
 
 import re
-from typing import Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from drgn import Object, Program, cast
 from drgn.helpers.linux.list import list_for_each_entry
@@ -22,7 +22,6 @@ from .errors import MissingDebugInfo, NoKvm, NoSuchVcpu, NoSuchVm
 
 __all__ = [
     "Memslot",
-    "Vm",
     "find_vcpu",
     "find_vm",
     "for_each_memslot",
@@ -32,13 +31,6 @@ __all__ = [
     "vm_pid",
     "vm_stats_id",
 ]
-
-
-class Vm(NamedTuple):
-    """One VM: ``kvm`` is the ``struct kvm *``; ``pid`` the creating process."""
-
-    kvm: Object
-    pid: int
 
 
 class Memslot(NamedTuple):
@@ -115,43 +107,50 @@ def vm_stats_id(kvm: Object) -> Optional[str]:
     return stats_id.string_().decode(errors="replace") or None
 
 
-def for_each_vm(prog: Program) -> Iterator[Vm]:
-    """All VMs on ``vm_list``.
+def for_each_vm(prog: Program) -> Iterator[Object]:
+    """All VMs on ``vm_list``, as ``struct kvm *``.
+
+    >>> for kvm in for_each_vm(prog):
+    ...     print(vm_pid(kvm), kvm.online_vcpus.counter.value_())
+    4242 2
 
     :raises NoKvm: kvm is not loaded
     :raises MissingDebugInfo: kvm.ko is loaded without debug info
     """
     head = _vm_list(prog)
-    for kvm in list_for_each_entry("struct kvm", head.address_of_(), "vm_list"):
-        yield Vm(kvm, vm_pid(kvm))
+    return list_for_each_entry("struct kvm", head.address_of_(), "vm_list")
 
 
-def find_vm(prog: Program, pid: Optional[int]) -> Vm:
-    """The VM created by ``pid``, or the only VM when ``pid`` is None.
+def find_vm(prog: Program, pid: Optional[int]) -> Object:
+    """The VM (``struct kvm *``) created by ``pid``, or the only VM when
+    ``pid`` is None.
 
+    >>> kvm = find_vm(prog, 4242)
+
+    :raises NoKvm: kvm is not loaded, or no VM exists
     :raises NoSuchVm: with the list of VMs, when none or several match
     """
-    vms = list(for_each_vm(prog))
+    vms = [(kvm, vm_pid(kvm)) for kvm in for_each_vm(prog)]
     if not vms:
         raise NoKvm("kvm is loaded but no VM exists")
     if pid is None:
         if len(vms) == 1:
-            return vms[0]
+            return vms[0][0]
         raise NoSuchVm(f"{len(vms)} VMs exist; choose one with --vm PID: " + _describe_vms(vms))
-    matches = [vm for vm in vms if vm.pid == pid]
+    matches = [kvm for kvm, vm_pid_ in vms if vm_pid_ == pid]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise NoSuchVm(f"process {pid} has no VM; VMs: " + _describe_vms(vms))
     raise NoSuchVm(
         f"process {pid} has {len(matches)} VMs (struct kvm at "
-        + ", ".join(hex(vm.kvm.value_()) for vm in matches)
+        + ", ".join(hex(kvm.value_()) for kvm in matches)
         + "); this tool cannot tell them apart yet"
     )
 
 
-def _describe_vms(vms: List[Vm]) -> str:
-    return ", ".join(f"pid {vm.pid} ({_count_vcpus(vm.kvm)} vCPUs)" for vm in vms)
+def _describe_vms(vms: List[Tuple[Object, int]]) -> str:
+    return ", ".join(f"pid {pid} ({_count_vcpus(kvm)} vCPUs)" for kvm, pid in vms)
 
 
 def _count_vcpus(kvm: Object) -> int:

@@ -16,7 +16,8 @@ from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
 from .errors import NoRoot, UnknownLayout
-from .walk import PhysMemError, Root
+from .sptefmt import spte_format
+from .walk import PhysMem, PhysMemError, Root, TableCache, Walk, walk_addr
 
 __all__ = [
     "DrgnPhysMem",
@@ -34,6 +35,7 @@ __all__ = [
     "root_of_shadow_page",
     "to_shadow_page",
     "vcpu_mmu",
+    "vcpu_walk",
 ]
 
 INVALID_PAGE = (1 << 64) - 1
@@ -398,3 +400,29 @@ def for_each_vm_root_page(kvm: Object) -> Iterator[Tuple[int, ShadowPage]]:
         sp = to_shadow_page(prog, hpa)
         if sp is not None:
             yield hpa, sp
+
+
+def vcpu_walk(vcpu: Object, addr: int, mem: Optional[PhysMem] = None) -> Walk:
+    """Walk ``addr`` through the vCPU's current root, as KVM's
+    ``for_each_shadow_entry()`` does: drgn's ``follow_phys()`` for KVM's own
+    tables.
+
+    >>> walk = vcpu_walk(find_vcpu(find_vm(prog, 4242), 0), 0x4007B000)
+    >>> [hex(step.spte) for step in walk.steps]
+    ['0x6ea4d827', '0x6ea66827', '0x6e9f7827', '0x6e9f6827', '0x52f0e67']
+    >>> hex(walk.hpa), walk.page_size
+    ('0x52f0000', 4096)
+
+    :param vcpu: ``struct kvm_vcpu *``
+    :param addr: what the root translates: a GPA under TDP (EPT/NPT), a GVA
+        under shadow paging
+    :param mem: host physical memory to read the tables from (any
+        :class:`~drgn_kvmwalk.walk.PhysMem`); by default the vCPU's program's
+    :raises NoRoot: the vCPU has no valid root
+    :raises AddressError: ``addr`` is beyond what the root translates
+    :raises UnknownLayout: ``struct kvm_mmu`` is laid out as no known kernel
+    :raises MissingDebugInfo: kvm.ko's SPTE mask variables are missing
+    """
+    root = mmu_info(vcpu).root
+    fmt = spte_format(vcpu.kvm)
+    return walk_addr(TableCache(mem or DrgnPhysMem(vcpu.prog_)), fmt, root, addr)

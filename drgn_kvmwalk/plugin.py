@@ -49,8 +49,8 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
     if args.list:
         code.add_from_import("drgn_kvmwalk", "for_each_vm", "vm_summary")
         code.append(
-            "for vm in for_each_vm(prog):\n"
-            "    summary = vm_summary(vm)\n"
+            "for kvm in for_each_vm(prog):\n"
+            "    summary = vm_summary(kvm)\n"
             "    print(summary.pid, summary.mmu, summary.tdp_mmu)\n"
             "    for vcpu in summary.vcpus:\n"
             "        print(vcpu.id, vcpu.root)\n"
@@ -63,8 +63,8 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         code.add_from_import("drgn_kvmwalk.stats", "vm_stats")
         vms = "for_each_vm(prog)" if args.vm is None else f"[find_vm(prog, {args.vm})]"
         code.append(
-            f"for vm in {vms}:\n"
-            "    stats = vm_stats(prog, vm)\n"
+            f"for kvm in {vms}:\n"
+            "    stats = vm_stats(kvm)\n"
             "    # leaves per page size, beside kvm->stat.pages_4k/2m/1g (or lpages)\n"
             "    print(stats.pid, stats.leaves, stats.kvm, stats.differences)\n"
         )
@@ -73,10 +73,10 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         "drgn_kvmwalk", "find_vm", "find_vcpu", "mmu_info", "spte_format", "DrgnPhysMem"
     )
     code.append(
-        f"vm = find_vm(prog, {args.vm!r})\n"
-        f"vcpu = find_vcpu(vm.kvm, {args.vcpu})\n"
+        f"kvm = find_vm(prog, {args.vm!r})\n"
+        f"vcpu = find_vcpu(kvm, {args.vcpu})\n"
         "info = mmu_info(vcpu)  # root: HPA, level, direct; kind; tdp_mmu\n"
-        "fmt = spte_format(vm.kvm)\n"
+        "fmt = spte_format(kvm)\n"
     )
     if args.addr:
         code.add_from_import("drgn_kvmwalk", "TableCache", "walk_addr")

@@ -45,7 +45,7 @@ def spte_format(kvm: Object) -> SpteFormat:
     """The SPTE format of ``kvm``'s tables, from the kernel's own mask
     variables (read once per program) and the VM's MMIO value.
 
-    >>> fmt = spte_format(vm.kvm)
+    >>> fmt = spte_format(find_vm(prog, 4242))
     >>> fmt.ept  # Intel EPT; False for AMD NPT and for shadow paging
     False
 

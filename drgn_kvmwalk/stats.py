@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Tuple
 
-from drgn import FaultError, Object, Program
+from drgn import FaultError, Object
 from drgn.helpers.linux.mm import virt_to_phys
 
-from .kvm import Vm
+from .kvm import vm_pid
 from .leaves import LeafRun, count_table_leaves, iter_leaves
 from .mmu import DrgnPhysMem, for_each_active_mmu_page, for_each_tdp_mmu_root
 from .spte import PAGE_SIZE
@@ -123,17 +123,24 @@ class _CountingMem:
         return data
 
 
-def vm_stats(prog: Program, vm: Vm) -> VmStats:
-    """Count the leaves of every live table of ``vm`` and read KVM's counters.
+def vm_stats(kvm: Object) -> VmStats:
+    """Count the leaves of every live table of the VM and read KVM's counters.
 
+    >>> stats = vm_stats(find_vm(prog, 4242))
+    >>> stats.leaves == {"4K": stats.kvm["pages_4k"], "2M": stats.kvm["pages_2m"],
+    ...                  "1G": stats.kvm["pages_1g"]}
+    True
+
+    :param kvm: ``struct kvm *``
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
-    fmt = spte_format(vm.kvm)
+    prog = kvm.prog_
+    fmt = spte_format(kvm)
     mem = _CountingMem(DrgnPhysMem(prog))
     counts = {"tdp_mmu": {1: 0, 2: 0, 3: 0}, "legacy": {1: 0, 2: 0, 3: 0}}
     roots = 0
     unreadable: List[Tuple[int, str]] = []
-    for sp in for_each_tdp_mmu_root(vm.kvm):
+    for sp in for_each_tdp_mmu_root(kvm):
         level = int(sp.role.level)
         hpa = int(virt_to_phys(prog, sp.spt))
         roots += 1
@@ -142,7 +149,7 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
                 counts["tdp_mmu"][run.level] += len(run.indexes)
             else:
                 unreadable.append((run.table, run.error))
-    for sp in for_each_active_mmu_page(vm.kvm):
+    for sp in for_each_active_mmu_page(kvm):
         level = int(sp.role.level)
         if int(sp.root_count):
             roots += 1
@@ -156,10 +163,10 @@ def vm_stats(prog: Program, vm: Vm) -> VmStats:
             counts["legacy"][level] += n
     by_mmu = {mmu: {LEVEL_KEYS[level]: n for level, n in c.items()} for mmu, c in counts.items()}
     leaves = {key: by_mmu["tdp_mmu"][key] + by_mmu["legacy"][key] for key in LEVEL_KEYS.values()}
-    counters = kvm_page_counters(vm.kvm)
+    counters = kvm_page_counters(kvm)
     differences = _differences(leaves, counters)
     return VmStats(
-        vm.pid,
+        vm_pid(kvm),
         roots,
         mem.tables,
         leaves,

@@ -14,7 +14,7 @@ from typing import List, NamedTuple, Optional
 from drgn import Object
 
 from .errors import NoRoot
-from .kvm import Memslot, Vm, for_each_memslot, for_each_vcpu, vm_stats_id
+from .kvm import Memslot, for_each_memslot, for_each_vcpu, vm_pid, vm_stats_id
 from .mmu import (
     for_each_prev_root,
     for_each_vm_root_page,
@@ -58,14 +58,14 @@ class VmSummary(NamedTuple):
     memslots: List[Memslot]
 
 
-def vm_summary(vm: Vm) -> VmSummary:
+def vm_summary(kvm: Object) -> VmSummary:
     """What --list shows of ``vm``: MMU kind, vCPUs with their roots, memslots.
 
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
-    prog = vm.kvm.prog_
+    prog = kvm.prog_
     vcpus = []
-    for vcpu in for_each_vcpu(vm.kvm):
+    for vcpu in for_each_vcpu(kvm):
         vid = int(vcpu.vcpu_id.value_())
         try:
             info = mmu_info(vcpu)
@@ -75,7 +75,7 @@ def vm_summary(vm: Vm) -> VmSummary:
         vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None))
     vcpus.sort(key=lambda v: v.id)
     if is_tdp_enabled(prog):
-        mmu = "ept" if spte_format(vm.kvm).ept else "npt"
+        mmu = "ept" if spte_format(kvm).ept else "npt"
     else:
         mmu = "shadow"
     # Every vCPU of a VM uses the same MMU; a vCPU running a nested guest may
@@ -83,7 +83,7 @@ def vm_summary(vm: Vm) -> VmSummary:
     known = [v.tdp_mmu for v in vcpus if v.tdp_mmu is not None]
     tdp_mmu = any(known) if known else None
     return VmSummary(
-        vm.pid, vm_stats_id(vm.kvm), mmu, tdp_mmu, vcpus, list(for_each_memslot(vm.kvm))
+        vm_pid(kvm), vm_stats_id(kvm), mmu, tdp_mmu, vcpus, list(for_each_memslot(kvm))
     )
 
 

@@ -303,6 +303,9 @@ def run_cell(
         result["console"]["qmp"] = _run(console_cmd(qmp), 600)
         result["plugin"]["qmp"] = _run(plugin_cmd(qmp), 600)
         result["errors"] = error_cases(drgn, qmp, syms, result["truth"], kind)
+        result["readme_api"] = readme_api(
+            drgn, qmp, syms, json.loads(first.read_text()), kind, workdir / "readme_api.json"
+        )
         elf = workdir / "l1.elf"
         result["dump_seconds"] = round(l1.dump_elf(elf), 3)
         try:
@@ -419,6 +422,34 @@ def check_kdump_views(result: Dict[str, Any]) -> List[str]:
                 f"{w.get('stderr', '')[-300:]!r}"
             )
     return problems
+
+
+def readme_api(
+    drgn: str, target: List[str], syms: List[str], truth: Dict[str, Any], kind: str, out: Path
+) -> Dict[str, Any]:
+    """README's Python API block, run as it stands by vm-test/readme_api.py
+    for the workload's VM and its first tagged page."""
+    page = truth["pages"][0]
+    r = _run(
+        [
+            drgn,
+            *target,
+            *syms,
+            str(HERE / "readme_api.py"),
+            "--readme",
+            str(TOP / "README.md"),
+            "--pid",
+            str(truth["pid"]),
+            "--addr",
+            hex(page[kind]),
+            "--out",
+            str(out),
+        ],
+        300,
+    )
+    if r["rc"] != 0 or not out.exists():
+        return {"error": json.dumps(r)[-3000:]}
+    return dict(json.loads(out.read_text()))
 
 
 def error_cases(

@@ -54,7 +54,7 @@ def test_drgn_command_prints_valid_python(capsys, argv):
     run_command(prog, f"kvmwalk {argv} --drgn")
     code = capsys.readouterr().out
     assert "from drgn_kvmwalk import" in code
-    assert "find_vcpu(vm.kvm, None)" not in code
+    assert "find_vcpu(kvm, None)" not in code
     compile(code, "<kvmwalk --drgn>", "exec")
 
 

@@ -77,7 +77,7 @@ LAYOUTS = {
 
 
 def vcpu_of(k):
-    return find_vcpu(find_vm(k.prog, None).kvm, 0)
+    return find_vcpu(find_vm(k.prog, None), 0)
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))

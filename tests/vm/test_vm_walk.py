@@ -252,6 +252,18 @@ def test_drgn_command(cell_result, view):
     assert f"=> HPA {_first_page_hpa(cell_result):#x} " in r["stdout"], r
 
 
+def test_readme_python_api_runs(cell_result):
+    """README's Python API block, run as it stands there over QMP: it lists
+    the VMs and walks the first tagged page of vCPU 0 to its pagemap HPA."""
+    r = cell_result["readme_api"]
+    assert r.get("error") is None, r
+    assert r["hpa"] == _first_page_hpa(cell_result), r
+    assert r["steps"] >= 2 and r["page_size"] in (4096, 2 << 20, 1 << 30), r
+    pids = {str(t["pid"]) for t in cell_result["truth"].values()}
+    printed = {line.split()[0] for line in r["stdout"].splitlines() if line.strip()}
+    assert pids <= printed, r["stdout"]
+
+
 def test_kdump_reader_matches_the_elf_dump(cell_result):
     """kvmwalk's own reader of kdump-compressed dumps (used where libkdumpfile
     refuses one) gives, page for page, what the ELF dump it was made from holds,

@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""drgn script: run README's Python API block, as it stands there, on a real
+kernel, and record what it made and printed.
+
+    drgn [-k | -c DUMP | --qemu SOCK] -s ... vm-test/readme_api.py \\
+        --readme README.md --pid PID --addr X --out result.json
+
+The block is the ```python fence after the ``<!-- python-api -->`` marker.
+It runs with ``prog``, ``pid`` and ``addr`` set; the result has its stdout,
+the error if it raised, and the walk it left in ``walk`` (hpa, page_size),
+for the VM test to hold against pagemap truth.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import traceback
+
+MARKER = "<!-- python-api -->"
+
+
+def readme_block(path):
+    text = open(path).read()
+    m = re.search(re.escape(MARKER) + r"\s*```python\n(.*?)```", text, re.S)
+    if m is None:
+        raise SystemExit(f"{path}: no ```python block after {MARKER}")
+    return m.group(1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readme", required=True)
+    ap.add_argument("--pid", type=int, required=True)
+    ap.add_argument("--addr", type=lambda t: int(t, 0), required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    code = readme_block(args.readme)
+    scope = {"prog": prog, "pid": args.pid, "addr": args.addr}  # noqa: F821 (drgn's prog)
+    out = io.StringIO()
+    error = None
+    with contextlib.redirect_stdout(out):
+        try:
+            exec(compile(code, f"{args.readme} (python-api block)", "exec"), scope)
+        except Exception:  # noqa: BLE001 (recorded for the test)
+            error = traceback.format_exc()
+    walk = scope.get("walk")
+    result = {
+        "code": code,
+        "stdout": out.getvalue(),
+        "error": error,
+        "hpa": getattr(walk, "hpa", None),
+        "page_size": getattr(walk, "page_size", None),
+        "steps": len(getattr(walk, "steps", []) or []),
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
