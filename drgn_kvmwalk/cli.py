@@ -14,7 +14,7 @@ import json
 import re
 import sys
 import time
-from typing import Dict, List, NamedTuple, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Sequence, TextIO, Tuple
 
 from drgn import FaultError, Object, Program
 
@@ -23,7 +23,6 @@ from .kvm import find_vcpu, find_vm, for_each_vm, vm_pid
 from .mmu import DrgnPhysMem, ShadowPage, to_shadow_page
 from .render import (
     FlagCache,
-    RangeMerger,
     dump_header,
     dump_lines,
     header_text,
@@ -31,7 +30,6 @@ from .render import (
     list_text,
     map_header,
     map_line,
-    map_segments,
     stats_json,
     stats_text,
     unreadable_line,
@@ -383,71 +381,78 @@ _CHUNK = 8192  # lines per write: streamed output, bounded memory
 
 
 def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """--dump and --map: every leaf under the vCPU's root(s)."""
-    from .leaves import Unreadable, iter_leaves  # numpy: only for whole-table views
+    """--dump and --map: every leaf under the vCPU's root(s), or the ranges
+    the core merges them into."""
+    # numpy: only for whole-table views
+    from .leaves import LeafRun, Unreadable, iter_leaves, iter_ranges
 
     vm, roots = _roots(prog, args)
     fmt = spte_format(vm.kvm)
     start, end = args.range if args.range else (0, None)
+    progress = Progress(err, enabled=not args.json)
+
+    def on_run(direct: bool) -> Callable[[LeafRun], None]:
+        return lambda run: progress.update(len(run.indexes), run.base, direct)
+
     # Every range is checked before anything is printed.
     walks = [
         (
             lr,
-            iter_leaves(
-                DrgnPhysMem(prog), fmt, lr.root, start, end, segments=args.map and not args.annotate
-            ),
+            iter_ranges(
+                DrgnPhysMem(prog),
+                fmt,
+                lr.root,
+                start,
+                end,
+                per_table=args.annotate,  # one struct kvm_mmu_page per range
+                on_run=on_run(lr.root.direct),
+            )
+            if args.map
+            else iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end),
         )
         for lr in roots
     ]
     flags = FlagCache(fmt)
     sps: Dict[int, Optional[ShadowPage]] = {}
-    annotate: Optional[Dict[int, Optional[ShadowPage]]] = sps if args.annotate else None
-    progress = Progress(err, enabled=not args.json)
+
+    def annotation(table: int) -> Optional[Dict[int, Optional[ShadowPage]]]:
+        if not args.annotate:
+            return None
+        if table not in sps:
+            if len(sps) >= 2:
+                sps.clear()  # the current tables' only: memory stays bounded
+            sps[table] = to_shadow_page(prog, table)
+        return sps
+
     lines: List[str] = []
-
-    def emit(text: str) -> None:
-        lines.append(
-            text
-            if args.root == "current" or not args.json
-            else text[:-1] + f', "root": {json.dumps(lr.label)}}}'
-        )
-
-    for lr, runs in walks:
+    for lr, items in walks:
         direct = lr.root.direct
+        label = None if args.root == "current" else lr.label
         if not args.json:
             lines += [
                 _root_header(vm, args, lr, fmt),
                 map_header(direct) if args.map else dump_header(direct),
             ]
-        merger = RangeMerger(flags)
-        for run in runs:
-            if isinstance(run, Unreadable):
+        for item in items:
+            if isinstance(item, Unreadable):
                 progress.clear()
-                err.write(f"warning: {unreadable_line(run, direct)}\n")
+                err.write(f"warning: {unreadable_line(item, direct)}\n")
                 continue
-            progress.update(len(run.indexes), run.base, direct)
-            if args.annotate and run.table not in sps:
-                # Ranges stop at table pages, so that each has one kvm_mmu_page.
-                done = merger.flush()
-                if done is not None:
-                    emit(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
-                sps.clear()  # only the current table's: memory stays bounded
-                sps[run.table] = to_shadow_page(prog, run.table)
-            if args.dump:
-                for line in dump_lines(run, fmt, flags, vm.pid, args.vcpu, args.json, annotate):
-                    emit(line)
+            if isinstance(item, LeafRun):
+                progress.update(len(item.indexes), item.base, direct)
+                lines += dump_lines(
+                    item, fmt, flags, vm.pid, args.vcpu, args.json, annotation(item.table), label
+                )
             else:
-                for seg in map_segments(run, fmt, flags):
-                    done = merger.add(seg)
-                    if done is not None:
-                        emit(map_line(done, flags, vm.pid, args.vcpu, args.json, annotate))
+                lines.append(
+                    map_line(
+                        item, flags, vm.pid, args.vcpu, args.json, annotation(item.table), label
+                    )
+                )
             if len(lines) >= _CHUNK:
                 progress.clear()
                 out.write("\n".join(lines) + "\n")
                 lines = []
-        last = merger.flush()
-        if last is not None:
-            emit(map_line(last, flags, vm.pid, args.vcpu, args.json, annotate))
     progress.clear()
     if lines:
         out.write("\n".join(lines) + "\n")

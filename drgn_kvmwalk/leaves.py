@@ -14,7 +14,7 @@ Nothing here imports drgn.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from .spte import (
     PT_PAGE_SIZE_MASK,
     PT_PRESENT_MASK,
     SpteFormat,
+    decode_spte,
     level_shift,
     level_size,
 )
@@ -40,6 +41,11 @@ from .walk import (
 
 __all__ = [
     "LeafRun",
+    "MapRange",
+    "RangeMerger",
+    "iter_ranges",
+    "run_segments",
+    "split_starts",
     "Unreadable",
     "canonical",
     "classify_table",
@@ -331,9 +337,7 @@ def _segment_starts(
     Every table's first leaf starts one too.  Positions, and the entry index
     and SPTE of the leaf at each."""
     page = (np.array([child for child, _ in kept], dtype=np.int64)[rows] << 9) + cols
-    key = sptes - (page.astype(_U64) << np.uint64(12))
-    brk = np.flatnonzero((key[1:] != key[:-1]) | ((page[1:] - page[:-1]) != 1)) + 1
-    pos = np.union1d(brk, np.array([0, *ends[:-1]], dtype=np.int64))
+    pos = np.union1d(split_starts(page, sptes, 12), np.array([0, *ends[:-1]], dtype=np.int64))
     pos = pos[pos < len(cols)]
     return pos.tolist(), cols[pos].tolist(), sptes[pos].tolist()
 
@@ -345,3 +349,152 @@ def count_table_leaves(mem: PhysMem, fmt: SpteFormat, table: int, level: int) ->
     """
     entries = np.frombuffer(mem.read(table, PAGE_SIZE), dtype=_U64)
     return int(np.count_nonzero(classify_table(fmt, entries, level)[1]))
+
+
+# -- --map: leaves merged into ranges ---------------------------------------
+
+
+def split_starts(
+    pos: "np.ndarray[Any, Any]", sptes: "np.ndarray[Any, Any]", shift: int
+) -> "np.ndarray[Any, Any]":
+    """Where, in leaves in address order, a leaf does not continue the one
+    before it: its position (address >> ``shift``) is not the next one, or it
+    is not the next host page with the same attribute bits.  Both tests are
+    one comparison each: leaf ``i`` continues leaf ``i-1``'s host page and
+    attributes exactly when ``spte - pos << shift`` is the same for both (the
+    address field only ever grows by the page size).  Indexes, 0 first.
+    """
+    if len(pos) == 0:
+        return np.zeros(0, dtype=np.int64)
+    key = sptes - (pos.astype(_U64) << np.uint64(shift))
+    brk = np.flatnonzero((key[1:] != key[:-1]) | ((pos[1:] - pos[:-1]) != 1)) + 1
+    return np.concatenate((np.zeros(1, dtype=np.int64), brk.astype(np.int64)))
+
+
+class MapRange(NamedTuple):
+    """Leaves of one level, contiguous in address and in HPA, with the same
+    attribute bits: ``[start, end)`` maps to ``hpa``."""
+
+    start: int
+    end: int  # exclusive
+    hpa: int
+    level: int
+    spte: int  # of the range's first leaf
+    table: int  # HPA of the table page of the range's first leaf
+
+
+def run_segments(run: LeafRun, fmt: SpteFormat) -> List[MapRange]:
+    """``run`` cut where :func:`split_starts` says; ranges of one table page."""
+    shift = level_shift(run.level)
+    mask = fmt.base_addr_mask & ~((1 << shift) - 1)
+    if run.segments is not None:  # computed for a whole batch of tables
+        triples = run.segments
+    else:
+        starts = split_starts(run.indexes, run.sptes, shift)
+        ends = [*starts[1:].tolist(), len(run.indexes)]
+        triples = [
+            (i, e - st, v)
+            for i, v, st, e in zip(
+                run.indexes[starts].tolist(), run.sptes[starts].tolist(), starts.tolist(), ends
+            )
+        ]
+    return [
+        MapRange(
+            run.base + (i << shift),
+            run.base + ((i + n) << shift),
+            v & mask,
+            run.level,
+            v,
+            run.table,
+        )
+        for i, n, v in triples
+    ]
+
+
+class RangeMerger:
+    """Joins consecutive segments into ranges of one level and one set of
+    flags, contiguous in address and in HPA (like arm64's stage-2 dump)."""
+
+    def __init__(self, fmt: SpteFormat) -> None:
+        self.fmt = fmt
+        self.attr_mask = ((1 << 64) - 1) ^ fmt.base_addr_mask
+        self._flags: Dict[Tuple[int, int], Tuple[str, ...]] = {}
+        self.pending: Optional[MapRange] = None
+
+    def _flag_set(self, level: int, spte: int) -> Tuple[str, ...]:
+        key = (level, spte & self.attr_mask)
+        got = self._flags.get(key)
+        if got is None:
+            got = self._flags[key] = tuple(decode_spte(self.fmt, spte, level).flags)
+        return got
+
+    def add(self, seg: MapRange) -> Optional[MapRange]:
+        """Feed one segment; returns a range once it is complete."""
+        p = self.pending
+        if (
+            p is not None
+            and p.end == seg.start
+            and p.level == seg.level
+            and p.hpa + (p.end - p.start) == seg.hpa
+            and self._flag_set(p.level, p.spte) == self._flag_set(seg.level, seg.spte)
+        ):
+            self.pending = p._replace(end=seg.end)
+            return None
+        self.pending = seg
+        return p
+
+    def flush(self) -> Optional[MapRange]:
+        p, self.pending = self.pending, None
+        return p
+
+
+def iter_ranges(
+    mem: PhysMem,
+    fmt: SpteFormat,
+    root: Root,
+    start: int = 0,
+    end: Optional[int] = None,
+    *,
+    per_table: bool = False,
+    on_run: Optional[Callable[[LeafRun], None]] = None,
+) -> Iterator[Union[MapRange, Unreadable]]:
+    """The ranges ``--map`` prints for ``root``: its leaves (as
+    :func:`iter_leaves` gives them, within ``[start, end)``) merged by
+    :class:`RangeMerger`, in address order, with the table pages that could
+    not be read in their place.
+
+    :param per_table: ranges stop at table pages (``--annotate``: one
+        ``struct kvm_mmu_page`` per range)
+    :param on_run: called with each leaf run as it is read (progress)
+    :raises AddressError: the range is beyond what the root translates
+    """
+    runs = iter_leaves(mem, fmt, root, start, end, segments=not per_table)
+    return _ranges(runs, fmt, per_table, on_run)
+
+
+def _ranges(
+    runs: Iterator[Union[LeafRun, Unreadable]],
+    fmt: SpteFormat,
+    per_table: bool,
+    on_run: Optional[Callable[[LeafRun], None]],
+) -> Iterator[Union[MapRange, Unreadable]]:
+    merger = RangeMerger(fmt)
+    table = None
+    for run in runs:
+        if isinstance(run, Unreadable):
+            yield run
+            continue
+        if on_run is not None:
+            on_run(run)
+        if per_table and run.table != table:
+            done = merger.flush()
+            if done is not None:
+                yield done
+            table = run.table
+        for seg in run_segments(run, fmt):
+            done = merger.add(seg)
+            if done is not None:
+                yield done
+    last = merger.flush()
+    if last is not None:
+        yield last

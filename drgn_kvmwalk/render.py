@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
@@ -12,7 +12,7 @@ from .walk import Root, Step, Walk, root_start_level
 if TYPE_CHECKING:
     # Only for annotations: rendering a walk needs neither numpy (leaves.py)
     # nor drgn (mmu.py), and a one-address run should not import them.
-    from .leaves import LeafRun, Unreadable
+    from .leaves import LeafRun, MapRange, Unreadable
     from .mmu import ShadowPage
     from .stats import VmStats
     from .views import VmSummary
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 __all__ = [
     "LEVEL_NAMES",
     "FlagCache",
-    "MapRange",
-    "RangeMerger",
     "dump_header",
     "dump_lines",
     "table_line",
@@ -30,7 +28,6 @@ __all__ = [
     "list_text",
     "map_header",
     "map_line",
-    "map_segments",
     "page_size_name",
     "sp_json",
     "sp_text",
@@ -192,17 +189,19 @@ def dump_lines(
     vcpu_id: int,
     as_json: bool,
     sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
+    root: Optional[str] = None,
 ) -> List[str]:
     """One line per leaf of ``run``: text columns, or JSON Lines
     ``{"vm", "vcpu", "addr", "level", "sptep", "spte", "hpa", "flags"}``.
     With ``sps`` (--annotate), JSON records get ``"sp"`` and the text a line
-    naming the table's struct kvm_mmu_page before its leaves."""
+    naming the table's struct kvm_mmu_page before its leaves; with ``root``
+    (--root prev|all), JSON records get ``"root"``, the root's label."""
     level = run.level
     get = flags.get
     if as_json:
         rows = _dump_rows(run, fmt)
         head = f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "addr": '
-        tail = "}" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(run.table)))}}}'
+        tail = _json_tail(sps, run.table, root)
         return [
             f'{head}{addr}, "level": {level}, "sptep": {sptep}, "spte": {spte}, '
             f'"hpa": {hpa}, "flags": {get(level, spte)[1]}{tail}'
@@ -285,92 +284,6 @@ def table_line(table: int, sps: Dict[int, Optional[ShadowPage]]) -> str:
     return f"# table page {table:#x}: {sp_text(sps.get(table))}"
 
 
-class MapRange(NamedTuple):
-    start: int
-    end: int  # exclusive
-    hpa: int
-    level: int
-    spte: int  # of the range's first leaf
-    table: int  # HPA of the table page of the range's first leaf
-
-
-def map_segments(run: LeafRun, fmt: SpteFormat, flags: FlagCache) -> List[MapRange]:
-    """Split ``run`` where the next leaf does not continue the range: not the
-    next entry, or not the next host page with the same SPTE attribute bits.
-
-    Both tests are one comparison each: leaf ``i`` continues leaf ``i-1``'s
-    host page and attributes exactly when ``spte - index * size`` is the same
-    for both (the address field only ever grows by ``size``).
-    """
-    shift = level_shift(run.level)
-    mask = fmt.base_addr_mask & ~((1 << shift) - 1)
-    if run.segments is not None:  # computed for a whole batch of tables
-        return [
-            MapRange(
-                run.base + (i << shift),
-                run.base + ((i + n) << shift),
-                v & mask,
-                run.level,
-                v,
-                run.table,
-            )
-            for i, n, v in run.segments
-        ]
-    import numpy as np  # already loaded by leaves.py, which made ``run``
-
-    idx = run.indexes
-    n = len(idx)
-    if n > 1:
-        key = run.sptes - (idx.astype(np.uint64) << np.uint64(shift))
-        brk = (key[1:] != key[:-1]) | ((idx[1:] - idx[:-1]) != 1)
-        cut = np.flatnonzero(brk)
-        starts = [0, *(cut + 1).tolist()]
-    else:
-        starts = [0]
-    ends = starts[1:] + [n]
-    first_idx = idx[starts].tolist()
-    first_spte = run.sptes[starts].tolist()
-    return [
-        MapRange(
-            run.base + (i << shift),
-            run.base + ((i + e - st) << shift),
-            v & mask,
-            run.level,
-            v,
-            run.table,
-        )
-        for i, v, st, e in zip(first_idx, first_spte, starts, ends)
-    ]
-
-
-class RangeMerger:
-    """Joins consecutive segments into ranges of one level and one set of
-    flags, contiguous in address and in HPA (like arm64's stage-2 dump)."""
-
-    def __init__(self, flags: FlagCache) -> None:
-        self.flags = flags
-        self.pending: Optional[MapRange] = None
-
-    def add(self, seg: MapRange) -> Optional[MapRange]:
-        """Feed one segment; returns a range once it is complete."""
-        p = self.pending
-        if (
-            p is not None
-            and p.end == seg.start
-            and p.level == seg.level
-            and p.hpa + (p.end - p.start) == seg.hpa
-            and self.flags.get(p.level, p.spte) == self.flags.get(seg.level, seg.spte)
-        ):
-            self.pending = p._replace(end=seg.end)
-            return None
-        self.pending = seg
-        return p
-
-    def flush(self) -> Optional[MapRange]:
-        p, self.pending = self.pending, None
-        return p
-
-
 def map_header(direct: bool) -> str:
     name = addr_name(direct)
     return (
@@ -381,6 +294,16 @@ def map_header(direct: bool) -> str:
 _SIZE_COLUMN = {level: f"{page_size_name(level_size(level)):>4}" for level in range(1, 6)}
 
 
+def _json_tail(
+    sps: Optional[Dict[int, Optional[ShadowPage]]], table: int, root: Optional[str]
+) -> str:
+    """The end of a --dump/--map JSON record: ``"sp"`` (--annotate) and
+    ``"root"`` (--root prev|all) when asked for."""
+    sp = "" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(table)))}'
+    label = "" if root is None else f', "root": {json.dumps(root)}'
+    return f"{sp}{label}}}"
+
+
 def map_line(
     r: MapRange,
     flags: FlagCache,
@@ -388,16 +311,17 @@ def map_line(
     vcpu_id: int,
     as_json: bool,
     sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
+    root: Optional[str] = None,
 ) -> str:
     """Text columns, or JSON ``{"vm", "vcpu", "start", "end", "hpa", "level",
     "flags"}``; with ``sps`` (--annotate) also the table page's shadow page
-    (``"sp"`` in JSON, a line before the range in text)."""
+    (``"sp"`` in JSON, a line before the range in text); with ``root`` (--root
+    prev|all) the root's label (``"root"`` in JSON)."""
     text, js = flags.get(r.level, r.spte)
     if as_json:
-        sp = "" if sps is None else f', "sp": {json.dumps(sp_json(sps.get(r.table)))}'
         return (
             f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "start": {r.start}, "end": {r.end}, '
-            f'"hpa": {r.hpa}, "level": {r.level}, "flags": {js}{sp}}}'
+            f'"hpa": {r.hpa}, "level": {r.level}, "flags": {js}{_json_tail(sps, r.table, root)}'
         )
     shift = level_shift(r.level)
     line = (

@@ -8,14 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drgn_kvmwalk.leaves import iter_leaves
+from drgn_kvmwalk.leaves import RangeMerger, iter_leaves, iter_ranges, run_segments
 from drgn_kvmwalk.render import (
     FlagCache,
-    RangeMerger,
     dump_lines,
     dump_text_row,
     map_line,
-    map_segments,
     page_size_name,
 )
 from drgn_kvmwalk.spte import x86_format
@@ -35,11 +33,12 @@ def build(leaves, segments=False):
 
 
 def ranges(runs, as_json=True):
+    """The ranges of ``runs``, merged by hand from the core's pieces."""
     flags = FlagCache(X86)
-    merger = RangeMerger(flags)
+    merger = RangeMerger(X86)
     out = []
     for run in runs:
-        for seg in map_segments(run, X86, flags):
+        for seg in run_segments(run, X86):
             done = merger.add(seg)
             if done:
                 out.append(done)
@@ -47,6 +46,31 @@ def ranges(runs, as_json=True):
     if last:
         out.append(last)
     return [json.loads(map_line(r, flags, 7, 1, True)) for r in out] if as_json else out
+
+
+def test_iter_ranges_is_the_merge_of_the_leaves():
+    """iter_ranges() gives what merging iter_leaves()' runs gives, batched or
+    not, and stops at table pages when asked to."""
+    leaves = [(0x1000 * i, 1, 0x10_0000 + 0x1000 * i, 0) for i in range(1, 5)]
+    leaves += [(0x1F_F000, 1, 0x30_0000, 0), (0x20_0000, 1, 0x30_1000, 0)]
+    leaves += [(0x40_0000, 2, 0x60_0000, NX)]
+    mem, t, root = npt(4)
+    for addr, level, hpa, extra in leaves:
+        t.map(addr, hpa, level=level, extra=extra)
+    seen = []
+    got = list(iter_ranges(mem, X86, root, on_run=seen.append))
+    assert got == ranges(build(leaves), as_json=False)
+    assert sum(len(r.indexes) for r in seen) == len(leaves)
+    per_table = list(iter_ranges(mem, X86, root, per_table=True))
+    assert [(r.start, r.end) for r in per_table] == [
+        (0x1000, 0x5000),
+        (0x1F_F000, 0x20_0000),
+        (0x20_0000, 0x20_1000),
+        (0x40_0000, 0x60_0000),
+    ]
+    # The range across 0x200000 is cut there: its halves are in two page tables.
+    assert per_table[1].table != per_table[2].table
+    assert [(r.start, r.end) for r in got][1] == (0x1F_F000, 0x20_1000)
 
 
 def test_dump_json_lines_are_the_contract():
