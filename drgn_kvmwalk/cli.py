@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Sequenc
 
 from drgn import FaultError, Object, Program
 
-from .errors import KvmWalkError, NoRoot
+from .errors import KvmWalkError, NoRoot, NoSuchVm
 from .kvm import find_vcpu, find_vm, for_each_vm, vm_pid
 from .mmu import DrgnPhysMem, ShadowPage, to_shadow_page
 from .render import (
@@ -299,6 +299,13 @@ def run(
         if args.addr:
             return _walk(prog, args, out)
         return _leaves(prog, args, out, err)
+    except NoSuchVm as e:
+        text = str(e)
+        if e.several:  # say it in the command line's words
+            text = text.replace(
+                "choose one by the pid of the process that created it", "choose one with --vm PID"
+            )
+        print(f"{prog_name}: {text}", file=err)
     except (KvmWalkError, AddressError) as e:
         print(f"{prog_name}: {e}", file=err)
     except FaultError as e:

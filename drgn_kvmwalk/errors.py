@@ -31,7 +31,12 @@ class MissingDebugInfo(KvmWalkError):
 
 
 class NoSuchVm(KvmWalkError):
-    """No VM matches ``--vm``, or ``--vm`` is needed to choose one."""
+    """No VM matches the pid asked for, or there are several to choose from
+    (``several``)."""
+
+    def __init__(self, message: str, several: bool = False) -> None:
+        super().__init__(message)
+        self.several = several
 
 
 class NoSuchVcpu(KvmWalkError):

@@ -67,3 +67,19 @@ def test_drgn_code_refuses_what_it_cannot_print(capsys, argv):
     with pytest.raises(CommandError, match="--drgn"):
         run_command(prog, f"kvmwalk {argv} --drgn")
     assert capsys.readouterr().out == ""
+
+
+def test_helpers_speak_kvm_and_the_command_line_speaks_options():
+    """The kernel tier's error names no option; the command line's does."""
+    from drgn_kvmwalk.errors import NoSuchVm
+    from drgn_kvmwalk.kvm import find_vm
+
+    prog = two_vms().prog
+    with pytest.raises(NoSuchVm) as e:
+        find_vm(prog, None)
+    assert "--vm" not in str(e.value) and e.value.several
+    rc, out, err = run(prog, "--vcpu", "0", "--addr", "0x1000")
+    assert rc == EXIT_USAGE
+    assert err == (
+        "kvmwalk: 2 VMs exist; choose one with --vm PID: pid 4242 (1 vCPUs), pid 4343 (1 vCPUs)\n"
+    )
