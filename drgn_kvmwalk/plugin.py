@@ -25,19 +25,14 @@ __all__ = ["drgn_code", "drgn_code_refusal", "drgn_prog_set", "register"]
 def drgn_code_refusal(args: argparse.Namespace) -> Optional[str]:
     """Why :func:`drgn_code` cannot print code for ``args``, or None: it never
     prints code that does something other than the command."""
-    if args.map:
-        return "--drgn has no code for --map yet; --dump's is the nearest"
-    if args.root != "current":
-        return "--drgn walks only the current root; leave out --root"
-    if args.annotate and not args.addr:
-        return "--drgn has --annotate code only with --addr"
     if args.json:
         return "--drgn prints Python that prints values, not JSON; leave out --json"
     return None
 
 
 def drgn_code(prog: Program, args: argparse.Namespace) -> str:
-    """The Python that does what ``args`` ask, with the package's helpers.
+    """The Python that does what ``args`` ask, with the package's helpers:
+    every action, with ``--range``, ``--root`` and ``--annotate``.
 
     :raises ValueError: with :func:`drgn_code_refusal`'s reason, for options
         it has no code for
@@ -47,9 +42,10 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         raise ValueError(refusal)
     code = DrgnCodeBuilder(prog)
     if args.list:
-        code.add_from_import("drgn_kvmwalk", "for_each_vm", "vm_summary")
+        code.add_from_import("drgn_kvmwalk", "find_vm", "for_each_vm", "vm_summary")
+        vms = "for_each_vm(prog)" if args.vm is None else f"[find_vm(prog, {args.vm})]"
         code.append(
-            "for kvm in for_each_vm(prog):\n"
+            f"for kvm in {vms}:\n"
             "    summary = vm_summary(kvm)\n"
             "    print(summary.pid, summary.mmu, summary.tdp_mmu)\n"
             "    for vcpu in summary.vcpus:\n"
@@ -70,44 +66,63 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
         )
         return code.get()
     code.add_from_import(
-        "drgn_kvmwalk", "find_vm", "find_vcpu", "mmu_info", "spte_format", "DrgnPhysMem"
+        "drgn_kvmwalk", "find_vm", "find_vcpu", "select_roots", "spte_format", "DrgnPhysMem"
     )
     code.append(
         f"kvm = find_vm(prog, {args.vm!r})\n"
         f"vcpu = find_vcpu(kvm, {args.vcpu})\n"
-        "info = mmu_info(vcpu)  # root: HPA, level, direct; kind; tdp_mmu\n"
         "fmt = spte_format(kvm)\n"
+        f"for lr in select_roots(vcpu, {args.root!r}):  # label, root (HPA, level), kind\n"
+        "    print(lr.label, lr.kind, hex(lr.root.hpa), lr.root.level)\n"
     )
+    if args.annotate:
+        code.add_from_import("drgn_kvmwalk", "to_shadow_page")
     if args.addr:
         code.add_from_import("drgn_kvmwalk", "TableCache", "walk_addr")
-        if args.annotate:
-            code.add_from_import("drgn_kvmwalk", "to_shadow_page")
-        code.append("mem = TableCache(DrgnPhysMem(prog))\n")
-        code.append(f"for addr in [{', '.join(hex(a) for a in args.addr)}]:\n")
         code.append(
-            "    walk = walk_addr(mem, fmt, info.root, addr)\n"
-            "    for step in walk.steps:\n"
-            "        print(step.level, hex(step.sptep), hex(step.spte), step.info.flags)\n"
+            "    mem = TableCache(DrgnPhysMem(prog))\n"
+            f"    for addr in [{', '.join(hex(a) for a in args.addr)}]:\n"
+            "        walk = walk_addr(mem, fmt, lr.root, addr)\n"
+            "        for step in walk.steps:\n"
+            "            print(step.level, hex(step.sptep), hex(step.spte), step.info.flags)\n"
         )
         if args.annotate:
             code.append(
-                "        print('  ', to_shadow_page(prog, step.table))  # struct kvm_mmu_page\n"
+                "            print('  ', to_shadow_page(prog, step.table))  # struct kvm_mmu_page\n"
             )
-        code.append("    print(hex(addr), walk.hpa, walk.page_size, walk.stop)\n")
+        code.append("        print(hex(addr), walk.hpa, walk.page_size, walk.stop)\n")
         return code.get()
-    code.add_from_import("drgn_kvmwalk", "iter_leaves", "LeafRun")
     start, end = args.range if args.range else (0, None)
     end_text = "None" if end is None else hex(end)
+    if args.map:
+        code.add_from_import("drgn_kvmwalk.leaves", "MapRange", "iter_ranges")
+        per_table = ", per_table=True" if args.annotate else ""
+        code.append(
+            f"    for r in iter_ranges(DrgnPhysMem(prog), fmt, lr.root, {start:#x}, {end_text}"
+            f"{per_table}):\n"
+            "        if not isinstance(r, MapRange):\n"
+            "            print('not accessible:', r)\n"
+            "            continue\n"
+        )
+        if args.annotate:
+            code.append("        print(to_shadow_page(prog, r.table))  # struct kvm_mmu_page\n")
+        code.append("        print(hex(r.start), hex(r.end), hex(r.hpa), r.level)\n")
+        return code.get()
+    code.add_from_import("drgn_kvmwalk", "iter_leaves", "LeafRun")
     code.append(
-        f"for run in iter_leaves(DrgnPhysMem(prog), fmt, info.root, {start:#x}, "
+        f"    for run in iter_leaves(DrgnPhysMem(prog), fmt, lr.root, {start:#x}, "
         f"{end_text}):\n"
-        "    if not isinstance(run, LeafRun):\n"
-        "        print('not accessible:', run)\n"
-        "        continue\n"
-        "    # numpy arrays: one entry per leaf SPTE of one table page\n"
-        "    for addr, spte, hpa in zip(run.addrs().tolist(), run.sptes.tolist(),\n"
-        "                               run.hpas(fmt).tolist()):\n"
-        "        print(hex(addr), run.level, hex(spte), hex(hpa))\n"
+        "        if not isinstance(run, LeafRun):\n"
+        "            print('not accessible:', run)\n"
+        "            continue\n"
+    )
+    if args.annotate:
+        code.append("        print(to_shadow_page(prog, run.table))  # struct kvm_mmu_page\n")
+    code.append(
+        "        # numpy arrays: one entry per leaf SPTE of one table page\n"
+        "        for addr, spte, hpa in zip(run.addrs().tolist(), run.sptes.tolist(),\n"
+        "                                   run.hpas(fmt).tolist()):\n"
+        "            print(hex(addr), run.level, hex(spte), hex(hpa))\n"
     )
     return code.get()
 
@@ -122,8 +137,8 @@ def _cmd_kvmwalk(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -
     own.add_argument(
         "--drgn",
         action="store_true",
-        help="print how to do the same with drgn_kvmwalk's Python API (not "
-        "for --map, --root, --json, nor --annotate without --addr)",
+        help="print how to do the same with drgn_kvmwalk's Python API (every action "
+        "and option but --json)",
     )
     try:
         parsed = parse_args(own, list(args), name)

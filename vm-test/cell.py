@@ -303,6 +303,9 @@ def run_cell(
         result["console"]["qmp"] = _run(console_cmd(qmp), 600)
         result["plugin"]["qmp"] = _run(plugin_cmd(qmp), 600)
         result["errors"] = error_cases(drgn, qmp, syms, result["truth"], kind)
+        result["drgn_code"] = drgn_code_check(
+            drgn, qmp, syms, json.loads(first.read_text()), kind, workdir / "drgn_code.json"
+        )
         result["readme_api"] = readme_api(
             drgn, qmp, syms, json.loads(first.read_text()), kind, workdir / "readme_api.json"
         )
@@ -446,6 +449,32 @@ def readme_api(
             str(out),
         ],
         300,
+    )
+    if r["rc"] != 0 or not out.exists():
+        return {"error": json.dumps(r)[-3000:]}
+    return dict(json.loads(out.read_text()))
+
+
+def drgn_code_check(
+    drgn: str, target: List[str], syms: List[str], truth: Dict[str, Any], kind: str, out: Path
+) -> Dict[str, Any]:
+    """The code ``%kvmwalk ... --drgn`` prints, run beside the command itself
+    by vm-test/drgn_code_check.py, for the workload's VM."""
+    page = truth["pages"][0]
+    r = _run(
+        [
+            drgn,
+            *target,
+            *syms,
+            str(HERE / "drgn_code_check.py"),
+            "--pid",
+            str(truth["pid"]),
+            "--addr",
+            hex(page[kind]),
+            "--out",
+            str(out),
+        ],
+        600,
     )
     if r["rc"] != 0 or not out.exists():
         return {"error": json.dumps(r)[-3000:]}

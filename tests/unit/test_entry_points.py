@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The console script and the drgn command, without a kernel."""
 
+import ast
+import importlib
 import io
 import subprocess
 import sys
@@ -46,6 +48,11 @@ def test_console_help_names_the_target_options(capsys):
         "--stats",
         "--vm 7 --stats",
         "--vcpu 0 --addr 1 --annotate",
+        "--vcpu 0 --map --range 0x0-0x200000",
+        "--vcpu 0 --map --annotate --root all",
+        "--vcpu 0 --dump --annotate --root prev",
+        "--vcpu 0 --addr 1 --addr 2 --root all",
+        "--vm 7 --list",
     ],
 )
 def test_drgn_command_prints_valid_python(capsys, argv):
@@ -55,7 +62,12 @@ def test_drgn_command_prints_valid_python(capsys, argv):
     code = capsys.readouterr().out
     assert "from drgn_kvmwalk import" in code
     assert "find_vcpu(kvm, None)" not in code
-    compile(code, "<kvmwalk --drgn>", "exec")
+    tree = ast.parse(code, "<kvmwalk --drgn>")
+    for node in ast.walk(tree):  # every name it imports exists
+        if isinstance(node, ast.ImportFrom) and node.module.startswith("drgn_kvmwalk"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), (node.module, alias.name)
 
 
 def test_drgn_command_runs_the_command_line(capsys):

@@ -252,6 +252,19 @@ def test_drgn_command(cell_result, view):
     assert f"=> HPA {_first_page_hpa(cell_result):#x} " in r["stdout"], r
 
 
+def test_drgn_code_does_what_the_command_does(cell_result):
+    """%kvmwalk --drgn: the printed code, run as it stands over QMP, finds what
+    the command finds (--list's VMs, --stats' leaves, --addr's HPA, every
+    --dump leaf, every --map range, of every root with --root all)."""
+    r = cell_result["drgn_code"]
+    assert "error" not in r, r
+    assert set(r) == {"list", "stats", "addr", "dump", "map", "map_all"}
+    for case, c in r.items():
+        assert c["problems"] == [], (case, c["problems"], c["code"])
+    last = [ln.split() for ln in r["addr"]["code_stdout"].splitlines() if ln.startswith("0x")][-1]
+    assert int(last[1]) == _first_page_hpa(cell_result)
+
+
 def test_readme_python_api_runs(cell_result):
     """README's Python API block, run as it stands there over QMP: it lists
     the VMs and walks the first tagged page of vCPU 0 to its pagemap HPA."""

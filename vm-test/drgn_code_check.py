@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""drgn script: run the Python that ``%kvmwalk ... --drgn`` prints, and the
+command itself, on a real kernel, and compare what they found.
+
+    drgn [--qemu SOCK | -c DUMP] -s ... vm-test/drgn_code_check.py \\
+        --pid PID --addr X --out result.json
+
+For --list, --stats, --addr, --dump and --map (and --map --root all), the
+printed code is executed as it stands (``prog`` is the only name it is
+given) and its output parsed; the command runs with --json.  The result
+holds, per case, both outputs and ``problems`` (empty when they agree).
+"""
+
+import argparse
+import ast
+import contextlib
+import io
+import json
+import traceback
+
+from drgn_kvmwalk.cli import build_parser, parse_args
+from drgn_kvmwalk.cli import main as kvmwalk_main
+from drgn_kvmwalk.plugin import drgn_code
+
+
+def command(prog, argv):
+    out, err = io.StringIO(), io.StringIO()
+    rc = kvmwalk_main(prog, [*argv, "--json"], out=out, err=err)
+    return rc, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
+
+
+def printed(prog, argv):
+    parser = build_parser("kvmwalk")
+    parser.add_argument("--drgn", action="store_true")
+    code = drgn_code(prog, parse_args(parser, [*argv, "--drgn"], "kvmwalk"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            exec(compile(code, "<kvmwalk --drgn>", "exec"), {"prog": prog})
+        except Exception:  # noqa: BLE001 (recorded for the test)
+            return code, out.getvalue(), traceback.format_exc()
+    return code, out.getvalue(), None
+
+
+def lines_of(text, fields):
+    """Printed lines of ``fields`` words whose first word is hex."""
+    return [
+        ln.split()
+        for ln in text.splitlines()
+        if len(ln.split()) == fields and ln.split()[0].startswith("0x")
+    ]
+
+
+def compare(case, argv, rc, records, code_out):
+    if rc != 0:
+        return [f"the command failed: rc {rc}"]
+    if case == "list":
+        want = {str(vm["pid"]) for vm in records[0]["vms"]}
+        got = {
+            ln.split()[0]
+            for ln in code_out.splitlines()
+            if ln.split()[:1] and ln.split()[0].isdigit() and len(ln.split()) == 3
+        }
+        return [] if got == want else [f"pids: code {sorted(got)}, command {sorted(want)}"]
+    if case == "stats":
+        want = {str(r["vm"]): r["leaves"] for r in records}
+        got = {}
+        for ln in code_out.splitlines():
+            pid, _, rest = ln.partition(" ")
+            if pid.isdigit():
+                got[pid] = ast.literal_eval(rest[: rest.index("}") + 1])  # the leaves dict
+        return [] if got == want else [f"leaves: code {got}, command {want}"]
+    if case == "addr":
+        last = [ln.split() for ln in code_out.splitlines() if ln.startswith("0x")][-1]
+        want = records[0]["hpa"]
+        return [] if last[1] == str(want) else [f"hpa: code {last[1]}, command {want}"]
+    if case == "dump":
+        got = sorted((int(a, 16), int(h, 16)) for a, _, _, h in lines_of(code_out, 4))
+        want = sorted((r["addr"], r["hpa"]) for r in records)
+        return (
+            []
+            if got == want
+            else [f"{len(got)} leaves from the code, {len(want)} from the command, or other ones"]
+        )
+    # map, map_all: every root's ranges, in order
+    got = [(int(s, 16), int(e, 16), int(h, 16), int(lv)) for s, e, h, lv in lines_of(code_out, 4)]
+    want = [(r["start"], r["end"], r["hpa"], r["level"]) for r in records]
+    return (
+        []
+        if got == want
+        else [f"{len(got)} ranges from the code, {len(want)} from the command, or other ones"]
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pid", required=True)
+    ap.add_argument("--addr", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    vm = ["--vm", args.pid]
+    cases = {
+        "list": [*vm, "--list"],
+        "stats": [*vm, "--stats"],
+        "addr": [*vm, "--vcpu", "0", "--addr", args.addr],
+        "dump": [*vm, "--vcpu", "0", "--dump"],
+        "map": [*vm, "--vcpu", "0", "--map"],
+        "map_all": [*vm, "--vcpu", "0", "--map", "--root", "all"],
+    }
+    result = {}
+    for case, argv in cases.items():
+        rc, records, err = command(prog, argv)  # noqa: F821 (drgn's prog)
+        code, code_out, error = printed(prog, argv)  # noqa: F821
+        problems = [f"the printed code raised: {error}"] if error else []
+        if not error:
+            problems += compare(case, argv, rc, records, code_out)
+        result[case] = {
+            "argv": argv,
+            "code": code,
+            "code_stdout": code_out[-20000:],
+            "command_stderr": err,
+            "problems": problems,
+        }
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
