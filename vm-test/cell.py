@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent
@@ -303,11 +303,20 @@ def run_cell(
         result["console"]["qmp"] = _run(console_cmd(qmp), 600)
         result["plugin"]["qmp"] = _run(plugin_cmd(qmp), 600)
         result["errors"] = error_cases(drgn, qmp, syms, result["truth"], kind)
-        result["drgn_code"] = drgn_code_check(
-            drgn, qmp, syms, json.loads(first.read_text()), kind, workdir / "drgn_code.json"
+        # %kvmwalk --drgn's code beside the command; README's Python API block.
+        first_truth = json.loads(first.read_text())
+        result["drgn_code"] = first_page_script(
+            drgn, qmp, syms, "drgn_code_check.py", first_truth, kind, workdir / "drgn_code.json"
         )
-        result["readme_api"] = readme_api(
-            drgn, qmp, syms, json.loads(first.read_text()), kind, workdir / "readme_api.json"
+        result["readme_api"] = first_page_script(
+            drgn,
+            qmp,
+            syms,
+            "readme_api.py",
+            first_truth,
+            kind,
+            workdir / "readme_api.json",
+            ["--readme", str(TOP / "README.md")],
         )
         elf = workdir / "l1.elf"
         result["dump_seconds"] = round(l1.dump_elf(elf), 3)
@@ -427,55 +436,22 @@ def check_kdump_views(result: Dict[str, Any]) -> List[str]:
     return problems
 
 
-def readme_api(
-    drgn: str, target: List[str], syms: List[str], truth: Dict[str, Any], kind: str, out: Path
+def first_page_script(
+    drgn: str,
+    target: List[str],
+    syms: List[str],
+    script: str,
+    truth: Dict[str, Any],
+    kind: str,
+    out: Path,
+    extra: Sequence[str] = (),
 ) -> Dict[str, Any]:
-    """README's Python API block, run as it stands by vm-test/readme_api.py
-    for the workload's VM and its first tagged page."""
+    """Run the drgn script vm-test/``script`` on the target for the
+    workload's VM and its first tagged page (``--pid``, ``--addr``); its
+    JSON result, or the failed run."""
     page = truth["pages"][0]
-    r = _run(
-        [
-            drgn,
-            *target,
-            *syms,
-            str(HERE / "readme_api.py"),
-            "--readme",
-            str(TOP / "README.md"),
-            "--pid",
-            str(truth["pid"]),
-            "--addr",
-            hex(page[kind]),
-            "--out",
-            str(out),
-        ],
-        300,
-    )
-    if r["rc"] != 0 or not out.exists():
-        return {"error": json.dumps(r)[-3000:]}
-    return dict(json.loads(out.read_text()))
-
-
-def drgn_code_check(
-    drgn: str, target: List[str], syms: List[str], truth: Dict[str, Any], kind: str, out: Path
-) -> Dict[str, Any]:
-    """The code ``%kvmwalk ... --drgn`` prints, run beside the command itself
-    by vm-test/drgn_code_check.py, for the workload's VM."""
-    page = truth["pages"][0]
-    r = _run(
-        [
-            drgn,
-            *target,
-            *syms,
-            str(HERE / "drgn_code_check.py"),
-            "--pid",
-            str(truth["pid"]),
-            "--addr",
-            hex(page[kind]),
-            "--out",
-            str(out),
-        ],
-        600,
-    )
+    argv = [str(HERE / script), *extra, "--pid", str(truth["pid"]), "--addr", hex(page[kind])]
+    r = _run([drgn, *target, *syms, *argv, "--out", str(out)], 600)
     if r["rc"] != 0 or not out.exists():
         return {"error": json.dumps(r)[-3000:]}
     return dict(json.loads(out.read_text()))
