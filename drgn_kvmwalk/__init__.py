@@ -25,12 +25,17 @@ else:
 _LAZY = frozenset(
     {
         "LeafRun",
+        "MapRange",
+        "RangeMerger",
         "Unreadable",
         "canonical",
         "classify_table",
         "count_table_leaves",
         "iter_leaves",
+        "iter_ranges",
         "raw_addr",
+        "run_segments",
+        "split_starts",
     }
 )
 

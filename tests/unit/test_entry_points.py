@@ -88,6 +88,14 @@ def test_drgn_command_is_for_kernels_only():
         run_command(drgn.Program(drgn.host_platform), "kvmwalk --list")
 
 
+def test_every_leaves_name_is_there_lazily():
+    """The package's lazy names (numpy only on first use) are leaves.__all__."""
+    import drgn_kvmwalk
+    from drgn_kvmwalk import leaves
+
+    assert drgn_kvmwalk._LAZY == frozenset(leaves.__all__)
+
+
 def test_one_address_walk_does_not_import_numpy():
     code = "import sys, drgn_kvmwalk.cli, drgn_kvmwalk; print('numpy' in sys.modules)"
     out = subprocess.run(
