@@ -300,12 +300,12 @@ def run(
             return _walk(prog, args, out)
         return _leaves(prog, args, out, err)
     except NoSuchVm as e:
-        text = str(e)
-        if e.several:  # say it in the command line's words
-            text = text.replace(
-                "choose one by the pid of the process that created it", "choose one with --vm PID"
+        if e.choices:  # in the command line's words
+            print(
+                f"{prog_name}: {e.count} VMs exist; choose one with --vm PID: {e.choices}", file=err
             )
-        print(f"{prog_name}: {text}", file=err)
+        else:
+            print(f"{prog_name}: {e}", file=err)
     except (KvmWalkError, AddressError) as e:
         print(f"{prog_name}: {e}", file=err)
     except FaultError as e:

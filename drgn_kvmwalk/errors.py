@@ -31,12 +31,14 @@ class MissingDebugInfo(KvmWalkError):
 
 
 class NoSuchVm(KvmWalkError):
-    """No VM matches the pid asked for, or there are several to choose from
-    (``several``)."""
+    """No VM matches the pid asked for, or there are several to choose from:
+    then ``choices`` lists them ("pid 4242 (2 vCPUs), ...") and ``count`` says
+    how many, for the front-end to word its own request."""
 
-    def __init__(self, message: str, several: bool = False) -> None:
+    def __init__(self, message: str, choices: str = "", count: int = 0) -> None:
         super().__init__(message)
-        self.several = several
+        self.choices = choices
+        self.count = count
 
 
 class NoSuchVcpu(KvmWalkError):

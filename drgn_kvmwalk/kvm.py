@@ -136,10 +136,12 @@ def find_vm(prog: Program, pid: Optional[int]) -> Object:
     if pid is None:
         if len(vms) == 1:
             return vms[0][0]
+        choices = _describe_vms(vms)
         raise NoSuchVm(
             f"{len(vms)} VMs exist; choose one by the pid of the process that created it: "
-            + _describe_vms(vms),
-            several=True,
+            + choices,
+            choices=choices,
+            count=len(vms),
         )
     matches = [kvm for kvm, vm_pid_ in vms if vm_pid_ == pid]
     if len(matches) == 1:

@@ -69,7 +69,7 @@ def test_helpers_speak_kvm_and_the_command_line_speaks_options():
     prog = two_vms().prog
     with pytest.raises(NoSuchVm) as e:
         find_vm(prog, None)
-    assert "--vm" not in str(e.value) and e.value.several
+    assert "--vm" not in str(e.value) and e.value.count == 2
     rc, out, err = run(prog, "--vcpu", "0", "--addr", "0x1000")
     assert rc == EXIT_USAGE
     assert err == (
