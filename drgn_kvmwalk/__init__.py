@@ -30,6 +30,7 @@ _LAZY = frozenset(
         "Unreadable",
         "canonical",
         "classify_table",
+        "count_leaves",
         "count_table_leaves",
         "iter_leaves",
         "iter_ranges",

@@ -398,8 +398,8 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     start, end = args.range if args.range else (0, None)
     progress = Progress(err, enabled=not args.json)
 
-    def on_run(direct: bool) -> Callable[[LeafRun], None]:
-        return lambda run: progress.update(len(run.indexes), run.base, direct)
+    def on_leaves(direct: bool) -> Callable[[int, int], None]:
+        return lambda count, addr: progress.update(count, addr, direct)
 
     # Every range is checked before anything is printed.
     walks = [
@@ -412,7 +412,7 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                 start,
                 end,
                 per_table=args.annotate,  # one struct kvm_mmu_page per range
-                on_run=on_run(lr.root.direct),
+                on_leaves=on_leaves(lr.root.direct),
             )
             if args.map
             else iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end),

@@ -13,7 +13,6 @@ Nothing here imports drgn.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -49,6 +48,7 @@ __all__ = [
     "Unreadable",
     "canonical",
     "classify_table",
+    "count_leaves",
     "count_table_leaves",
     "iter_leaves",
     "raw_addr",
@@ -70,10 +70,6 @@ class LeafRun(NamedTuple):
     base: int  # the address entry 0 of the table translates (canonical)
     indexes: "np.ndarray[Any, Any]"
     sptes: "np.ndarray[Any, Any]"
-    # With iter_leaves(segments=True), for runs of page tables tested together:
-    # the run cut where a leaf does not continue the previous one's address,
-    # host page and attributes, as (first entry index, leaves, first SPTE).
-    segments: Optional[List[Tuple[int, int, int]]] = None
 
     def addrs(self) -> "np.ndarray[Any, Any]":
         """The address each leaf starts at (uint64)."""
@@ -109,13 +105,24 @@ def classify_table(
         present = (entries & np.uint64(fmt.mmu_present_mask)) != 0
     else:
         present = entries != 0
+    # decode_spte() tests for frozen and MMIO SPTEs first.  A test that no
+    # entry with the present bit can pass is left out: it cannot change
+    # ``present`` (with KVM's own masks, none is needed since v5.13).
     for value in fmt.frozen_values:
-        present &= entries != np.uint64(value)
-    if fmt.mmio_caching and fmt.mmio_value:
+        if not fmt.mmu_present_mask or value & fmt.mmu_present_mask:
+            present &= entries != np.uint64(value)
+    if fmt.mmio_caching and fmt.mmio_value and not _mmio_needs_no_test(fmt):
         present &= (entries & np.uint64(fmt.mmio_mask)) != np.uint64(fmt.mmio_value)
     if level == 1:
         return present, present
     return present, present & ((entries & np.uint64(PT_PAGE_SIZE_MASK)) != 0)
+
+
+def _mmio_needs_no_test(fmt: SpteFormat) -> bool:
+    """No SPTE with the MMU-present bit can be an MMIO SPTE: the MMIO mask
+    holds that bit and the MMIO value does not have it."""
+    bit = fmt.mmu_present_mask
+    return bool(bit and fmt.mmio_mask & bit and not fmt.mmio_value & bit)
 
 
 def canonical(root: Root, raw: int) -> int:
@@ -132,13 +139,79 @@ def raw_addr(root: Root, addr: int) -> int:
     return addr & ((1 << addr_bits(root)) - 1)
 
 
+class _PageTables(NamedTuple):
+    """Page tables (level 1) under one level-2 table, next to each other in
+    address order (no leaf of the level-2 table between them), read and
+    tested together: one numpy pass for all of them."""
+
+    base: int  # raw address that entry 0 of the level-2 table translates
+    children: "np.ndarray[Any, Any]"  # their entry indexes there (int64)
+    tables: List[int]  # their HPAs
+    pages: "np.ndarray[Any, Any]"  # (n, 512) entries
+    leaf: "np.ndarray[Any, Any]"  # (n, 512) bool
+
+    def leaves(self) -> int:
+        return int(np.count_nonzero(self.leaf))
+
+    def runs(self, root: Root) -> Iterator[LeafRun]:
+        """One :class:`LeafRun` per page table that has leaves."""
+        span = level_size(2)
+        every = np.arange(ENTRIES_PER_TABLE)
+        counts = np.count_nonzero(self.leaf, axis=1).tolist()
+        for row, (child, table, n) in enumerate(zip(self.children.tolist(), self.tables, counts)):
+            if not n:
+                continue
+            base = canonical(root, self.base + child * span)
+            if n == ENTRIES_PER_TABLE:
+                yield LeafRun(1, table, base, every, self.pages[row])
+            else:
+                index = np.flatnonzero(self.leaf[row])
+                yield LeafRun(1, table, base, index, self.pages[row][index])
+
+    def ranges(self, root: Root, fmt: SpteFormat) -> List["MapRange"]:
+        """The leaves cut where :func:`split_starts` says, across the page
+        tables: contiguous in address and host page, same attribute bits."""
+        # Flat over the block: entry k is page ``page[k]`` (4K pages from
+        # ``base``).  Leaf k continues leaf k-1 when both are leaves, the
+        # pages are neighbours and ``spte - page << 12`` is the same (next
+        # host page, same attribute bits): split_starts()'s test, on the
+        # matrices as they are, with no gather.
+        leaf = self.leaf.reshape(-1)
+        sptes = self.pages.reshape(-1)
+        page = ((self.children << 9)[:, None] + np.arange(ENTRIES_PER_TABLE)).reshape(-1)
+        key = sptes - (page.view(_U64) << np.uint64(12))
+        cont = np.zeros(len(leaf), dtype=bool)
+        cont[1:] = (key[1:] == key[:-1]) & (np.diff(page) == 1)
+        cont[1:] &= leaf[:-1]
+        cont &= leaf
+        starts = np.flatnonzero(leaf & ~cont)
+        if not starts.size:
+            return []
+        last = np.ones(len(leaf), dtype=bool)
+        last[:-1] = ~cont[1:]
+        ends = np.flatnonzero(leaf & last)
+        mask = fmt.base_addr_mask & ~(PAGE_SIZE - 1)
+        cbase = canonical(root, self.base)
+        tables = self.tables
+        return [
+            MapRange(
+                cbase + (p << 12), cbase + ((p + e - k + 1) << 12), v & mask, 1, v, tables[k >> 9]
+            )
+            for k, e, p, v in zip(
+                starts.tolist(), ends.tolist(), page[starts].tolist(), sptes[starts].tolist()
+            )
+        ]
+
+
+_Item = Union[LeafRun, Unreadable, _PageTables]
+
+
 def iter_leaves(
     mem: PhysMem,
     fmt: SpteFormat,
     root: Root,
     start: int = 0,
     end: Optional[int] = None,
-    segments: bool = False,
 ) -> Iterator[Union[LeafRun, Unreadable]]:
     """Every leaf SPTE under ``root`` whose page overlaps ``[start, end)``, in
     address order, as :class:`LeafRun` chunks; a table page that cannot be
@@ -151,15 +224,38 @@ def iter_leaves(
     with :func:`check_addr`); ``end`` defaults to the end of what the root
     translates.
 
-    With ``segments``, runs of page tables that were tested together also
-    carry :attr:`LeafRun.segments` (for --map), computed for all of them at
-    once.
-
     :raises AddressError: the range is outside what the root translates
         (raised at once, before any table is read)
     """
     lo, hi = _raw_range(root, start, end)
-    return _iter_leaves(mem, fmt, root, lo, hi, segments)
+    return _runs(_walk(mem, fmt, root, lo, hi), root)
+
+
+def _runs(items: Iterator[_Item], root: Root) -> Iterator[Union[LeafRun, Unreadable]]:
+    for item in items:
+        if isinstance(item, _PageTables):
+            yield from item.runs(root)
+        else:
+            yield item
+
+
+def count_leaves(
+    mem: PhysMem, fmt: SpteFormat, root: Root
+) -> Tuple[Dict[int, int], List[Unreadable]]:
+    """The number of leaf SPTEs under ``root`` per level, and the table pages
+    that could not be read; the same leaves :func:`iter_leaves` gives."""
+    counts: Dict[int, int] = {}
+    unreadable: List[Unreadable] = []
+    for item in _walk(mem, fmt, root, *_raw_range(root, 0, None)):
+        if isinstance(item, Unreadable):
+            unreadable.append(item)
+            continue
+        level, n = (
+            (1, item.leaves()) if isinstance(item, _PageTables) else (item.level, len(item.indexes))
+        )
+        if n:
+            counts[level] = counts.get(level, 0) + n
+    return counts, unreadable
 
 
 def _raw_range(root: Root, start: int, end: Optional[int]) -> Tuple[int, int]:
@@ -178,14 +274,10 @@ def _raw_range(root: Root, start: int, end: Optional[int]) -> Tuple[int, int]:
     return lo, hi
 
 
-def _iter_leaves(
-    mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int, segments: bool
-) -> Iterator[Union[LeafRun, Unreadable]]:
+def _walk(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int) -> Iterator[_Item]:
     level = root_start_level(root)
     if level != PT32E_ROOT_LEVEL:
-        yield from _leaves_in(
-            mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi, segments
-        )
+        yield from _leaves_in(mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi)
         return
     if root.pae_root_hpa is None:
         return
@@ -200,7 +292,7 @@ def _iter_leaves(
         if base + (1 << 30) <= lo or base >= hi:
             continue
         if entry & PT_PRESENT_MASK and entry != (1 << 64) - 1 and table:
-            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi, segments)
+            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi)
 
 
 def _leaves_in(
@@ -212,8 +304,7 @@ def _leaves_in(
     base: int,
     lo: int,
     hi: int,
-    segments: bool,
-) -> Iterator[Union[LeafRun, Unreadable]]:
+) -> Iterator[_Item]:
     shift = level_shift(level)
     size = 1 << shift
     first = max(0, (lo - base) >> shift) if lo > base else 0
@@ -235,28 +326,19 @@ def _leaves_in(
         if index.size:
             yield LeafRun(level, table, cbase, index, entries[index])
         return
-    children = np.flatnonzero(present & ~leaf).tolist()
+    children = np.flatnonzero(present & ~leaf)
     leaves = np.flatnonzero(leaf)
-    # Page tables under a level-2 table are read and tested together: one
-    # numpy pass for all of them instead of one per table page.
-    batch = (
-        _page_tables(mem, fmt, root, entries, children, base, lo, hi, segments)
-        if level == 2
-        else {}
-    )
+    if level == 2 and len(children) >= 2:
+        yield from _level2(mem, fmt, root, table, entries, children, leaves, base, lo, hi)
+        return
     done = 0
-    for child in children:
+    for child in children.tolist():
         # The leaves before this child come first, in address order.
         cut = int(np.searchsorted(leaves, child))
         if cut > done:
             index = leaves[done:cut]
             yield LeafRun(level, table, cbase, index, entries[index])
             done = cut
-        run = batch.get(child)
-        if run is not None:
-            if len(run.indexes):
-                yield run
-            continue
         yield from _leaves_in(
             mem,
             fmt,
@@ -266,80 +348,71 @@ def _leaves_in(
             base + child * size,
             lo,
             hi,
-            segments,
         )
     if leaves.size > done:
         index = leaves[done:]
         yield LeafRun(level, table, cbase, index, entries[index])
 
 
-def _page_tables(
+def _level2(
     mem: PhysMem,
     fmt: SpteFormat,
     root: Root,
+    table: int,
     entries: "np.ndarray[Any, Any]",
-    children: List[int],
+    children: "np.ndarray[Any, Any]",
+    leaves: "np.ndarray[Any, Any]",
     base: int,
     lo: int,
     hi: int,
-    segments: bool,
-) -> Dict[int, LeafRun]:
-    """The leaves of the level-1 tables that ``children`` of a level-2 table
-    point to, for those that lie wholly inside ``[lo, hi)`` and can be read:
-    entry index -> its LeafRun (maybe empty).  The others are left to the
-    one-table path (range edges, unreadable pages)."""
+) -> Iterator[_Item]:
+    """A level-2 table's page tables and leaves, in address order.  The page
+    tables that lie wholly inside ``[lo, hi)`` and can be read are read first
+    and tested in one pass, then given as :class:`_PageTables` blocks cut at
+    the 2M leaves between them; the others (range edges, unreadable pages)
+    go the one-table way."""
     span = level_size(2)
-    inside = [c for c in children if base + c * span >= lo and base + (c + 1) * span <= hi]
-    if len(inside) < 2:
-        return {}
-    tables = (entries[inside] & np.uint64(fmt.base_addr_mask)).tolist()
-    data, kept = [], []
-    for child, table in zip(inside, tables):
-        try:
-            data.append(mem.read(table, PAGE_SIZE))
-        except PhysMemError:
+    cbase = canonical(root, base)
+    kids = children.tolist()
+    tables = (entries[children] & np.uint64(fmt.base_addr_mask)).tolist()
+    data: List[bytes] = []
+    read: List[bool] = []
+    pages = leaf = np.zeros((0, ENTRIES_PER_TABLE), dtype=_U64)
+    for child, hpa in zip(kids, tables):
+        ok = base + child * span >= lo and base + (child + 1) * span <= hi
+        if ok:
+            try:
+                data.append(mem.read(hpa, PAGE_SIZE))
+            except PhysMemError:
+                ok = False
+        read.append(ok)
+    if data:
+        pages = np.frombuffer(b"".join(data), dtype=_U64).reshape(len(data), ENTRIES_PER_TABLE)
+        leaf = classify_table(fmt, pages, 1)[1]
+    before = np.searchsorted(leaves, children).tolist()  # leaves before each child
+    done = row = k = 0
+    while k < len(kids):
+        cut = before[k]
+        if cut > done:
+            index = leaves[done:cut]
+            yield LeafRun(2, table, cbase, index, entries[index])
+            done = cut
+        if not read[k]:
+            yield from _leaves_in(mem, fmt, root, tables[k], 1, base + kids[k] * span, lo, hi)
+            k += 1
             continue
-        kept.append((child, table))
-    if not kept:
-        return {}
-    pages = np.frombuffer(b"".join(data), dtype=_U64).reshape(len(kept), ENTRIES_PER_TABLE)
-    leaf = classify_table(fmt, pages, 1)[1]
-    rows, cols = np.nonzero(leaf)
-    sptes = pages[rows, cols]
-    ends = np.cumsum(np.count_nonzero(leaf, axis=1)).tolist()
-    cuts = _segment_starts(kept, rows, cols, sptes, ends) if segments else None
-    out = {}
-    start = 0
-    for (child, table), end in zip(kept, ends):
-        segs = None
-        if cuts is not None:
-            pos, first_idx, first_spte = cuts
-            a, b = bisect_left(pos, start), bisect_left(pos, end)
-            nxt = pos[a + 1 : b] + [end]
-            segs = [(first_idx[k], nxt[k - a] - pos[k], first_spte[k]) for k in range(a, b)]
-        out[child] = LeafRun(
-            1, table, canonical(root, base + child * span), cols[start:end], sptes[start:end], segs
+        j = k + 1
+        while j < len(kids) and read[j] and before[j] == cut:
+            j += 1
+        n = j - k
+        yield _PageTables(
+            base, children[k:j], tables[k:j], pages[row : row + n], leaf[row : row + n]
         )
-        start = end
-    return out
-
-
-def _segment_starts(
-    kept: List[Tuple[int, int]],
-    rows: "np.ndarray[Any, Any]",
-    cols: "np.ndarray[Any, Any]",
-    sptes: "np.ndarray[Any, Any]",
-    ends: List[int],
-) -> Tuple[List[int], List[int], List[int]]:
-    """Where, in a batch of page tables' leaves (in address order), a leaf
-    does not continue the previous one: not the next 4K of address, or not
-    the next host page with the same attributes (``spte - address`` changes).
-    Every table's first leaf starts one too.  Positions, and the entry index
-    and SPTE of the leaf at each."""
-    page = (np.array([child for child, _ in kept], dtype=np.int64)[rows] << 9) + cols
-    pos = np.union1d(split_starts(page, sptes, 12), np.array([0, *ends[:-1]], dtype=np.int64))
-    pos = pos[pos < len(cols)]
-    return pos.tolist(), cols[pos].tolist(), sptes[pos].tolist()
+        row += n
+        k = j
+    if leaves.size > done:
+        index = leaves[done:]
+        yield LeafRun(2, table, cbase, index, entries[index])
 
 
 def count_table_leaves(mem: PhysMem, fmt: SpteFormat, table: int, level: int) -> int:
@@ -366,7 +439,7 @@ def split_starts(
     """
     if len(pos) == 0:
         return np.zeros(0, dtype=np.int64)
-    key = sptes - (pos.astype(_U64) << np.uint64(shift))
+    key = sptes - (pos.astype(_U64, copy=False) << np.uint64(shift))
     brk = np.flatnonzero((key[1:] != key[:-1]) | ((pos[1:] - pos[:-1]) != 1)) + 1
     return np.concatenate((np.zeros(1, dtype=np.int64), brk.astype(np.int64)))
 
@@ -387,17 +460,8 @@ def run_segments(run: LeafRun, fmt: SpteFormat) -> List[MapRange]:
     """``run`` cut where :func:`split_starts` says; ranges of one table page."""
     shift = level_shift(run.level)
     mask = fmt.base_addr_mask & ~((1 << shift) - 1)
-    if run.segments is not None:  # computed for a whole batch of tables
-        triples = run.segments
-    else:
-        starts = split_starts(run.indexes, run.sptes, shift)
-        ends = [*starts[1:].tolist(), len(run.indexes)]
-        triples = [
-            (i, e - st, v)
-            for i, v, st, e in zip(
-                run.indexes[starts].tolist(), run.sptes[starts].tolist(), starts.tolist(), ends
-            )
-        ]
+    starts = split_starts(run.indexes, run.sptes, shift)
+    counts = np.diff(starts, append=len(run.indexes)).tolist()
     return [
         MapRange(
             run.base + (i << shift),
@@ -407,7 +471,7 @@ def run_segments(run: LeafRun, fmt: SpteFormat) -> List[MapRange]:
             v,
             run.table,
         )
-        for i, n, v in triples
+        for i, n, v in zip(run.indexes[starts].tolist(), counts, run.sptes[starts].tolist())
     ]
 
 
@@ -456,7 +520,7 @@ def iter_ranges(
     end: Optional[int] = None,
     *,
     per_table: bool = False,
-    on_run: Optional[Callable[[LeafRun], None]] = None,
+    on_leaves: Optional[Callable[[int, int], None]] = None,
 ) -> Iterator[Union[MapRange, Unreadable]]:
     """The ranges ``--map`` prints for ``root``: its leaves (as
     :func:`iter_leaves` gives them, within ``[start, end)``) merged by
@@ -465,33 +529,43 @@ def iter_ranges(
 
     :param per_table: ranges stop at table pages (``--annotate``: one
         ``struct kvm_mmu_page`` per range)
-    :param on_run: called with each leaf run as it is read (progress)
+    :param on_leaves: called as ``on_leaves(count, address)`` as leaves are
+        read (progress): ``count`` leaves from ``address`` on
     :raises AddressError: the range is beyond what the root translates
     """
-    runs = iter_leaves(mem, fmt, root, start, end, segments=not per_table)
-    return _ranges(runs, fmt, per_table, on_run)
+    lo, hi = _raw_range(root, start, end)
+    return _ranges(_walk(mem, fmt, root, lo, hi), fmt, root, per_table, on_leaves)
 
 
 def _ranges(
-    runs: Iterator[Union[LeafRun, Unreadable]],
+    items: Iterator[_Item],
     fmt: SpteFormat,
+    root: Root,
     per_table: bool,
-    on_run: Optional[Callable[[LeafRun], None]],
+    on_leaves: Optional[Callable[[int, int], None]],
 ) -> Iterator[Union[MapRange, Unreadable]]:
     merger = RangeMerger(fmt)
     table = None
-    for run in runs:
-        if isinstance(run, Unreadable):
-            yield run
+    if per_table:
+        items = _runs(items, root)
+    for item in items:
+        if isinstance(item, Unreadable):
+            yield item
             continue
-        if on_run is not None:
-            on_run(run)
-        if per_table and run.table != table:
-            done = merger.flush()
-            if done is not None:
-                yield done
-            table = run.table
-        for seg in run_segments(run, fmt):
+        if isinstance(item, _PageTables):
+            if on_leaves is not None:
+                on_leaves(item.leaves(), canonical(root, item.base))
+            segments = item.ranges(root, fmt)
+        else:
+            if on_leaves is not None:
+                on_leaves(len(item.indexes), item.base)
+            if per_table and item.table != table:
+                done = merger.flush()
+                if done is not None:
+                    yield done
+                table = item.table
+            segments = run_segments(item, fmt)
+        for seg in segments:
             done = merger.add(seg)
             if done is not None:
                 yield done

@@ -7,7 +7,7 @@ per-VM counters KVM keeps (``kvm->stat.pages_4k/2m/1g``, arch/x86/kvm/mmu.h
 
 - TDP MMU: every root on ``kvm->arch.tdp_mmu_roots`` (invalid roots too:
   their SPTEs stay counted until they are zapped), walked from the root as
-  :func:`~drgn_kvmwalk.leaves.iter_leaves` does;
+  :func:`~drgn_kvmwalk.leaves.count_leaves` does;
 - legacy (shadow) MMU: every shadow page on ``kvm->arch.active_mmu_pages``,
   each counted on its own, because shadow pages are shared between roots
   and KVM counts an SPTE once (``__rmap_add()`` / ``mmu_spte_clear_track_bits()``).
@@ -21,7 +21,7 @@ from drgn import FaultError, Object
 from drgn.helpers.linux.mm import virt_to_phys
 
 from .kvm import vm_pid
-from .leaves import LeafRun, count_table_leaves, iter_leaves
+from .leaves import count_leaves, count_table_leaves
 from .mmu import DrgnPhysMem, for_each_active_mmu_page, for_each_tdp_mmu_root
 from .spte import PAGE_SIZE
 from .sptefmt import spte_format
@@ -144,11 +144,10 @@ def vm_stats(kvm: Object) -> VmStats:
         level = int(sp.role.level)
         hpa = int(virt_to_phys(prog, sp.spt))
         roots += 1
-        for run in iter_leaves(mem, fmt, Root(hpa, level, True, level)):
-            if isinstance(run, LeafRun):
-                counts["tdp_mmu"][run.level] += len(run.indexes)
-            else:
-                unreadable.append((run.table, run.error))
+        per_level, holes = count_leaves(mem, fmt, Root(hpa, level, True, level))
+        for leaf_level, n in per_level.items():
+            counts["tdp_mmu"][leaf_level] += n
+        unreadable += [(u.table, u.error) for u in holes]
     for sp in for_each_active_mmu_page(kvm):
         level = int(sp.role.level)
         if int(sp.root_count):

@@ -64,6 +64,26 @@ def timed(cmd: List[str], runs: int) -> Dict[str, Any]:
     return {"cmd": shlex.join(cmd), "seconds": times, "median": statistics.median(times)}
 
 
+def make_dump(kernel: Any, spec: Any, work: Path, workload: str, elf: Path, log: Any) -> None:
+    """Boot L1 with the benchmark VM, take its ELF dump, power it off."""
+    with L1(
+        kernel,
+        append=spec.append,
+        cpu_features=spec.cpu_features,
+        workdir=work,
+        memory="4G",
+        log=log,
+        agent_cmd=agent_command(
+            [workload], {}, python=sys.executable, ready_timeout=2400, timeout=3000
+        ),
+    ) as l1:
+        ready = l1.wait_ready(2700)
+        if not ready.get("ok"):
+            raise SystemExit(f"L1 failed: {ready.get('errors')}")
+        l1.dump_elf(elf)
+        l1.release(180)
+
+
 def main() -> int:
     cell.use_project_venv()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -79,7 +99,12 @@ def main() -> int:
         "--keep",
         type=Path,
         default=TOP / "build" / "bench",
-        help="work directory (the dump is deleted at the end)",
+        help="work directory (the dump is deleted at the end unless --keep-dump)",
+    )
+    ap.add_argument(
+        "--keep-dump",
+        action="store_true",
+        help="keep DIR/l1.elf, and time an existing one instead of booting L1 again",
     )
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -106,24 +131,13 @@ def main() -> int:
     )
     elf = work / "l1.elf"
     t0 = time.monotonic()
-    with L1(
-        kernel,
-        append=spec.append,
-        cpu_features=spec.cpu_features,
-        workdir=work,
-        memory="4G",
-        log=log,
-        agent_cmd=agent_command(
-            [workload], {}, python=sys.executable, ready_timeout=2400, timeout=3000
-        ),
-    ) as l1:
-        ready = l1.wait_ready(2700)
-        if not ready.get("ok"):
-            raise SystemExit(f"L1 failed: {ready.get('errors')}")
-        truth = json.loads(truth_file.read_text())
-        l1.dump_elf(elf)
-        l1.release(180)
+    if args.keep_dump and elf.exists() and truth_file.exists():
+        log(f"[bench] timing the kept dump {elf}")
+    else:
+        make_dump(kernel, spec, work, workload, elf, log)
+    truth = json.loads(truth_file.read_text())
     log(f"[bench] dump ready after {time.monotonic() - t0:.0f} s")
+
     pid = str(truth["pid"])
     drgn = cell.drgn_bin()
     syms = cell.symbol_args(kernel)
@@ -207,7 +221,8 @@ def main() -> int:
         ]
     for name, cmd in procs.items():
         result["process"][name] = timed(cmd, args.runs)
-    elf.unlink(missing_ok=True)
+    if not args.keep_dump:
+        elf.unlink(missing_ok=True)
     (work / "bench.json").write_text(json.dumps(result, indent=1))
     base = result["process"]["drgn start-up"]["median"]
     print(

@@ -8,9 +8,17 @@ Runs ``cli.main(prog, argv)`` ``--runs`` times with its output thrown away
 (a sink that only counts characters), and records each run's wall time, the
 leaf count (from ``--stats``, over the vCPU's root), and the process's peak
 RSS before the first run (drgn with its symbols loaded) and after the last.
+
+Each run of the view is paired with a run of the floor walk, in the same
+process and on the same dump: vCPU 0's root descended with one 4 KiB read
+and one numpy test per table page and nothing else (no SPTE format, no
+special roots, no output).  No view can be faster than that, and a ratio to
+it does not drift with the machine's speed the way absolute figures do.
+With ``--profile FILE``, one more run of the view goes under cProfile.
 """
 
 import argparse
+import cProfile
 import io
 import json
 import os
@@ -20,7 +28,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import numpy as np  # noqa: E402
+
 from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
+from drgn_kvmwalk.kvm import find_vcpu, find_vm  # noqa: E402
+from drgn_kvmwalk.mmu import mmu_info  # noqa: E402
 
 VIEWS = {
     "stats": ["--stats"],
@@ -45,6 +57,20 @@ class Sink(io.TextIOBase):
         return False
 
 
+def floor_walk(prog, hpa, level):
+    """Leaves under the table page at ``hpa``: one 4 KiB read and one numpy
+    test per table page (present and not a large page; level 1 has only
+    leaves), then down into each child."""
+    entries = np.frombuffer(prog.read(hpa, 4096, True), dtype="<u8")
+    if level == 1:
+        return int(np.count_nonzero(entries & np.uint64(1)))
+    down = (entries & np.uint64(0x81)) == np.uint64(1)
+    leaves = int(np.count_nonzero(entries & np.uint64(1))) - int(np.count_nonzero(down))
+    for child in (entries[down] & np.uint64(0x000FFFFFFFFFF000)).tolist():
+        leaves += floor_walk(prog, child, level - 1)
+    return leaves
+
+
 def peak_rss_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -55,8 +81,10 @@ def main():
     ap.add_argument("--view", required=True, choices=sorted(VIEWS))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--profile", help="also write a cProfile of one more run here")
     args = ap.parse_args()
     prog_ = prog  # noqa: F821 (drgn's prog)
+    root = mmu_info(find_vcpu(find_vm(prog_, int(args.pid)), 0)).root
     base_rss = peak_rss_kib()
     # The leaves the views go through: KVM's own count over the VM's tables
     # and the tool's (--stats), taken once.
@@ -64,8 +92,12 @@ def main():
     rc = kvmwalk_main(prog_, ["--vm", args.pid, "--stats", "--json"], out=stats_out, err=sys.stderr)
     stats = json.loads(stats_out.getvalue())
     argv = ["--vm", args.pid, *VIEWS[args.view]]
-    times, chars = [], 0
+    times, floor_times, chars = [], [], 0
+    floor_leaves = floor_walk(prog_, root.hpa, root.level)  # warm the same pages
     for _ in range(args.runs):
+        t0 = time.perf_counter()
+        floor_leaves = floor_walk(prog_, root.hpa, root.level)
+        floor_times.append(time.perf_counter() - t0)
         sink = Sink()
         t0 = time.perf_counter()
         rc = kvmwalk_main(prog_, argv, out=sink, err=sys.stderr)
@@ -73,10 +105,19 @@ def main():
         chars = sink.chars
         if rc:
             sys.exit(f"{argv}: exit status {rc}")
+    if args.profile:
+        cProfile.runctx(
+            "kvmwalk_main(prog_, argv, out=Sink(), err=sys.stderr)",
+            globals(),
+            {"prog_": prog_, "argv": argv},
+            args.profile,
+        )
     result = {
         "view": args.view,
         "argv": argv,
         "seconds": times,
+        "floor_seconds": floor_times,
+        "floor_leaves": floor_leaves,
         "output_chars": chars,
         "stats": stats,
         "rss_kib_before": base_rss,

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """iter_leaves(): every leaf under a root, in address order, over synthetic tables."""
 
+from collections import Counter
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drgn_kvmwalk.leaves import LeafRun, Unreadable, iter_leaves
+from drgn_kvmwalk.leaves import LeafRun, Unreadable, count_leaves, iter_leaves
 from drgn_kvmwalk.spte import FROZEN_SPTE_VALUES, decode_spte, level_size
 from drgn_kvmwalk.walk import AddressError, Root, TableCache, walk_addr
 
@@ -196,6 +198,7 @@ def test_matches_a_plain_reading(level, maps, junk, window):
     full, holes = flatten(iter_leaves(mem, X86, root), X86)
     assert not holes
     assert full == reference(mem, X86, t.root, level)
+    assert count_leaves(mem, X86, root) == (Counter(x[1] for x in full), [])
     for addr, lvl, sptep, _, hpa in full[:20]:
         w = walk_addr(TableCache(mem), X86, root, addr)
         assert (w.hpa, w.page_size, w.steps[-1].sptep) == (hpa, level_size(lvl), sptep)
@@ -222,6 +225,7 @@ def test_page_tables_under_one_pd_are_batched_like_one_by_one():
     leaves, holes = flatten(iter_leaves(mem, X86, root), X86)
     assert leaves == expect
     assert [(h.level, h.table, h.base) for h in holes] == [(1, bad, 9 << 21)]
+    assert count_leaves(mem, X86, root) == (Counter(x[1] for x in expect), holes)
     lo, hi = (3 << 21) + 0x5000, (30 << 21) + 0x3000
     part, _ = flatten(iter_leaves(mem, X86, root, lo, hi), X86)
     assert part == [x for x in expect if x[0] < hi and x[0] + level_size(x[1]) > lo]

@@ -24,12 +24,32 @@ from .test_walk import X86, X86_LEAF, npt
 NX = 1 << 63
 
 
-def build(leaves, segments=False):
-    """Tables holding (addr, level, hpa, extra bits) leaves; the runs over them."""
+def tables(leaves):
+    """Tables holding (addr, level, hpa, extra bits) leaves: (memory, root)."""
     mem, t, root = npt(4)
     for addr, level, hpa, extra in leaves:
         t.map(addr, hpa, level=level, extra=extra)
-    return list(iter_leaves(mem, X86, root, segments=segments))
+    return mem, root
+
+
+def build(leaves):
+    """The runs over tables holding ``leaves``."""
+    mem, root = tables(leaves)
+    return list(iter_leaves(mem, X86, root))
+
+
+def map_of(leaves, batched):
+    """--map's JSON records for ``leaves``: from iter_ranges() (page tables
+    cut into ranges together), or merged by hand from each run's segments."""
+    if not batched:
+        return ranges(build(leaves))
+    flags = FlagCache(X86)
+    return [json.loads(map_line(r, flags, 7, 1, True)) for r in iter_ranges(*_mr(leaves))]
+
+
+def _mr(leaves):
+    mem, root = tables(leaves)
+    return mem, X86, root
 
 
 def ranges(runs, as_json=True):
@@ -58,9 +78,9 @@ def test_iter_ranges_is_the_merge_of_the_leaves():
     for addr, level, hpa, extra in leaves:
         t.map(addr, hpa, level=level, extra=extra)
     seen = []
-    got = list(iter_ranges(mem, X86, root, on_run=seen.append))
+    got = list(iter_ranges(mem, X86, root, on_leaves=lambda n, addr: seen.append(n)))
     assert got == ranges(build(leaves), as_json=False)
-    assert sum(len(r.indexes) for r in seen) == len(leaves)
+    assert sum(seen) == len(leaves)
     per_table = list(iter_ranges(mem, X86, root, per_table=True))
     assert [(r.start, r.end) for r in per_table] == [
         (0x1000, 0x5000),
@@ -91,14 +111,14 @@ def test_dump_json_lines_are_the_contract():
     assert text[1].split()[1] == "2M"
 
 
-@pytest.mark.parametrize("segments", [False, True])
-def test_map_merges_contiguous_leaves_only(segments):
+@pytest.mark.parametrize("batched", [False, True])
+def test_map_merges_contiguous_leaves_only(batched):
     leaves = [(0x1000 * i, 1, 0x10_0000 + 0x1000 * i, 0) for i in range(1, 5)]  # one range
     leaves += [(0x5000, 1, 0x20_0000, 0)]  # HPA jumps
     leaves += [(0x6000, 1, 0x20_1000, NX)]  # other flags
     leaves += [(0x8000, 1, 0x20_3000, NX)]  # address gap
     leaves += [(0x20_0000, 2, 0x40_0000, 0), (0x40_0000, 2, 0x60_0000, 0)]  # 2M x 2
-    got = [(r["start"], r["end"], r["hpa"], r["level"]) for r in ranges(build(leaves, segments))]
+    got = [(r["start"], r["end"], r["hpa"], r["level"]) for r in map_of(leaves, batched)]
     assert got == [
         (0x1000, 0x5000, 0x10_1000, 1),
         (0x5000, 0x6000, 0x20_0000, 1),
@@ -108,13 +128,11 @@ def test_map_merges_contiguous_leaves_only(segments):
     ]
 
 
-@pytest.mark.parametrize("segments", [False, True])
-def test_map_joins_across_table_pages(segments):
+@pytest.mark.parametrize("batched", [False, True])
+def test_map_joins_across_table_pages(batched):
     # 4K leaves at the end of one page table and the start of the next.
     leaves = [(0x1F_F000, 1, 0x30_0000, 0), (0x20_0000, 1, 0x30_1000, 0)]
-    runs = build(leaves, segments)
-    assert all((r.segments is not None) == segments for r in runs)
-    assert [(r["start"], r["end"]) for r in ranges(runs)] == [(0x1F_F000, 0x20_1000)]
+    assert [(r["start"], r["end"]) for r in map_of(leaves, batched)] == [(0x1F_F000, 0x20_1000)]
 
 
 @settings(max_examples=100, deadline=None)
@@ -126,19 +144,16 @@ def test_map_joins_across_table_pages(segments):
     ),
     st.booleans(),
 )
-def test_map_covers_exactly_the_dump(pages, segments):
+def test_map_covers_exactly_the_dump(pages, batched):
     """Random 4K leaves (some with contiguous HPAs, some with NX): the ranges
     are sorted, disjoint, and cover exactly the leaves, each range's leaves
     contiguous in HPA and with the range's flags."""
-    runs = build(
-        [(i << 12, 1, (0x100000 + i + 7 * j) << 12, NX if nx else 0) for i, j, nx in pages],
-        segments,
-    )
-    leaves, _ = flatten(runs, X86)
+    spec = [(i << 12, 1, (0x100000 + i + 7 * j) << 12, NX if nx else 0) for i, j, nx in pages]
+    leaves, _ = flatten(build(spec), X86)
     nx = {i << 12: n for i, _, n in pages}
     covered = {}
     prev_end = -1
-    for r in ranges(runs):
+    for r in map_of(spec, batched):
         assert r["start"] >= prev_end and r["end"] > r["start"]
         prev_end = r["end"]
         for a in range(r["start"], r["end"], 0x1000):
