@@ -10,11 +10,23 @@ walk needs, with one line on stderr and never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
 import time
-from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    List,
+    NamedTuple,
+    NoReturn,
+    Optional,
+    Sequence,
+    TextIO,
+    Tuple,
+)
 
 from drgn import FaultError, Object, Program
 
@@ -23,6 +35,7 @@ from .kvm import find_vcpu, find_vm, for_each_vm, vm_pid
 from .mmu import DrgnPhysMem, ShadowPage, to_shadow_page
 from .render import (
     FlagCache,
+    dump_block,
     dump_header,
     dump_lines,
     header_text,
@@ -40,6 +53,9 @@ from .spte import SpteFormat
 from .sptefmt import spte_format
 from .views import ROOT_CHOICES, LabelledRoot, select_roots, vm_summary
 from .walk import AddressError, TableCache, walk_addr
+
+if TYPE_CHECKING:
+    from .leaves import LeafRun  # numpy: imported only by the whole-table views
 
 __all__ = [
     "EXIT_OK",
@@ -384,9 +400,6 @@ def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-_CHUNK = 8192  # lines per write: streamed output, bounded memory
-
-
 def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """--dump and --map: every leaf under the vCPU's root(s), or the ranges
     the core merges them into."""
@@ -431,40 +444,114 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
             sps[table] = to_shadow_page(prog, table)
         return sps
 
-    lines: List[str] = []
+    output = _Output(out)
     for lr, items in walks:
         direct = lr.root.direct
         label = None if args.root == "current" else lr.label
         if not args.json:
-            lines += [
-                _root_header(vm, args, lr, fmt),
-                map_header(direct) if args.map else dump_header(direct),
-            ]
+            output.line(_root_header(vm, args, lr, fmt))
+            output.line(map_header(direct) if args.map else dump_header(direct))
+        block = _LeafBlock(
+            output,
+            functools.partial(
+                dump_block,
+                fmt=fmt,
+                flags=flags,
+                vm_pid=vm.pid,
+                vcpu_id=args.vcpu,
+                as_json=args.json,
+                root=label,
+            ),
+        )
         for item in items:
             if isinstance(item, Unreadable):
+                block.flush()
+                output.flush()
                 progress.clear()
                 err.write(f"warning: {unreadable_line(item, direct)}\n")
                 continue
             if isinstance(item, LeafRun):
                 progress.update(len(item.indexes), item.base, direct)
-                lines += dump_lines(
-                    item, fmt, flags, vm.pid, args.vcpu, args.json, annotation(item.table), label
-                )
+                if args.annotate:
+                    for line in dump_lines(
+                        item,
+                        fmt,
+                        flags,
+                        vm.pid,
+                        args.vcpu,
+                        args.json,
+                        annotation(item.table),
+                        label,
+                    ):
+                        output.line(line)
+                    continue
+                block.add(item)
             else:
-                lines.append(
+                output.line(
                     map_line(
                         item, flags, vm.pid, args.vcpu, args.json, annotation(item.table), label
                     )
                 )
-            if len(lines) >= _CHUNK:
+            if output.size >= _CHUNK_CHARS:
                 progress.clear()
-                out.write("\n".join(lines) + "\n")
-                lines = []
+                output.flush()
+        block.flush()
     progress.clear()
-    if lines:
-        out.write("\n".join(lines) + "\n")
+    output.flush()
     out.flush()
     return EXIT_OK
+
+
+_BLOCK = 65536  # leaves rendered together by --dump: bounded memory
+_CHUNK_CHARS = 1 << 20  # characters per write: streamed output
+
+
+class _LeafBlock:
+    """Leaf runs of one level, gathered to be rendered together (up to
+    ``_BLOCK`` leaves) by ``render``."""
+
+    def __init__(self, output: _Output, render: Callable[[List[LeafRun]], str]) -> None:
+        self.output = output
+        self.render = render
+        self.runs: List[LeafRun] = []
+        self.leaves = 0
+
+    def add(self, run: LeafRun) -> None:
+        if self.runs and self.runs[0].level != run.level:
+            self.flush()
+        self.runs.append(run)
+        self.leaves += len(run.indexes)
+        if self.leaves >= _BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.runs:
+            self.output.text(self.render(self.runs))
+            self.runs = []
+            self.leaves = 0
+
+
+class _Output:
+    """Text gathered for ``out`` and written in chunks."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.parts: List[str] = []
+        self.size = 0
+
+    def line(self, line: str) -> None:
+        self.parts.append(line + "\n")
+        self.size += len(line) + 1
+
+    def text(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+
+    def flush(self) -> None:
+        if self.parts:
+            self.out.write("".join(self.parts))
+            self.parts = []
+            self.size = 0
 
 
 class Progress:

@@ -21,6 +21,7 @@ __all__ = [
     "LEVEL_NAMES",
     "FlagCache",
     "dump_header",
+    "dump_block",
     "dump_lines",
     "table_line",
     "header_text",
@@ -216,6 +217,68 @@ def dump_lines(
         dump_text_row(addr, size, sptep, spte, hpa, get(level, spte)[0])
         for addr, sptep, spte, hpa in _dump_rows(run, fmt)
     ]
+
+
+def dump_block(
+    runs: Sequence[LeafRun],
+    fmt: SpteFormat,
+    flags: FlagCache,
+    vm_pid: int,
+    vcpu_id: int,
+    as_json: bool,
+    root: Optional[str] = None,
+) -> str:
+    """The lines :func:`dump_lines` makes for ``runs`` (leaf runs of one level,
+    in address order; no ``--annotate``), each ended by a newline, made for
+    all the runs at once (:func:`~drgn_kvmwalk.columns.format_lines`)."""
+    import numpy as np  # already loaded by leaves.py, which made the runs
+
+    from .columns import Dec, Hex, Layout, Text, format_lines
+
+    if not runs:
+        return ""
+    level = runs[0].level
+    assert all(r.level == level for r in runs), "one level per block"
+    cols = [
+        np.concatenate([r.addrs() for r in runs]),
+        np.concatenate([r.spteps() for r in runs]),
+        np.concatenate([r.sptes for r in runs]),
+        np.concatenate([r.hpas(fmt) for r in runs]),
+    ]
+    # Flags depend on the bits outside the page address, which change rarely
+    # along the leaves: one decode per change.
+    attrs = cols[2] & np.uint64(flags.attr_mask)
+    starts = np.concatenate(([0], np.flatnonzero(attrs[1:] != attrs[:-1]) + 1))
+    pick = 1 if as_json else 0
+    ids: Dict[int, int] = {}
+    texts: List[str] = []
+    seq = []
+    for attr, spte in zip(attrs[starts].tolist(), cols[2][starts].tolist()):
+        if attr not in ids:
+            ids[attr] = len(texts)
+            texts.append(flags.get(level, spte)[pick])
+        seq.append(ids[attr])
+    which = np.repeat(np.array(seq, dtype=np.int64), np.diff(starts, append=len(attrs)))
+    layout: Layout
+    if as_json:
+        layout = [
+            f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "addr": ',
+            Dec(0),
+            f', "level": {level}, "sptep": ',
+            Dec(1),
+            ', "spte": ',
+            Dec(2),
+            ', "hpa": ',
+            Dec(3),
+            ', "flags": ',
+            Text(),
+            _json_tail(None, 0, root),
+        ]
+    else:
+        size = page_size_name(level_size(level))
+        layout = [Hex(0, 16), f"  {size:>4}  ", Hex(1, 12), "  ", Hex(2, 16), "  ", Hex(3, 12)]
+        layout += ["  ", Text()]
+    return format_lines(layout, cols, texts, which)
 
 
 def _dump_rows(run: LeafRun, fmt: SpteFormat) -> Iterator[Tuple[int, int, int, int]]:

@@ -277,3 +277,41 @@ def test_dump_text_block_equals_line_by_line(entries, big_hpas):
     ]
     assert got == want
     assert len(got) == len(entries)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 1023),
+            st.sampled_from([1, 1, 1, 2]),
+            st.integers(0, (1 << 52) - 1),
+            st.sampled_from([0, NX, 1 << 9, NX | (1 << 52)]),
+        ),
+        min_size=1,
+        max_size=60,
+        unique_by=lambda x: (x[0], x[1]),
+    ),
+    st.booleans(),
+    st.sampled_from([None, "prev 0x1234"]),
+)
+def test_dump_block_is_dump_lines_of_every_run(entries, as_json, label):
+    """--dump's block renderer (runs of one level at once) writes exactly the
+    lines dump_lines() writes run by run, text and JSON, with a root label."""
+    from drgn_kvmwalk.render import dump_block
+
+    mem, t, root = npt(4)
+    for index, level, hpa, extra in entries:
+        size = 0x1000 if level == 1 else 0x20_0000
+        addr = index * 0x20_0000 if level == 2 else 0x8000_0000 + index * 0x1000
+        t.map(addr, hpa & ~(size - 1), level=level, extra=extra)
+    runs = list(iter_leaves(mem, X86_52, root))
+    flags = FlagCache(X86_52)
+    for level in (1, 2):
+        same = [r for r in runs if r.level == level]
+        want = "".join(
+            line + "\n"
+            for r in same
+            for line in dump_lines(r, X86_52, flags, 7, 1, as_json, root=label)
+        )
+        assert dump_block(same, X86_52, FlagCache(X86_52), 7, 1, as_json, label) == want

@@ -1,0 +1,202 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Lines of numbers made for many rows at once: the --dump renderer's engine.
+
+A line is a :data:`Layout`: constant text, and numbers taken from uint64
+columns, in decimal (JSON) or in hex with a minimum width (text columns).
+:func:`format_lines` makes the lines of every row of the columns the way
+Python's own formatting would (``f"{v}"``, ``f"{v:#0{w}x}"``), without a
+Python operation per row: each number column becomes a matrix of digit
+characters in a few numpy passes, and the rows are cut into segments in
+which every number has the same width, so that each segment is one character
+matrix written out at once.  Rows in address order change widths rarely
+(addresses grow; host pages come in long runs), so segments are long; when
+they are not, the lines are made one by one.
+
+Nothing here knows about SPTEs.  Needs numpy, like the whole-table views.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["Dec", "Hex", "Layout", "format_lines", "format_lines_slowly"]
+
+_U64 = np.dtype("<u8")
+
+
+class Dec:
+    """Column ``col`` in decimal, as ``str(int)`` writes it."""
+
+    __slots__ = ("col",)
+
+    def __init__(self, col: int) -> None:
+        self.col = col
+
+
+class Hex:
+    """Column ``col`` as ``f"{v:#0{width + 2}x}"``: "0x" and at least ``width``
+    lowercase hex digits (more when the value needs them)."""
+
+    __slots__ = ("col", "width")
+
+    def __init__(self, col: int, width: int) -> None:
+        self.col = col
+        self.width = width
+
+
+# Constant text, a number, or the row's own text (an index into the texts
+# given to format_lines, one per row: the flags).
+Piece = Union[str, Dec, Hex, "Text"]
+
+
+class Text:
+    """The row's own text: ``texts[which[row]]``."""
+
+    __slots__ = ()
+
+
+Layout = Sequence[Piece]
+
+# Four decimal digits per table entry; two hex digits per byte.
+_DEC4 = np.frombuffer(b"".join(b"%04d" % i for i in range(10000)), dtype="<u4")
+_HEX2 = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype="<u2")
+_POW10 = np.array([10**k for k in range(1, 20)], dtype=_U64)
+_POW16 = np.array([16**k for k in range(1, 16)], dtype=_U64)
+
+
+def _dec_digits(v: "np.ndarray[Any, Any]") -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
+    """(N x 20 digit characters with leading zeros, number of digits)."""
+    n = len(v)
+    digits = 1 + np.searchsorted(_POW10, v, side="right")
+    groups = (int(digits.max()) + 3) // 4 if n else 1  # of 4 digits, from the right
+    out = np.empty((n, 5), dtype="<u4")
+    out[:, : 5 - groups] = _DEC4[0]
+    if groups > 3:
+        hi = v // np.uint64(10**12)
+        lo = (v - hi * np.uint64(10**12)).astype(np.float64)  # < 10**12: exact
+        parts = [(lo, 3), (hi.astype(np.float64), groups - 3)]  # hi < 1.9 * 10**7
+    else:
+        parts = [(v.astype(np.float64), groups)]  # < 10**12: exact
+    col = 4
+    for part, count in parts:
+        for _ in range(count):
+            # Exact: part < 2**46 * 10**4, so part / 10**4 rounds below the
+            # next integer, and the products and differences are integers.
+            q = np.floor(part / 10000.0)
+            out[:, col] = _DEC4[(part - q * 10000.0).astype(np.intp)]
+            part = q
+            col -= 1
+    return out.view(np.uint8), digits
+
+
+def _hex_digits(v: "np.ndarray[Any, Any]") -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
+    """(N x 16 hex digit characters with leading zeros, digits needed)."""
+    big = v.astype(">u8").view(np.uint8).reshape(len(v), 8)
+    out = _HEX2[big].view(np.uint8).reshape(len(v), 16)
+    digits = 1 + np.searchsorted(_POW16, v, side="right")
+    return out, digits
+
+
+def format_lines(
+    layout: Layout,
+    columns: Sequence["np.ndarray[Any, Any]"],
+    texts: Sequence[str] = (),
+    which: "np.ndarray[Any, Any] | None" = None,
+) -> str:
+    """The lines of ``layout`` for every row of ``columns`` (uint64 arrays
+    of one length), each ended by a newline.  :class:`Text` pieces write
+    ``texts[which[row]]``."""
+    n = len(columns[0]) if columns else len(which if which is not None else ())
+    if not n:
+        return ""
+    digits = {}
+    width_keys: List["np.ndarray[Any, Any]"] = []
+    for piece in layout:
+        if isinstance(piece, (Dec, Hex)):
+            key = (type(piece), piece.col)
+            if key not in digits:
+                v = columns[piece.col].astype(_U64, copy=False)
+                digits[key] = _dec_digits(v) if isinstance(piece, Dec) else _hex_digits(v)
+            chars, need = digits[key]
+            width_keys.append(need if isinstance(piece, Dec) else np.maximum(need, piece.width))
+    if which is not None:
+        width_keys.append(np.asarray(which))
+    if width_keys:
+        keys = np.stack(width_keys, axis=1)
+        change = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
+    else:
+        keys = np.zeros((n, 0), dtype=np.int64)
+        change = np.zeros(0, dtype=np.int64)
+    if len(change) > n // 16 + 8:
+        return format_lines_slowly(layout, columns, texts, which)
+    bounds = [0, *change.tolist(), n]
+    encoded = [t.encode() for t in texts]
+    # Each segment: its pieces (constant bytes, or a digit matrix and the
+    # width to take from its right), then one buffer for all of them.
+    plans = []
+    total = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        key = keys[a].tolist()
+        k = 0
+        parts: List[Union[bytes, Tuple["np.ndarray[Any, Any]", int]]] = []
+        const = b""
+        for piece in layout:
+            if isinstance(piece, str):
+                const += piece.encode()
+            elif isinstance(piece, Text):
+                const += encoded[key[-1]]
+            else:
+                if isinstance(piece, Hex):
+                    const += b"0x"
+                if const:
+                    parts.append(const)
+                    const = b""
+                parts.append((digits[(type(piece), piece.col)][0], key[k]))
+                k += 1
+        parts.append(const + b"\n")
+        width = sum(len(p) if isinstance(p, bytes) else p[1] for p in parts)
+        plans.append((a, b, total, width, parts))
+        total += (b - a) * width
+    buf = np.empty(total, dtype=np.uint8)
+    for a, b, at, width, parts in plans:
+        rows = buf[at : at + (b - a) * width].reshape(b - a, width)
+        x = 0
+        for p in parts:
+            if isinstance(p, bytes):
+                rows[:, x : x + len(p)] = np.frombuffer(p, np.uint8)
+                x += len(p)
+            else:
+                chars, w = p
+                rows[:, x : x + w] = chars[a:b, chars.shape[1] - w :]
+                x += w
+    return str(buf.data, "ascii")
+
+
+def format_lines_slowly(
+    layout: Layout,
+    columns: Sequence["np.ndarray[Any, Any]"],
+    texts: Sequence[str] = (),
+    which: "np.ndarray[Any, Any] | None" = None,
+) -> str:
+    """What :func:`format_lines` makes, one row at a time with Python's own
+    formatting: its reference, and its way when widths change too often."""
+    cols = [c.tolist() for c in columns]
+    rows = which.tolist() if which is not None else None
+    n = len(cols[0]) if cols else len(rows or ())
+    lines = []
+    for i in range(n):
+        line = []
+        for piece in layout:
+            if isinstance(piece, str):
+                line.append(piece)
+            elif isinstance(piece, Text):
+                assert rows is not None
+                line.append(texts[rows[i]])
+            elif isinstance(piece, Dec):
+                line.append(str(cols[piece.col][i]))
+            else:
+                line.append(f"{cols[piece.col][i]:#0{piece.width + 2}x}")
+        lines.append("".join(line) + "\n")
+    return "".join(lines)
