@@ -63,32 +63,37 @@ Layout = Sequence[Piece]
 _DEC4 = np.frombuffer(b"".join(b"%04d" % i for i in range(10000)), dtype="<u4")
 _HEX2 = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype="<u2")
 _POW10 = np.array([10**k for k in range(1, 20)], dtype=_U64)
+_POW10_0 = np.array([10**k for k in range(20)], dtype=_U64)
 _POW16 = np.array([16**k for k in range(1, 16)], dtype=_U64)
 
 
 def _dec_digits(v: "np.ndarray[Any, Any]") -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
     """(N x 20 digit characters with leading zeros, number of digits)."""
     n = len(v)
-    digits = 1 + np.searchsorted(_POW10, v, side="right")
+    digits = _dec_width(v)
     groups = (int(digits.max()) + 3) // 4 if n else 1  # of 4 digits, from the right
     out = np.empty((n, 5), dtype="<u4")
     out[:, : 5 - groups] = _DEC4[0]
-    if groups > 3:
-        hi = v // np.uint64(10**12)
-        lo = (v - hi * np.uint64(10**12)).astype(np.float64)  # < 10**12: exact
-        parts = [(lo, 3), (hi.astype(np.float64), groups - 3)]  # hi < 1.9 * 10**7
-    else:
-        parts = [(v.astype(np.float64), groups)]  # < 10**12: exact
-    col = 4
-    for part, count in parts:
-        for _ in range(count):
-            # Exact: part < 2**46 * 10**4, so part / 10**4 rounds below the
-            # next integer, and the products and differences are integers.
-            q = np.floor(part / 10000.0)
-            out[:, col] = _DEC4[(part - q * 10000.0).astype(np.intp)]
-            part = q
-            col -= 1
+    x = v
+    for col in range(4, 4 - groups, -1):
+        q = x // np.uint64(10000)
+        out[:, col] = _DEC4.take((x - q * np.uint64(10000)).astype(np.intp))
+        x = q
     return out.view(np.uint8), digits
+
+
+def _dec_width(v: "np.ndarray[Any, Any]") -> "np.ndarray[Any, Any]":
+    """The number of decimal digits of each value (1 for 0)."""
+    # The bit length from the float's exponent: exact below 2**53, and at
+    # most one too large above (rounding up to a power of two).  Then
+    # floor(log10(2) * bits) (1233 / 4096 is just under log10(2)) is the
+    # digit count or one less; two comparisons with powers of ten settle it.
+    exp = (v.astype(np.float64).view(np.int64) >> 52) - 1022  # bit length, for v > 0
+    t = np.clip((exp * 1233) >> 12, 0, 19)
+    digits = t + (v >= _POW10_0.take(t))
+    digits -= (digits > 1) & (v < _POW10_0.take(np.maximum(digits - 1, 0)))
+    result: "np.ndarray[Any, Any]" = np.maximum(digits, 1)
+    return result
 
 
 def _hex_digits(v: "np.ndarray[Any, Any]") -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
@@ -97,6 +102,15 @@ def _hex_digits(v: "np.ndarray[Any, Any]") -> Tuple["np.ndarray[Any, Any]", "np.
     out = _HEX2[big].view(np.uint8).reshape(len(v), 16)
     digits = 1 + np.searchsorted(_POW16, v, side="right")
     return out, digits
+
+
+def _rows(
+    array: "np.ndarray[Any, Any]", offset: int, count: int, stride: int, width: int
+) -> "np.ndarray[Any, Any]":
+    """``count`` byte strings of ``width`` bytes in ``array``'s buffer, from
+    ``offset`` on, ``stride`` bytes apart: one element per row, so that a
+    copy is one memcpy per row."""
+    return np.ndarray((count,), dtype=f"V{width}", buffer=array, offset=offset, strides=(stride,))
 
 
 def format_lines(
@@ -161,15 +175,16 @@ def format_lines(
         total += (b - a) * width
     buf = np.empty(total, dtype=np.uint8)
     for a, b, at, width, parts in plans:
-        rows = buf[at : at + (b - a) * width].reshape(b - a, width)
+        m = b - a
         x = 0
         for p in parts:
             if isinstance(p, bytes):
-                rows[:, x : x + len(p)] = np.frombuffer(p, np.uint8)
+                _rows(buf, at + x, m, width, len(p))[...] = np.void(p)
                 x += len(p)
             else:
                 chars, w = p
-                rows[:, x : x + w] = chars[a:b, chars.shape[1] - w :]
+                src = _rows(chars, a * chars.shape[1] + chars.shape[1] - w, m, chars.shape[1], w)
+                _rows(buf, at + x, m, width, w)[...] = src
                 x += w
     return str(buf.data, "ascii")
 
