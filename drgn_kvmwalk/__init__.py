@@ -26,6 +26,7 @@ _LAZY = frozenset(
     {
         "LeafRun",
         "MapRange",
+        "MapRanges",
         "RangeMerger",
         "Unreadable",
         "canonical",
@@ -33,6 +34,7 @@ _LAZY = frozenset(
         "count_leaves",
         "count_table_leaves",
         "iter_leaves",
+        "iter_range_blocks",
         "iter_ranges",
         "raw_addr",
         "run_segments",

@@ -41,6 +41,7 @@ from .render import (
     header_text,
     list_json,
     list_text,
+    map_block,
     map_header,
     map_line,
     stats_json,
@@ -404,7 +405,7 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     """--dump and --map: every leaf under the vCPU's root(s), or the ranges
     the core merges them into."""
     # numpy: only for whole-table views
-    from .leaves import LeafRun, Unreadable, iter_leaves, iter_ranges
+    from .leaves import LeafRun, MapRanges, Unreadable, iter_leaves, iter_range_blocks, iter_ranges
 
     vm, roots = _roots(prog, args)
     fmt = spte_format(vm.kvm)
@@ -418,14 +419,20 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     walks = [
         (
             lr,
-            iter_ranges(
-                DrgnPhysMem(prog),
-                fmt,
-                lr.root,
-                start,
-                end,
-                per_table=args.annotate,  # one struct kvm_mmu_page per range
-                on_leaves=on_leaves(lr.root.direct),
+            (
+                iter_ranges(
+                    DrgnPhysMem(prog),
+                    fmt,
+                    lr.root,
+                    start,
+                    end,
+                    per_table=True,  # one struct kvm_mmu_page per range
+                    on_leaves=on_leaves(lr.root.direct),
+                )
+                if args.annotate
+                else iter_range_blocks(
+                    DrgnPhysMem(prog), fmt, lr.root, start, end, on_leaves=on_leaves(lr.root.direct)
+                )
             )
             if args.map
             else iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end),
@@ -486,6 +493,8 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                         output.line(line)
                     continue
                 block.add(item)
+            elif isinstance(item, MapRanges):
+                output.text(map_block(item, flags, vm.pid, args.vcpu, args.json, label))
             else:
                 output.line(
                     map_line(

@@ -27,12 +27,14 @@ _U64 = np.dtype("<u8")
 
 
 class Dec:
-    """Column ``col`` in decimal, as ``str(int)`` writes it."""
+    """Column ``col`` in decimal, as ``str(int)`` writes it; with ``pad``,
+    right-aligned in ``pad`` characters as ``f"{v:>{pad}}"`` does."""
 
-    __slots__ = ("col",)
+    __slots__ = ("col", "pad")
 
-    def __init__(self, col: int) -> None:
+    def __init__(self, col: int, pad: int = 0) -> None:
         self.col = col
+        self.pad = pad
 
 
 class Hex:
@@ -164,6 +166,8 @@ def format_lines(
             else:
                 if isinstance(piece, Hex):
                     const += b"0x"
+                elif piece.pad > key[k]:
+                    const += b" " * (piece.pad - key[k])
                 if const:
                     parts.append(const)
                     const = b""
@@ -210,7 +214,7 @@ def format_lines_slowly(
                 assert rows is not None
                 line.append(texts[rows[i]])
             elif isinstance(piece, Dec):
-                line.append(str(cols[piece.col][i]))
+                line.append(f"{cols[piece.col][i]:>{piece.pad}}")
             else:
                 line.append(f"{cols[piece.col][i]:#0{piece.width + 2}x}")
         lines.append("".join(line) + "\n")

@@ -41,7 +41,9 @@ from .walk import (
 __all__ = [
     "LeafRun",
     "MapRange",
+    "MapRanges",
     "RangeMerger",
+    "iter_range_blocks",
     "iter_ranges",
     "run_segments",
     "split_starts",
@@ -168,39 +170,38 @@ class _PageTables(NamedTuple):
                 index = np.flatnonzero(self.leaf[row])
                 yield LeafRun(1, table, base, index, self.pages[row][index])
 
-    def ranges(self, root: Root, fmt: SpteFormat) -> List["MapRange"]:
+    def ranges(self, root: Root, fmt: SpteFormat) -> "MapRanges":
         """The leaves cut where :func:`split_starts` says, across the page
         tables: contiguous in address and host page, same attribute bits."""
-        # Flat over the block: entry k is page ``page[k]`` (4K pages from
-        # ``base``).  Leaf k continues leaf k-1 when both are leaves, the
-        # pages are neighbours and ``spte - page << 12`` is the same (next
-        # host page, same attribute bits): split_starts()'s test, on the
-        # matrices as they are, with no gather.
+        # Flat over the block.  Leaf k continues leaf k-1 when both are
+        # leaves, the next SPTE is 4096 more (next host page, same attribute
+        # bits: split_starts()'s test, with no gather) and they are
+        # neighbours: in one page table, or at the edge of two tables whose
+        # entries in the level-2 table are neighbours.
         leaf = self.leaf.reshape(-1)
         sptes = self.pages.reshape(-1)
-        page = ((self.children << 9)[:, None] + np.arange(ENTRIES_PER_TABLE)).reshape(-1)
-        key = sptes - (page.view(_U64) << np.uint64(12))
         cont = np.zeros(len(leaf), dtype=bool)
-        cont[1:] = (key[1:] == key[:-1]) & (np.diff(page) == 1)
+        cont[1:] = (sptes[1:] - sptes[:-1]) == np.uint64(PAGE_SIZE)
+        if len(self.children) > 1:
+            gap = np.flatnonzero(np.diff(self.children) != 1) + 1
+            cont[gap * ENTRIES_PER_TABLE] = False
         cont[1:] &= leaf[:-1]
         cont &= leaf
         starts = np.flatnonzero(leaf & ~cont)
-        if not starts.size:
-            return []
         last = np.ones(len(leaf), dtype=bool)
         last[:-1] = ~cont[1:]
         ends = np.flatnonzero(leaf & last)
-        mask = fmt.base_addr_mask & ~(PAGE_SIZE - 1)
-        cbase = canonical(root, self.base)
-        tables = self.tables
-        return [
-            MapRange(
-                cbase + (p << 12), cbase + ((p + e - k + 1) << 12), v & mask, 1, v, tables[k >> 9]
-            )
-            for k, e, p, v in zip(
-                starts.tolist(), ends.tolist(), page[starts].tolist(), sptes[starts].tolist()
-            )
-        ]
+        rows = starts >> 9
+        page = (self.children[rows] << 9) + (starts & (ENTRIES_PER_TABLE - 1))
+        first = sptes[starts]
+        return MapRanges(
+            1,
+            np.uint64(canonical(root, self.base)) + (page.astype(_U64) << np.uint64(12)),
+            (ends - starts + 1).astype(_U64),
+            first & np.uint64(fmt.base_addr_mask & ~(PAGE_SIZE - 1)),
+            first,
+            np.array(self.tables, dtype=_U64)[rows],
+        )
 
 
 _Item = Union[LeafRun, Unreadable, _PageTables]
@@ -456,23 +457,125 @@ class MapRange(NamedTuple):
     table: int  # HPA of the table page of the range's first leaf
 
 
+class MapRanges(NamedTuple):
+    """Ranges of one level in address order, as uint64 numpy columns: row
+    ``i`` is ``MapRange(start[i], start[i] + pages[i] * level_size(level),
+    hpa[i], level, spte[i], table[i])``."""
+
+    level: int
+    start: "np.ndarray[Any, Any]"
+    pages: "np.ndarray[Any, Any]"  # of level_size(level) each
+    hpa: "np.ndarray[Any, Any]"
+    spte: "np.ndarray[Any, Any]"  # of each range's first leaf
+    table: "np.ndarray[Any, Any]"  # HPA of the table page of the first leaf
+
+    def ends(self) -> List[int]:
+        """Each range's end (exclusive), as Python ints: the last may be 2**64."""
+        shift = level_shift(self.level)
+        return [s + (n << shift) for s, n in zip(self.start.tolist(), self.pages.tolist())]
+
+    def ranges(self) -> List[MapRange]:
+        return [
+            MapRange(s, e, h, self.level, v, t)
+            for s, e, h, v, t in zip(
+                self.start.tolist(),
+                self.ends(),
+                self.hpa.tolist(),
+                self.spte.tolist(),
+                self.table.tolist(),
+            )
+        ]
+
+    def rows(self, keep: "Union[np.ndarray[Any, Any], slice]") -> "MapRanges":
+        """The ranges at ``keep`` (an index array or a slice)."""
+        return MapRanges(
+            self.level,
+            self.start[keep],
+            self.pages[keep],
+            self.hpa[keep],
+            self.spte[keep],
+            self.table[keep],
+        )
+
+
+def _run_ranges(run: LeafRun, fmt: SpteFormat) -> MapRanges:
+    shift = level_shift(run.level)
+    starts = split_starts(run.indexes, run.sptes, shift)
+    first = run.sptes[starts]
+    return MapRanges(
+        run.level,
+        np.uint64(run.base) + (run.indexes[starts].astype(_U64) << np.uint64(shift)),
+        np.diff(starts, append=len(run.indexes)).astype(_U64),
+        first & np.uint64(fmt.base_addr_mask & ~((1 << shift) - 1)),
+        first,
+        np.full(len(starts), run.table, dtype=_U64),
+    )
+
+
 def run_segments(run: LeafRun, fmt: SpteFormat) -> List[MapRange]:
     """``run`` cut where :func:`split_starts` says; ranges of one table page."""
-    shift = level_shift(run.level)
-    mask = fmt.base_addr_mask & ~((1 << shift) - 1)
-    starts = split_starts(run.indexes, run.sptes, shift)
-    counts = np.diff(starts, append=len(run.indexes)).tolist()
-    return [
-        MapRange(
-            run.base + (i << shift),
-            run.base + ((i + n) << shift),
-            v & mask,
-            run.level,
-            v,
-            run.table,
+    return _run_ranges(run, fmt).ranges()
+
+
+class _BlockMerger:
+    """:class:`RangeMerger`'s joins over :class:`MapRanges` blocks: a range
+    joins the one before it when it starts where that one ends, its HPA
+    follows, and its flags are the same; the last range of a block waits for
+    the next block."""
+
+    def __init__(self, fmt: SpteFormat) -> None:
+        self.fmt = fmt
+        self.attr_mask = np.uint64(((1 << 64) - 1) ^ fmt.base_addr_mask)
+        self._classes: Dict[Tuple[int, int], int] = {}  # (level, attr bits) -> flag class
+        self._by_flags: Dict[Tuple[str, ...], int] = {}
+        self.pending: Optional[MapRanges] = None
+
+    def _flag_classes(self, block: MapRanges) -> "np.ndarray[Any, Any]":
+        """A number per range, the same for ranges whose flags are the same."""
+        attrs = block.spte & self.attr_mask
+        cuts = np.concatenate(([0], np.flatnonzero(attrs[1:] != attrs[:-1]) + 1))
+        seq = []
+        for attr, spte in zip(attrs[cuts].tolist(), block.spte[cuts].tolist()):
+            key = (block.level, attr)
+            got = self._classes.get(key)
+            if got is None:
+                flags = tuple(decode_spte(self.fmt, spte, block.level).flags)
+                got = self._classes[key] = self._by_flags.setdefault(flags, len(self._by_flags))
+            seq.append(got)
+        return np.repeat(np.array(seq, dtype=np.int64), np.diff(cuts, append=len(attrs)))
+
+    def add(self, block: MapRanges) -> List[MapRanges]:
+        """Feed a block; returns the ranges that are complete."""
+        out = []
+        p = self.pending
+        if p is not None and p.level != block.level:
+            out.append(p)
+        elif p is not None:
+            block = MapRanges(
+                block.level, *(np.concatenate((a, b)) for a, b in zip(p[1:], block[1:]))
+            )
+        if not len(block.start):
+            self.pending = None if p is None or out else p
+            return out
+        size = np.uint64(level_size(block.level))
+        ends = block.start + block.pages * size
+        classes = self._flag_classes(block)
+        join = np.zeros(len(block.start), dtype=bool)
+        join[1:] = (
+            (ends[:-1] == block.start[1:])
+            & (block.hpa[:-1] + block.pages[:-1] * size == block.hpa[1:])
+            & (classes[:-1] == classes[1:])
         )
-        for i, n, v in zip(run.indexes[starts].tolist(), counts, run.sptes[starts].tolist())
-    ]
+        heads = np.flatnonzero(~join)
+        pages = np.add.reduceat(block.pages, heads)
+        merged = block.rows(heads)._replace(pages=pages)
+        self.pending = merged.rows(slice(-1, None))
+        out.append(merged.rows(slice(0, -1)))
+        return out
+
+    def flush(self) -> Optional[MapRanges]:
+        p, self.pending = self.pending, None
+        return p
 
 
 class RangeMerger:
@@ -537,17 +640,31 @@ def iter_ranges(
     return _ranges(_walk(mem, fmt, root, lo, hi), fmt, root, per_table, on_leaves)
 
 
-def _ranges(
+def iter_range_blocks(
+    mem: PhysMem,
+    fmt: SpteFormat,
+    root: Root,
+    start: int = 0,
+    end: Optional[int] = None,
+    *,
+    on_leaves: Optional[Callable[[int, int], None]] = None,
+) -> Iterator[Union[MapRanges, Unreadable]]:
+    """The ranges of :func:`iter_ranges`, as :class:`MapRanges` blocks of
+    many ranges each (for renderers that make many lines at once).
+
+    :raises AddressError: the range is beyond what the root translates
+    """
+    lo, hi = _raw_range(root, start, end)
+    return _range_blocks(_walk(mem, fmt, root, lo, hi), fmt, root, on_leaves)
+
+
+def _range_blocks(
     items: Iterator[_Item],
     fmt: SpteFormat,
     root: Root,
-    per_table: bool,
     on_leaves: Optional[Callable[[int, int], None]],
-) -> Iterator[Union[MapRange, Unreadable]]:
-    merger = RangeMerger(fmt)
-    table = None
-    if per_table:
-        items = _runs(items, root)
+) -> Iterator[Union[MapRanges, Unreadable]]:
+    merger = _BlockMerger(fmt)
     for item in items:
         if isinstance(item, Unreadable):
             yield item
@@ -555,17 +672,47 @@ def _ranges(
         if isinstance(item, _PageTables):
             if on_leaves is not None:
                 on_leaves(item.leaves(), canonical(root, item.base))
-            segments = item.ranges(root, fmt)
+            block = item.ranges(root, fmt)
         else:
             if on_leaves is not None:
                 on_leaves(len(item.indexes), item.base)
-            if per_table and item.table != table:
-                done = merger.flush()
-                if done is not None:
-                    yield done
-                table = item.table
-            segments = run_segments(item, fmt)
-        for seg in segments:
+            block = _run_ranges(item, fmt)
+        for done in merger.add(block):
+            if len(done.start):
+                yield done
+    last = merger.flush()
+    if last is not None and len(last.start):
+        yield last
+
+
+def _ranges(
+    items: Iterator[_Item],
+    fmt: SpteFormat,
+    root: Root,
+    per_table: bool,
+    on_leaves: Optional[Callable[[int, int], None]],
+) -> Iterator[Union[MapRange, Unreadable]]:
+    if not per_table:
+        for block in _range_blocks(items, fmt, root, on_leaves):
+            if isinstance(block, Unreadable):
+                yield block
+            else:
+                yield from block.ranges()
+        return
+    merger = RangeMerger(fmt)
+    table = None
+    for run in _runs(items, root):
+        if isinstance(run, Unreadable):
+            yield run
+            continue
+        if on_leaves is not None:
+            on_leaves(len(run.indexes), run.base)
+        if run.table != table:
+            done = merger.flush()
+            if done is not None:
+                yield done
+            table = run.table
+        for seg in run_segments(run, fmt):
             done = merger.add(seg)
             if done is not None:
                 yield done

@@ -12,7 +12,7 @@ from .walk import Root, Step, Walk, root_start_level
 if TYPE_CHECKING:
     # Only for annotations: rendering a walk needs neither numpy (leaves.py)
     # nor drgn (mmu.py), and a one-address run should not import them.
-    from .leaves import LeafRun, MapRange, Unreadable
+    from .leaves import LeafRun, MapRange, MapRanges, Unreadable
     from .mmu import ShadowPage
     from .stats import VmStats
     from .views import VmSummary
@@ -27,6 +27,7 @@ __all__ = [
     "header_text",
     "list_json",
     "list_text",
+    "map_block",
     "map_header",
     "map_line",
     "page_size_name",
@@ -392,6 +393,59 @@ def map_line(
         f"{(r.end - r.start) >> shift:>7}  {text}"
     )
     return line if sps is None else table_line(r.table, sps) + "\n" + line
+
+
+def map_block(
+    block: MapRanges,
+    flags: FlagCache,
+    vm_pid: int,
+    vcpu_id: int,
+    as_json: bool,
+    root: Optional[str] = None,
+) -> str:
+    """The lines :func:`map_line` makes for every range of ``block`` (no
+    ``--annotate``), each ended by a newline, made at once
+    (:func:`~drgn_kvmwalk.columns.format_lines`)."""
+    import numpy as np  # already loaded by leaves.py, which made the block
+
+    from .columns import Dec, Hex, Layout, Text, format_lines
+
+    level = block.level
+    ends = block.start + (block.pages << np.uint64(level_shift(level)))
+    if len(ends) and int(ends[-1]) == 0:  # the end of the address space: 2**64
+        ranges = block.ranges()
+        return "".join(
+            map_line(r, flags, vm_pid, vcpu_id, as_json, None, root) + "\n" for r in ranges
+        )
+    attrs = block.spte & np.uint64(flags.attr_mask)
+    starts = np.concatenate(([0], np.flatnonzero(attrs[1:] != attrs[:-1]) + 1))
+    pick = 1 if as_json else 0
+    ids: Dict[int, int] = {}
+    texts: List[str] = []
+    seq = []
+    for attr, spte in zip(attrs[starts].tolist(), block.spte[starts].tolist()):
+        if attr not in ids:
+            ids[attr] = len(texts)
+            texts.append(flags.get(level, spte)[pick])
+        seq.append(ids[attr])
+    which = np.repeat(np.array(seq, dtype=np.int64), np.diff(starts, append=len(attrs)))
+    layout: Layout
+    if as_json:
+        layout = [
+            f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "start": ',
+            Dec(0),
+            ', "end": ',
+            Dec(1),
+            ', "hpa": ',
+            Dec(2),
+            f', "level": {level}, "flags": ',
+            Text(),
+            _json_tail(None, 0, root),
+        ]
+    else:
+        layout = [Hex(0, 16), "  ", Hex(1, 16), "  ", Hex(2, 12), f"  {_SIZE_COLUMN[level]}  "]
+        layout += [Dec(3, 7), "  ", Text()]
+    return format_lines(layout, [block.start, ends, block.hpa, block.pages], texts, which)
 
 
 def unreadable_line(u: Unreadable, direct: bool) -> str:

@@ -16,6 +16,7 @@ EDGES = sorted(
     | {1 << k for k in range(64)}
 )
 LAYOUT = ['{"a": ', Dec(0), ', "b": ', Dec(1), ", ", Hex(0, 12), " ", Hex(1, 16), " ", Text(), "}"]
+LAYOUT += [" |", Dec(0, 7), "|"]
 TEXTS = ("x", "yy", "")
 
 
@@ -43,11 +44,12 @@ def test_edges_as_python_writes_them(matrix_only):
     cols = [np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64)]
     fast = format_lines(LAYOUT, cols, TEXTS, np.array(w))
     expect = "".join(
-        f'{{"a": {x}, "b": {y}, {x:#014x} {y:#018x} {TEXTS[t]}}}\n' for x, y, t in zip(a, b, w)
+        f'{{"a": {x}, "b": {y}, {x:#014x} {y:#018x} {TEXTS[t]}}} |{x:>7}|\n'
+        for x, y, t in zip(a, b, w)
     )
     assert fast == expect
     assert fast.splitlines()[0] == (
-        '{"a": 0, "b": 18446744073709551615, 0x000000000000 0xffffffffffffffff x}'
+        '{"a": 0, "b": 18446744073709551615, 0x000000000000 0xffffffffffffffff x} |      0|'
     )
 
 
@@ -57,14 +59,16 @@ def test_long_runs_of_one_width_take_the_matrix_way(matrix_only):
     cols = [np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64)]
     fast = format_lines(LAYOUT, cols, TEXTS, np.zeros(len(a), dtype=np.int64))
     assert fast.count("\n") == len(a)
-    assert fast.splitlines()[-1] == f'{{"a": {a[-1]}, "b": {b[-1]}, {a[-1]:#014x} {b[-1]:#018x} x}}'
+    assert fast.splitlines()[-1] == (
+        f'{{"a": {a[-1]}, "b": {b[-1]}, {a[-1]:#014x} {b[-1]:#018x} x}} |{a[-1]:>7}|'
+    )
 
 
 def test_the_reference_is_python_formatting():
     fast, slow = both([5, 300], [1 << 63, 0], [1, 2])
     assert slow == (
-        '{"a": 5, "b": 9223372036854775808, 0x000000000005 0x8000000000000000 yy}\n'
-        '{"a": 300, "b": 0, 0x00000000012c 0x0000000000000000 }\n'
+        '{"a": 5, "b": 9223372036854775808, 0x000000000005 0x8000000000000000 yy} |      5|\n'
+        '{"a": 300, "b": 0, 0x00000000012c 0x0000000000000000 } |    300|\n'
     )
     assert fast == slow
 

@@ -315,3 +315,60 @@ def test_dump_block_is_dump_lines_of_every_run(entries, as_json, label):
             for line in dump_lines(r, X86_52, flags, 7, 1, as_json, root=label)
         )
         assert dump_block(same, X86_52, FlagCache(X86_52), 7, 1, as_json, label) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 4 * 512 - 1),  # 4K page, or 2M page when the level is 2
+            st.sampled_from([1, 1, 1, 1, 2]),
+            st.integers(0, 40),  # HPA: small numbers make neighbours likely
+            st.sampled_from([0, 0, NX, 1 << 9]),  # bit 9 (ignored): same flags, other bits
+        ),
+        max_size=120,
+        unique_by=lambda x: x[0] >> 9 if x[1] == 2 else x[0],
+    )
+)
+def test_iter_ranges_blocks_join_as_range_merger_does(entries):
+    """iter_ranges() (page tables cut and joined as column blocks) gives the
+    ranges RangeMerger makes from each run's segments, one at a time, for
+    page tables with 2M leaves and holes between them, and SPTEs whose
+    attribute bits differ but decode to the same flags."""
+    seen2m = {page >> 9 for page, level, _, _ in entries if level == 2}
+    leaves = []
+    for page, level, hpa, extra in entries:
+        if level == 2:
+            leaves.append(((page >> 9) << 21, 2, 0x4000_0000 + (hpa << 21), extra))
+        elif page >> 9 not in seen2m:
+            leaves.append((page << 12, 1, 0x10_0000 + (hpa << 12), extra))
+    mem, root = tables(leaves)
+    assert list(iter_ranges(mem, X86, root)) == ranges(build(leaves), as_json=False)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize("label", [None, "all 0x1000"])
+def test_map_block_is_map_line_of_every_range(as_json, label):
+    """--map's block renderer writes the lines map_line() writes range by
+    range, also for a range that ends at the top of the address space."""
+    from drgn_kvmwalk.leaves import iter_range_blocks
+    from drgn_kvmwalk.render import map_block
+
+    leaves = [(0x1000 * i, 1, 0x10_0000 + 0x1000 * (i % 7), NX * (i % 3 == 0)) for i in range(600)]
+    leaves += [(0x40_0000, 2, 0x60_0000, 0), (0x60_0000, 2, 0x80_0000, 0)]
+    mem, root = tables(leaves)
+    top = [(0xFFFF_FFFF_FFFF_F000, 1, 0x9000, 0)]  # a GVA root: the last page of the space
+    gva_mem, gva_root = tables([(0xFFFF_FFFF_FFFF_F000 & ((1 << 48) - 1), 1, 0x9000, 0)])
+    gva_root = gva_root._replace(direct=False)
+    for m, r in ((mem, root), (gva_mem, gva_root)):
+        blocks = list(iter_range_blocks(m, X86, r))
+        flags = FlagCache(X86)
+        got = "".join(map_block(b, flags, 7, 1, as_json, label) for b in blocks)
+        want = "".join(
+            map_line(x, FlagCache(X86), 7, 1, as_json, None, label) + "\n"
+            for b in blocks
+            for x in b.ranges()
+        )
+        assert got == want
+    assert [x.end for b in blocks for x in b.ranges()] == [1 << 64]
+    assert top[0][0] == blocks[0].ranges()[0].start
