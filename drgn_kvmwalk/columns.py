@@ -115,6 +115,10 @@ def _rows(
     return np.ndarray((count,), dtype=f"V{width}", buffer=array, offset=offset, strides=(stride,))
 
 
+def _digits_key(piece: Union[Dec, Hex]) -> Tuple[type, int, bool]:
+    return type(piece), piece.col, isinstance(piece, Dec) and piece.pad > 0
+
+
 def format_lines(
     layout: Layout,
     columns: Sequence["np.ndarray[Any, Any]"],
@@ -131,12 +135,20 @@ def format_lines(
     width_keys: List["np.ndarray[Any, Any]"] = []
     for piece in layout:
         if isinstance(piece, (Dec, Hex)):
-            key = (type(piece), piece.col)
+            key = _digits_key(piece)
             if key not in digits:
                 v = columns[piece.col].astype(_U64, copy=False)
-                digits[key] = _dec_digits(v) if isinstance(piece, Dec) else _hex_digits(v)
+                if isinstance(piece, Hex):
+                    digits[key] = _hex_digits(v)
+                else:
+                    chars, need = _dec_digits(v)
+                    if piece.pad:  # leading zeros become the padding spaces
+                        lead = np.arange(chars.shape[1]) < (chars.shape[1] - need)[:, None]
+                        chars = np.where(lead, np.uint8(32), chars)
+                    digits[key] = chars, need
             chars, need = digits[key]
-            width_keys.append(need if isinstance(piece, Dec) else np.maximum(need, piece.width))
+            pad = piece.width if isinstance(piece, Hex) else piece.pad
+            width_keys.append(np.maximum(need, pad) if pad else need)
     if which is not None:
         width_keys.append(np.asarray(which))
     if width_keys:
@@ -166,12 +178,10 @@ def format_lines(
             else:
                 if isinstance(piece, Hex):
                     const += b"0x"
-                elif piece.pad > key[k]:
-                    const += b" " * (piece.pad - key[k])
                 if const:
                     parts.append(const)
                     const = b""
-                parts.append((digits[(type(piece), piece.col)][0], key[k]))
+                parts.append((digits[_digits_key(piece)][0], key[k]))
                 k += 1
         parts.append(const + b"\n")
         width = sum(len(p) if isinstance(p, bytes) else p[1] for p in parts)
