@@ -163,43 +163,37 @@ def format_lines(
     encoded = [t.encode() for t in texts]
     # Each segment: its pieces (constant bytes, or a digit matrix and the
     # width to take from its right), then one buffer for all of them.
+    # Each segment: a template line (the constant text, zeros where the
+    # numbers go) and where each number goes; one buffer for all segments.
     plans = []
     total = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
         key = keys[a].tolist()
         k = 0
-        parts: List[Union[bytes, Tuple["np.ndarray[Any, Any]", int]]] = []
-        const = b""
+        line = b""
+        fields: List[Tuple[int, "np.ndarray[Any, Any]", int]] = []  # (offset, digits, width)
         for piece in layout:
             if isinstance(piece, str):
-                const += piece.encode()
+                line += piece.encode()
             elif isinstance(piece, Text):
-                const += encoded[key[-1]]
+                line += encoded[key[-1]]
             else:
                 if isinstance(piece, Hex):
-                    const += b"0x"
-                if const:
-                    parts.append(const)
-                    const = b""
-                parts.append((digits[_digits_key(piece)][0], key[k]))
+                    line += b"0x"
+                fields.append((len(line), digits[_digits_key(piece)][0], key[k]))
+                line += bytes(key[k])
                 k += 1
-        parts.append(const + b"\n")
-        width = sum(len(p) if isinstance(p, bytes) else p[1] for p in parts)
-        plans.append((a, b, total, width, parts))
-        total += (b - a) * width
+        line += b"\n"
+        plans.append((a, b, total, line, fields))
+        total += (b - a) * len(line)
     buf = np.empty(total, dtype=np.uint8)
-    for a, b, at, width, parts in plans:
-        m = b - a
-        x = 0
-        for p in parts:
-            if isinstance(p, bytes):
-                _rows(buf, at + x, m, width, len(p))[...] = np.void(p)
-                x += len(p)
-            else:
-                chars, w = p
-                src = _rows(chars, a * chars.shape[1] + chars.shape[1] - w, m, chars.shape[1], w)
-                _rows(buf, at + x, m, width, w)[...] = src
-                x += w
+    for a, b, at, line, fields in plans:
+        m, width = b - a, len(line)
+        # One copy per row of the template, then one per row and number.
+        buf[at : at + m * width] = np.frombuffer(line * m, np.uint8)
+        for x, chars, w in fields:
+            src = _rows(chars, a * chars.shape[1] + chars.shape[1] - w, m, chars.shape[1], w)
+            _rows(buf, at + x, m, width, w)[...] = src
     return str(buf.data, "ascii")
 
 
