@@ -91,25 +91,38 @@ def open_core(path: str) -> Program:
     :raises ValueError: it is not a dump drgn or this package can read
     """
     prog = Program()
-    prog.set_core_dump(path)
-    if not is_kdump(path):
+    kdump = is_kdump(path)
+    try:
+        prog.set_core_dump(path)
+    except Exception as e:
+        # libkdumpfile's own errors come as plain Exceptions; for anything
+        # but a kdump-compressed file, drgn's word is the last.
+        if not kdump:
+            raise
+        return _own_reader(path, None, str(e))
+    if not kdump:
         return prog
     try:
         dump = KdumpFile(path)
     except KdumpError:
         return prog  # libkdumpfile's word on it comes with the first read
     pfn = dump.first_pfn()
-    dump.close()
-    if pfn is None:
-        return prog
     try:
-        prog.read(pfn * dump.page_size, 1, True)
-        return prog
+        if pfn is not None:
+            prog.read(pfn * dump.page_size, 1, True)
     except FaultError as e:
-        refused = str(e)
+        return _own_reader(path, dump, str(e))
+    dump.close()
+    return prog
+
+
+def _own_reader(path: str, dump: Optional[KdumpFile], refused: str) -> Program:
+    """This package's reader of ``path`` (on ``dump`` when it is open)."""
     try:
-        return kdump_program(path)
+        return kdump_program(dump or path)  # the header is read once
     except KdumpError as e:
+        if dump is not None:
+            dump.close()
         raise ValueError(
             f"libkdumpfile cannot read it ({refused}), nor can kvmwalk's own reader ({e})"
         ) from None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import BinaryIO, Dict, NamedTuple, Optional
+from typing import BinaryIO, Dict, NamedTuple, Optional, Union
 
 from drgn import FaultError, Platform, Program, host_platform
 
@@ -176,16 +176,18 @@ class KdumpFile:
         self.f.close()
 
 
-def kdump_program(path: str, platform: Optional[Platform] = None) -> Program:
-    """A drgn Program of the Linux kernel in the kdump-compressed dump ``path``,
-    read by :class:`KdumpFile` (no debug info loaded yet).
+def kdump_program(dump: Union[str, KdumpFile], platform: Optional[Platform] = None) -> Program:
+    """A drgn Program of the Linux kernel in a kdump-compressed dump (its path,
+    or the :class:`KdumpFile` already open on it, which the program then
+    keeps open), no debug info loaded yet.
 
     :raises KdumpError: not a dump this reader can read, or without VMCOREINFO
     :raises OSError: the file cannot be read
     """
-    dump = KdumpFile(path)
+    if isinstance(dump, str):
+        dump = KdumpFile(dump)
     if not dump.vmcoreinfo:
-        raise KdumpError(f"{path} has no VMCOREINFO note")
+        raise KdumpError(f"{dump.path} has no VMCOREINFO note")
     prog = Program(platform or host_platform)
 
     def read(address: int, count: int, offset: int, physical: bool) -> bytes:

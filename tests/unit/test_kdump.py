@@ -94,3 +94,22 @@ def test_a_drgn_program_reads_physical_memory_through_it(tmp_path):
     assert prog.read(9 * 4096, 4096, True) == page(0xCD)
     with pytest.raises(drgn.FaultError):
         prog.read(3 * 4096, 8, True)
+
+
+def test_open_core_falls_back_to_this_reader_when_libkdumpfile_refuses(tmp_path):
+    """A release without a sublevel (7.3-amd64): libkdumpfile refuses the file
+    or its first read (real dumps: the read; this small one: the open);
+    open_core() then gives this reader's program."""
+    from drgn_kvmwalk.console import open_core
+
+    path = str(write_kdump(tmp_path / "d", {2: page(0xAB), 9: page(0xCD)}))
+    plain = drgn.Program()
+    # What the fallback is for: libkdumpfile refuses it (a plain Exception
+    # when opened; drgn.FaultError when read).
+    with pytest.raises(Exception, match="kdump|vmcoreinfo|read") as refused:  # noqa: B017
+        plain.set_core_dump(path)
+        plain.read(2 * 4096, 4, True)
+    assert type(refused.value) in (Exception, drgn.FaultError)
+    prog = open_core(path)
+    assert prog.read(2 * 4096 + 100, 4, True) == b"\xab" * 4
+    assert isinstance(prog.cache["drgn_kvmwalk.kdump_file"], KdumpFile)
