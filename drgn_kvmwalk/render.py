@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
 
 if TYPE_CHECKING:
+    import numpy as np
+
     # Only for annotations: rendering a walk needs neither numpy (leaves.py)
     # nor drgn (mmu.py), and a one-address run should not import them.
     from .leaves import LeafRun, MapRange, MapRanges, Unreadable
@@ -174,6 +176,29 @@ class FlagCache:
             self._flags[key] = got
         return got
 
+    def texts(
+        self, level: int, sptes: "np.ndarray[Any, Any]", as_json: bool
+    ) -> Tuple[List[str], "np.ndarray[Any, Any]"]:
+        """The flags of each of ``sptes`` (numpy, leaves at ``level``) as
+        distinct texts (or JSON lists) and, per SPTE, the index of its own.
+        The attribute bits change rarely along leaves in address order: one
+        lookup per change."""
+        import numpy as np  # the caller has numpy arrays
+
+        attrs = sptes & np.uint64(self.attr_mask)
+        starts = np.concatenate(([0], np.flatnonzero(attrs[1:] != attrs[:-1]) + 1))
+        pick = 1 if as_json else 0
+        ids: Dict[int, int] = {}
+        texts: List[str] = []
+        seq = []
+        for attr, spte in zip(attrs[starts].tolist(), sptes[starts].tolist()):
+            if attr not in ids:
+                ids[attr] = len(texts)
+                texts.append(self.get(level, spte)[pick])
+            seq.append(ids[attr])
+        which = np.repeat(np.array(seq, dtype=np.int64), np.diff(starts, append=len(attrs)))
+        return texts, which
+
 
 def addr_name(direct: bool) -> str:
     return "GPA" if direct else "GVA"
@@ -198,26 +223,9 @@ def dump_lines(
     With ``sps`` (--annotate), JSON records get ``"sp"`` and the text a line
     naming the table's struct kvm_mmu_page before its leaves; with ``root``
     (--root prev|all), JSON records get ``"root"``, the root's label."""
-    level = run.level
-    get = flags.get
-    if as_json:
-        rows = _dump_rows(run, fmt)
-        head = f'{{"vm": {vm_pid}, "vcpu": {vcpu_id}, "addr": '
-        tail = _json_tail(sps, run.table, root)
-        return [
-            f'{head}{addr}, "level": {level}, "sptep": {sptep}, "spte": {spte}, '
-            f'"hpa": {hpa}, "flags": {get(level, spte)[1]}{tail}'
-            for addr, sptep, spte, hpa in rows
-        ]
-    size = page_size_name(level_size(level))
-    lines = [] if sps is None else [table_line(run.table, sps)]
-    fast = _dump_text_rows(run, fmt, flags, size)
-    if fast is not None:
-        return lines + fast
-    return lines + [
-        dump_text_row(addr, size, sptep, spte, hpa, get(level, spte)[0])
-        for addr, sptep, spte, hpa in _dump_rows(run, fmt)
-    ]
+    lines = [] if sps is None or as_json else [table_line(run.table, sps)]
+    text = dump_block([run], fmt, flags, vm_pid, vcpu_id, as_json, root, sps)
+    return lines + text.split("\n")[:-1]
 
 
 def dump_block(
@@ -228,10 +236,14 @@ def dump_block(
     vcpu_id: int,
     as_json: bool,
     root: Optional[str] = None,
+    sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
 ) -> str:
-    """The lines :func:`dump_lines` makes for ``runs`` (leaf runs of one level,
-    in address order; no ``--annotate``), each ended by a newline, made for
-    all the runs at once (:func:`~drgn_kvmwalk.columns.format_lines`)."""
+    """The --dump lines of ``runs`` (leaf runs of one level, in address
+    order), each ended by a newline, made for all of them at once
+    (:func:`~drgn_kvmwalk.columns.format_lines`): text columns as
+    :func:`dump_text_row` writes them, or JSON Lines as :func:`dump_lines`
+    describes.  With ``sps`` (--annotate; the runs of one table page), JSON
+    records get the table's ``"sp"``."""
     import numpy as np  # already loaded by leaves.py, which made the runs
 
     from .columns import Dec, Hex, Layout, Text, format_lines
@@ -240,26 +252,14 @@ def dump_block(
         return ""
     level = runs[0].level
     assert all(r.level == level for r in runs), "one level per block"
+    assert sps is None or all(r.table == runs[0].table for r in runs), "one table's runs"
     cols = [
         np.concatenate([r.addrs() for r in runs]),
         np.concatenate([r.spteps() for r in runs]),
         np.concatenate([r.sptes for r in runs]),
         np.concatenate([r.hpas(fmt) for r in runs]),
     ]
-    # Flags depend on the bits outside the page address, which change rarely
-    # along the leaves: one decode per change.
-    attrs = cols[2] & np.uint64(flags.attr_mask)
-    starts = np.concatenate(([0], np.flatnonzero(attrs[1:] != attrs[:-1]) + 1))
-    pick = 1 if as_json else 0
-    ids: Dict[int, int] = {}
-    texts: List[str] = []
-    seq = []
-    for attr, spte in zip(attrs[starts].tolist(), cols[2][starts].tolist()):
-        if attr not in ids:
-            ids[attr] = len(texts)
-            texts.append(flags.get(level, spte)[pick])
-        seq.append(ids[attr])
-    which = np.repeat(np.array(seq, dtype=np.int64), np.diff(starts, append=len(attrs)))
+    texts, which = flags.texts(level, cols[2], as_json)
     layout: Layout
     if as_json:
         layout = [
@@ -273,7 +273,7 @@ def dump_block(
             Dec(3),
             ', "flags": ',
             Text(),
-            _json_tail(None, 0, root),
+            _json_tail(sps, runs[0].table, root),
         ]
     else:
         size = page_size_name(level_size(level))
@@ -282,66 +282,10 @@ def dump_block(
     return format_lines(layout, cols, texts, which)
 
 
-def _dump_rows(run: LeafRun, fmt: SpteFormat) -> Iterator[Tuple[int, int, int, int]]:
-    """(address, SPTE pointer, SPTE, HPA) of each leaf of ``run``."""
-    return zip(
-        run.addrs().tolist(), run.spteps().tolist(), run.sptes.tolist(), run.hpas(fmt).tolist()
-    )
-
-
 def dump_text_row(addr: int, size: str, sptep: int, spte: int, hpa: int, flags: str) -> str:
-    """One text --dump line; :func:`_dump_text_rows` makes the same lines."""
+    """One text --dump line, as Python formats it: what :func:`dump_block`
+    writes for each leaf, many at once."""
     return f"{addr:#018x}  {size:>4}  {sptep:#014x}  {spte:#018x}  {hpa:#014x}  {flags}"
-
-
-def _dump_text_rows(
-    run: LeafRun, fmt: SpteFormat, flags: FlagCache, size: str
-) -> Optional[List[str]]:
-    """The text lines of ``run``, as :func:`dump_text_row` writes them, with
-    the hex columns of all leaves made at once: a character matrix whose
-    rows are the lines up to the flags.  None when a 12-digit column (SPTE
-    pointer, HPA) would need more digits: the caller formats those lines one
-    by one."""
-    import numpy as np  # already loaded by leaves.py, which made ``run``
-
-    spteps, hpas = run.spteps(), run.hpas(fmt)
-    if not len(hpas) or int(spteps.max()) >> 48 or int(hpas.max()) >> 48:
-        return None
-    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-    def hex_columns(values: "np.ndarray[Any, Any]", width: int) -> "np.ndarray[Any, Any]":
-        shifts = np.arange(4 * (width - 1), -1, -4, dtype=np.uint64)
-        nibbles = (values[:, None] >> shifts) & np.uint64(15)
-        return digits[nibbles.astype(np.intp)]
-
-    def text(t: str) -> "np.ndarray[Any, Any]":
-        return np.broadcast_to(np.frombuffer(t.encode(), dtype=np.uint8), (len(hpas), len(t)))
-
-    matrix = np.concatenate(
-        [
-            text("0x"),
-            hex_columns(run.addrs(), 16),
-            text(f"  {size:>4}  0x"),
-            hex_columns(spteps, 12),
-            text("  0x"),
-            hex_columns(run.sptes, 16),
-            text("  0x"),
-            hex_columns(hpas, 12),
-            text("  "),
-        ],
-        axis=1,
-    )
-    width = matrix.shape[1]
-    block = matrix.tobytes().decode("ascii")
-    # Flags depend on the bits outside the page address: decode each once.
-    _, first, which = np.unique(
-        run.sptes & np.uint64(flags.attr_mask), return_index=True, return_inverse=True
-    )
-    names = [flags.get(run.level, spte)[0] for spte in run.sptes[first].tolist()]
-    return [
-        block[i : i + width] + names[k]
-        for i, k in zip(range(0, len(block), width), which.ravel().tolist())
-    ]
 
 
 def table_line(table: int, sps: Dict[int, Optional[ShadowPage]]) -> str:
@@ -417,18 +361,7 @@ def map_block(
         return "".join(
             map_line(r, flags, vm_pid, vcpu_id, as_json, None, root) + "\n" for r in ranges
         )
-    attrs = block.spte & np.uint64(flags.attr_mask)
-    starts = np.concatenate(([0], np.flatnonzero(attrs[1:] != attrs[:-1]) + 1))
-    pick = 1 if as_json else 0
-    ids: Dict[int, int] = {}
-    texts: List[str] = []
-    seq = []
-    for attr, spte in zip(attrs[starts].tolist(), block.spte[starts].tolist()):
-        if attr not in ids:
-            ids[attr] = len(texts)
-            texts.append(flags.get(level, spte)[pick])
-        seq.append(ids[attr])
-    which = np.repeat(np.array(seq, dtype=np.int64), np.diff(starts, append=len(attrs)))
+    texts, which = flags.texts(level, block.spte, as_json)
     layout: Layout
     if as_json:
         layout = [
