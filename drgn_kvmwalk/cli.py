@@ -553,6 +553,10 @@ class _Output:
         self.size += len(line) + 1
 
     def text(self, text: str) -> None:
+        if len(text) >= _CHUNK_CHARS:  # a chunk of its own: no copy
+            self.flush()
+            self.out.write(text)
+            return
         self.parts.append(text)
         self.size += len(text)
 

@@ -151,12 +151,15 @@ def format_lines(
             width_keys.append(np.maximum(need, pad) if pad else need)
     if which is not None:
         width_keys.append(np.asarray(which))
-    if width_keys:
-        keys = np.stack(width_keys, axis=1)
-        change = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
-    else:
-        keys = np.zeros((n, 0), dtype=np.int64)
-        change = np.zeros(0, dtype=np.int64)
+    # Where any width (or the row's text) changes: one number per row, from
+    # widths of at most 20 and text indexes that fit beside them.
+    keys = np.stack(width_keys, axis=1) if width_keys else np.zeros((n, 0), dtype=np.int64)
+    packed = np.zeros(n, dtype=np.int64)
+    for widths in width_keys[: len(width_keys) - (which is not None)]:
+        packed = packed * 32 + widths
+    if which is not None:
+        packed = packed * (len(texts) + 1) + width_keys[-1]
+    change = np.flatnonzero(packed[1:] != packed[:-1]) + 1
     if len(change) > n // 16 + 8:
         return format_lines_slowly(layout, columns, texts, which)
     bounds = [0, *change.tolist(), n]
@@ -190,7 +193,7 @@ def format_lines(
     for a, b, at, line, fields in plans:
         m, width = b - a, len(line)
         # One copy per row of the template, then one per row and number.
-        buf[at : at + m * width] = np.frombuffer(line * m, np.uint8)
+        _rows(buf, at, m, width, width)[...] = np.void(line)
         for x, chars, w in fields:
             src = _rows(chars, a * chars.shape[1] + chars.shape[1] - w, m, chars.shape[1], w)
             _rows(buf, at + x, m, width, w)[...] = src
