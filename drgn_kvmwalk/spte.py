@@ -65,24 +65,41 @@ VMX_EPT_DIRTY_BIT = 1 << 9
 VMX_EPT_SUPPRESS_VE_BIT = 1 << 63
 VMX_EPT_MISCONFIG_WX_VALUE = VMX_EPT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK
 
-# KVM software bits (spte.h, v5.13 and later).
+# KVM software bits (spte.h, v5.13 and later).  Since Linux kernel commits
+# edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track shadow/MMU-present
+# SPTEs") and 8a406c89532c ("KVM: x86/mmu: Rename and document A/D scheme for
+# TDP SPTEs") (both in v5.13), bit 11 is SPTE_MMU_PRESENT_MASK and the A/D type
+# sits at SPTE_TDP_AD_SHIFT.
 SPTE_MMU_PRESENT_MASK = 1 << 11
 SPTE_TDP_AD_SHIFT = 52
 SHADOW_ACC_TRACK_SAVED_BITS_SHIFT = 54
-# v7.2 (the EPT MBEC series) moved the A/D type to bits 60-61.
+# Since Linux kernel commit be4e45f360a2 ("KVM: x86/mmu: shuffle high bits of
+# SPTEs in preparation for MBEC") (in v7.2, the EPT MBEC series), the A/D type
+# is in bits 60-61.
 SPTE_TDP_AD_SHIFT_7_2 = 60
 SHADOW_NONPRESENT_OR_RSVD_MASK_LEN = 5
-# The TDP MMU's "frozen" SPTE (REMOVED_SPTE before v6.11): 0x5a0 up to v6.9,
-# SHADOW_NONPRESENT_VALUE | 0x5a0 from v6.10.  Neither value can be a present
-# SPTE on any kernel that has it (bit 11 is clear), so both are recognised.
-# v7.2 dropped bit 10 from it (bit 10 is EPT's user-execute bit there):
-# SHADOW_NONPRESENT_VALUE | 0x1a0, equally never present.
+# The TDP MMU's "frozen" SPTE, REMOVED_SPTE until Linux kernel commit
+# 964cea817196 ("KVM: x86/tdp_mmu: Rename REMOVED_SPTE to FROZEN_SPTE") (in
+# v6.11).  Since Linux kernel commit 715f1079eee1 ("KVM: x86/mmu: Use low
+# available bits for removed SPTEs") (in v5.13) it is 0x5a0; since Linux kernel
+# commit 7f01cab84928 ("KVM: x86/mmu: Allow non-zero value for non-present SPTE
+# and removed SPTE") (in v6.10), SHADOW_NONPRESENT_VALUE | 0x5a0.  Neither value
+# can be a present SPTE on any kernel that has it (bit 11 is clear), so both
+# are recognised.  Since Linux kernel commit 9a67ab74021b ("KVM: x86/mmu: free
+# up bit 10 of PTEs in preparation for MBEC") (in v7.2) it lacks bit 10 (EPT's
+# user-execute bit there): SHADOW_NONPRESENT_VALUE | 0x1a0, equally never
+# present.
 FROZEN_SPTE_VALUES: FrozenSet[int] = frozenset({0x5A0, (1 << 63) | 0x5A0, (1 << 63) | 0x1A0})
-# v5.12 had REMOVED_SPTE = 1 << 59; before, nothing.  That value can be no
-# other SPTE of v5.8 to v5.12 (it has neither an address nor permissions).
+# Linux kernel commit 08f07c800e9d ("KVM: x86/mmu: Flush TLBs after zap in
+# TDP MMU PF handler") (in v5.12) added REMOVED_SPTE = 1 << 59; before, nothing.
+# v5.13 changed it to 0x5a0 (above).  That value can be no other SPTE of v5.8
+# to v5.12 (it has neither an address nor permissions).
 REMOVED_SPTE_5_12: FrozenSet[int] = frozenset({1 << 59})
 # v5.8 to v5.12 mark MMIO SPTEs with both bits 52 and 53 (SPTE_MMIO_MASK)
-# and is_mmio_spte() tests just those bits.
+# and is_mmio_spte() tests just those bits: since Linux kernel commit
+# e7581caca4c1 ("KVM: x86: simplify is_mmio_spte") (in v5.8), until Linux
+# kernel commit 8120337a4c55 ("KVM: x86/mmu: Stop using software available
+# bits to denote MMIO SPTEs") (in v5.13).
 SPTE_MMIO_MASK_5_8 = 3 << 52
 
 MEMTYPE_NAMES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
@@ -123,14 +140,17 @@ class MmioGenLayout(NamedTuple):
         return low | (high << low_bits)
 
 
-# spte.h v5.6 to v5.12: bits 3..11 and 54..62.
+# v5.6 to v5.12 (mmu.c, then spte.h): bits 3..11 and 54..62, since Linux
+# kernel commit 56871d444bc4 ("KVM: x86: fix overlap between SPTE_MMIO_MASK
+# and generation") (in v5.6).
 MMIO_GEN_LAYOUT_5_6 = MmioGenLayout(3, 11, 54, 62)
-# spte.h since v5.13: bits 3..10 and 52..62 (commits b0de568018a6 ("KVM:
-# x86/mmu: Use MMIO SPTE bits 53 and 52 for the MMIO generation") and
-# edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track shadow/MMU-present
-# SPTEs"), which left bit 11 out).
+# spte.h since Linux kernel commits b0de568018a6 ("KVM: x86/mmu: Use MMIO SPTE
+# bits 53 and 52 for the MMIO generation") and edea7c4fc215 ("KVM: x86/mmu: Use
+# a dedicated bit to track shadow/MMU-present SPTEs") (both in v5.13; the
+# latter left bit 11 out): bits 3..10 and 52..62.
 MMIO_GEN_LAYOUT_5_13 = MmioGenLayout(3, 10, 52, 62)
-# spte.h in v7.2 (bit 10 freed for EPT MBEC): bits 3..9 and 52..62.
+# spte.h since Linux kernel commit 9a67ab74021b ("KVM: x86/mmu: free up bit 10
+# of PTEs in preparation for MBEC") (in v7.2): bits 3..9 and 52..62.
 MMIO_GEN_LAYOUT_7_2 = MmioGenLayout(3, 9, 52, 62)
 
 
@@ -165,7 +185,9 @@ class SpteFormat:
     nonpresent_or_rsvd_lower_gfn_mask: int
     mmu_present_mask: int = SPTE_MMU_PRESENT_MASK
     tdp_ad_shift: int = SPTE_TDP_AD_SHIFT
-    xu_mask: int = 0  # EPT user-execute (MBEC), v7.2
+    # EPT user-execute (MBEC): shadow_xu_mask, since Linux kernel commit
+    # 2e111d932d1d ("KVM: x86/mmu: split XS/XU bits for EPT") (in v7.2).
+    xu_mask: int = 0
     mmio_gen: MmioGenLayout = MMIO_GEN_LAYOUT_5_13
     frozen_values: FrozenSet[int] = field(default=FROZEN_SPTE_VALUES)
 
@@ -188,9 +210,10 @@ class SpteFormat:
         return spte in self.frozen_values
 
     def is_present(self, spte: int) -> bool:
-        """is_shadow_present_pte(): KVM's software MMU-present bit since v5.13;
-        before, any non-zero SPTE that is neither MMIO nor removed
-        (``mmu_present_mask`` 0 selects that rule)."""
+        """is_shadow_present_pte(): KVM's software MMU-present bit since Linux
+        kernel commit edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
+        shadow/MMU-present SPTEs") (in v5.13); before, any non-zero SPTE that is
+        neither MMIO nor removed (``mmu_present_mask`` 0 selects that rule)."""
         if self.mmu_present_mask:
             return bool(spte & self.mmu_present_mask)
         return spte != 0 and not self.is_mmio(spte) and not self.is_frozen(spte)
@@ -382,7 +405,9 @@ def ept_format(
     suppress_ve: bool = False,
 ) -> SpteFormat:
     """The EPT format as kvm_mmu_set_ept_masks() sets it up (``suppress_ve``:
-    v6.10 and later put bit 63 in ``shadow_present_mask``)."""
+    since Linux kernel commit 7fa5e2929198 ("KVM: x86/mmu: Add Suppress VE bit
+    to EPT shadow_mmio_mask/shadow_present_mask") (in v6.10), bit 63 is in
+    ``shadow_present_mask``)."""
     base = ((1 << phys_bits) - 1) & ~(PAGE_SIZE - 1)
     rsvd_len, low_mask = _l1tf_masks(phys_bits, l1tf)
     present = (0 if exec_only else VMX_EPT_READABLE_MASK) | (

@@ -8,9 +8,11 @@ variables the kernel has: a :class:`~drgn_kvmwalk.spte.SpteFormat` for the
 pure decoder of :mod:`drgn_kvmwalk.spte`.
 
 On v7.3 the masks are still these global variables: the ``fmt`` members of
-``struct kvm_mmu`` and ``struct kvm_pagewalk`` (``struct kvm_page_format``)
-are the reserved-bit and permission checks KVM applies to SPTEs and guest
-PTEs, not the SPTE format.
+``struct kvm_mmu`` and ``struct kvm_pagewalk`` (``struct kvm_page_format``,
+from the series "KVM: apply chainsaw to struct kvm_mmu", commit "KVM: x86/mmu:
+pull page format to a new struct", in v7.3; cited by title, its ids were
+rebased) are the reserved-bit and permission checks KVM applies to SPTEs and
+guest PTEs, not the SPTE format.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def spte_format(kvm: Object) -> SpteFormat:
     >>> fmt.ept  # Intel EPT; False for AMD NPT and for shadow paging
     False
 
-    :param kvm: ``struct kvm *`` (kernels since v6.10 keep a per-VM MMIO value)
+    :param kvm: ``struct kvm *`` (since Linux kernel commit 949019b98289
+        ("KVM: x86/mmu: Track shadow MMIO value on a per-VM basis") (in v6.10),
+        kernels keep a per-VM MMIO value)
     :raises MissingDebugInfo: the kvm.ko variables cannot be found
     """
     prog = kvm.prog_
@@ -101,8 +105,10 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
     # The SPTE format is global: EPT exactly when executable is a bit to set.
     fields["ept"] = fields["x_mask"] != 0
     try:
-        # Since v5.19 the memory-encryption bits OR'ed into SPTEs are
-        # shadow_me_value; before, shadow_me_mask was both mask and value.
+        # Since Linux kernel commit e54f1ff244ac ("KVM: x86/mmu: Add
+        # shadow_me_value and repurpose shadow_me_mask") (in v5.19), the
+        # memory-encryption bits OR'ed into SPTEs are shadow_me_value; before,
+        # shadow_me_mask was both mask and value.
         fields["me_value"] = _var(prog, "shadow_me_value")
     except KeyError:
         fields["me_value"] = _var(prog, "shadow_me_mask")
@@ -124,7 +130,11 @@ def _spte_globals(prog: Program) -> Dict[str, Any]:
 
 def _present_bit_layout(prog: Program, **fields: Any) -> Dict[str, Any]:
     """What every layout since v5.13 shares: bit 11 means "present", and the
-    writable bits and the MMIO mask are variables."""
+    writable bits and the MMIO mask are variables (Linux kernel commits
+    edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
+    shadow/MMU-present SPTEs"), 5fc3424f8b85 ("KVM: x86/mmu: Make Host-writable
+    and MMU-writable bit locations dynamic") and 8120337a4c55 ("KVM: x86/mmu:
+    Stop using software available bits to denote MMIO SPTEs") (all in v5.13))."""
     return dict(
         host_writable_mask=_var(prog, "shadow_host_writable_mask"),
         mmu_writable_mask=_var(prog, "shadow_mmu_writable_mask"),
@@ -139,11 +149,14 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
     """The SPTE software bits that are macros, not variables: chosen by which
     variables the kernel has."""
     if "shadow_xs_mask" in prog:
-        # v7.2 (the EPT MBEC series, kvm-x86 commits be4e45f360a2 and
-        # 9a67ab74021b as posted to the kvm list) split shadow_x_mask into
-        # shadow_xs_mask/shadow_xu_mask, moved the A/D type to bits 60-61,
-        # freed bit 10 (MMIO generation in bits 3-9 and 52-62).  Values read
-        # from Debian's linux-source-7.2 (7.2.13), arch/x86/kvm/mmu/spte.h.
+        # Since Linux kernel commits be4e45f360a2 ("KVM: x86/mmu: shuffle high
+        # bits of SPTEs in preparation for MBEC"), 9a67ab74021b ("KVM: x86/mmu:
+        # free up bit 10 of PTEs in preparation for MBEC") and 2e111d932d1d
+        # ("KVM: x86/mmu: split XS/XU bits for EPT") (all in v7.2, the EPT MBEC
+        # series), shadow_x_mask is split into shadow_xs_mask/shadow_xu_mask,
+        # the A/D type is in bits 60-61 and bit 10 is freed (MMIO generation
+        # in bits 3-9 and 52-62).  Values read from Debian's linux-source-7.2
+        # (7.2.13), arch/x86/kvm/mmu/spte.h.
         return _present_bit_layout(
             prog,
             x_mask=_var(prog, "shadow_xs_mask"),
@@ -157,18 +170,29 @@ def _spte_layout(prog: Program) -> Dict[str, Any]:
         # Host-writable and MMU-writable bit locations dynamic") and
         # edea7c4fc215 ("KVM: x86/mmu: Use a dedicated bit to track
         # shadow/MMU-present SPTEs") (both in v5.13), the writable bits are
-        # variables, bit 11 means "present", shadow_mmio_mask is a variable
-        # again and the MMIO generation sits in bits 3-10 and 52-62.
+        # variables and bit 11 means "present"; since Linux kernel commits
+        # 8120337a4c55 ("KVM: x86/mmu: Stop using software available bits to
+        # denote MMIO SPTEs") and b0de568018a6 ("KVM: x86/mmu: Use MMIO SPTE
+        # bits 53 and 52 for the MMIO generation") (both in v5.13),
+        # shadow_mmio_mask is a variable again and the MMIO generation sits in
+        # bits 3-10 and 52-62.
         return _present_bit_layout(prog, x_mask=x_mask, mmio_gen=MMIO_GEN_LAYOUT_5_13)
     if "shadow_mmio_mask" in prog:
+        # Before Linux kernel commit e7581caca4c1 ("KVM: x86: simplify
+        # is_mmio_spte") (in v5.8), shadow_mmio_mask was a variable.
         raise KvmWalkError(
             "this kernel's SPTE layout (before v5.8: shadow_mmio_mask without "
             "shadow_host_writable_mask) is not supported yet"
         )
     # v5.8 to v5.12: no shadow_mmio_mask variable; is_mmio_spte() tests bits
-    # 52-53 (SPTE_MMIO_MASK), host-/MMU-writable are bits 10/11 in every
-    # format, "present" is any non-zero SPTE that is not MMIO (nor v5.12's
-    # REMOVED_SPTE), and the MMIO generation sits in bits 3-11 and 54-62.
+    # 52-53 (SPTE_MMIO_MASK) (Linux kernel commit e7581caca4c1 ("KVM: x86:
+    # simplify is_mmio_spte") (in v5.8)), host-/MMU-writable are bits 10/11 in
+    # every format, "present" is any non-zero SPTE that is not MMIO (nor the
+    # REMOVED_SPTE of Linux kernel commit 08f07c800e9d ("KVM: x86/mmu: Flush
+    # TLBs after zap in TDP MMU PF handler") (in v5.12)), and the MMIO
+    # generation sits in bits 3-11 and 54-62 (Linux kernel commit 56871d444bc4
+    # ("KVM: x86: fix overlap between SPTE_MMIO_MASK and generation") (in
+    # v5.6)).
     return dict(
         x_mask=x_mask,
         host_writable_mask=1 << 10,
