@@ -155,6 +155,13 @@ def parse_range(text: str) -> Tuple[int, int]:
     return lo, hi
 
 
+@functools.lru_cache(maxsize=4)
+def _parser(prog_name: str) -> argparse.ArgumentParser:
+    """:func:`build_parser`'s parser for :func:`main`, made once per name
+    (parsing does not change it; other callers add options to their own)."""
+    return build_parser(prog_name)
+
+
 def build_parser(prog_name: str) -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog_name,
@@ -252,7 +259,7 @@ def main(
     """Run the command line on ``prog`` and return the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = build_parser(prog_name)
+    parser = _parser(prog_name)
     try:
         args = parse_args(parser, list(sys.argv[1:] if argv is None else argv), prog_name)
     except UsageError as e:

@@ -208,21 +208,18 @@ def format_lines_slowly(
 ) -> str:
     """What :func:`format_lines` makes, one row at a time with Python's own
     formatting: its reference, and its way when widths change too often."""
-    cols = [c.tolist() for c in columns]
-    rows = which.tolist() if which is not None else None
-    n = len(cols[0]) if cols else len(rows or ())
-    lines = []
-    for i in range(n):
-        line = []
-        for piece in layout:
-            if isinstance(piece, str):
-                line.append(piece)
-            elif isinstance(piece, Text):
-                assert rows is not None
-                line.append(texts[rows[i]])
-            elif isinstance(piece, Dec):
-                line.append(f"{cols[piece.col][i]:>{piece.pad}}")
-            else:
-                line.append(f"{cols[piece.col][i]:#0{piece.width + 2}x}")
-        lines.append("".join(line) + "\n")
-    return "".join(lines)
+    spec = ""
+    for piece in layout:
+        if isinstance(piece, str):
+            spec += piece.replace("{", "{{").replace("}", "}}")
+        elif isinstance(piece, Text):
+            spec += f"{{{len(columns)}}}"
+        elif isinstance(piece, Dec):
+            spec += f"{{{piece.col}:>{piece.pad}}}" if piece.pad else f"{{{piece.col}}}"
+        else:
+            spec += f"{{{piece.col}:#0{piece.width + 2}x}}"
+    spec += "\n"
+    cols: List[Sequence[Any]] = [c.tolist() for c in columns]
+    if which is not None:
+        cols.append([texts[i] for i in which.tolist()])
+    return "".join(spec.format(*row) for row in zip(*cols))
