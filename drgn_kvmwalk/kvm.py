@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""VMs, vCPUs and memslots of a KVM host, as plain records.
+"""VMs, vCPUs and memslots of a KVM host: ``struct kvm *`` and ``struct
+kvm_vcpu *`` objects, and memslots as records.
 
-Models ``struct kvm`` and ``struct kvm_vcpu`` (include/linux/kvm_host.h) and
+Reads ``struct kvm`` and ``struct kvm_vcpu`` (include/linux/kvm_host.h) and
 the global ``vm_list`` of virt/kvm/kvm_main.c.  Needs the debug info of
 kvm.ko (or of vmlinux when KVM is built in).
 """

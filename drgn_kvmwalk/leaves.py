@@ -4,9 +4,12 @@
 The whole-table views (--dump, --map, --stats) need every leaf, not one
 address: this module descends the tables the way :func:`~drgn_kvmwalk.walk.walk_addr`
 does (same special PAE roots, only present non-last SPTEs lead down), but
-reads each table page once and tests its 512 entries at once with numpy.
-It is a module of its own so that a single ``--addr`` walk does not pay for
-importing numpy.
+reads each table page once and tests its 512 entries at once with numpy; the
+page tables under one page directory are read and tested as one block.  It
+gives the leaves (:func:`iter_leaves`), their counts (:func:`count_leaves`)
+and the ranges ``--map`` merges them into (:func:`iter_ranges`,
+:func:`iter_range_blocks`).  It is a module of its own so that a single
+``--addr`` walk does not pay for importing numpy.
 
 Nothing here imports drgn.
 """

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""A vCPU's MMU root and the host's SPTE format, read from the kernel.
+"""A vCPU's MMU roots and KVM's shadow pages, read from the kernel.
 
-Models ``struct kvm_mmu`` (arch/x86/include/asm/kvm_host.h) and the SPTE mask
-variables of arch/x86/kvm/mmu/spte.c, and gives the pure walk of
-:mod:`drgn_kvmwalk.walk` what it starts from: a :class:`~drgn_kvmwalk.walk.Root`,
-a :class:`~drgn_kvmwalk.spte.SpteFormat` and host physical memory.
+Reads ``struct kvm_mmu`` (arch/x86/include/asm/kvm_host.h) and ``struct
+kvm_mmu_page`` (arch/x86/kvm/mmu/mmu_internal.h), with helpers under KVM's
+own names (``to_shadow_page``, ``is_tdp_mmu_page``, ``for_each_tdp_mmu_root``,
+...), and gives the pure walk of :mod:`drgn_kvmwalk.walk` what it starts
+from: a :class:`~drgn_kvmwalk.walk.Root` and host physical memory
+(:class:`DrgnPhysMem`); the SPTE format is :mod:`drgn_kvmwalk.sptefmt`'s.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Text and JSON renderings of walks.  Nothing here reads the kernel."""
+"""Text and JSON renderings of walks: records in, text or JSON out, one
+renderer per view and format (the whole-table views make their lines many at
+once with :mod:`drgn_kvmwalk.columns`).  Nothing here reads the kernel."""
 
 from __future__ import annotations
 
