@@ -75,7 +75,7 @@ def run(prog, truth, view, addr_kind):
                 prog, argv[:5] + ["--root", "prev", "--annotate"] + argv[5:]
             )
         # The whole table under the vCPU's root, as leaves and as ranges.
-        # In this order: cell._check_map allows, live, only an Accessed bit that
+        # In this order: harness.checks.maps.check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.
         for what in ("dump", "map"):
             result["vcpus"][str(vcpu)][what] = whole_table(

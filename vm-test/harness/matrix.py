@@ -2,7 +2,11 @@
 """The VM test matrix: the kernels (Debian suites), the MMU modes L1 boots
 in, the L2 workloads each mode runs, and what a kernel must give, keyed on
 what the kernel has (its version, for a change that came with a known
-commit), never on the name of the suite that ships it."""
+commit), never on the name of the suite that ships it.
+
+The tool itself probes the kernel's structures and never compares version
+numbers (distributions backport); the harness may, because it knows which
+Debian kernel it booted and what that kernel gives."""
 
 from __future__ import annotations
 
