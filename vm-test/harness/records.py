@@ -6,8 +6,10 @@ problems the checks find.
 
 These are TypedDicts over the JSON the harness writes and reads, so a
 cell.json stays what it was; ``load_*`` are the one place JSON becomes a
-record (``Any`` stops there).  Keys a record has only in some runs are
-``total=False``.
+record (``Any`` stops there, but for the L1 agent's report and the JSON of
+the first-page scripts, which the tests read as they are).  They are
+``total=False``: run.py fills a CellResult step by step, a failed run leaves
+keys out, and the unit tests build partial ones.
 """
 
 from __future__ import annotations
