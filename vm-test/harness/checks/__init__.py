@@ -15,7 +15,7 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from ..records import CellResult, Problem
 from .annotate import ANNOTATE, MAP_ANNOTATE
@@ -59,7 +59,7 @@ def check_cell(result: CellResult) -> List[Problem]:
     )
 
 
-def select(problems: List[Problem], view: object = None, *checks: str) -> List[Problem]:
+def select(problems: List[Problem], view: Optional[str] = None, *checks: str) -> List[Problem]:
     """The problems of ``view`` (any view when None) whose check is one of
     ``checks`` (any check when none is given)."""
     return [
