@@ -14,22 +14,28 @@ then ``--dump --json`` and ``--map --json`` for the vCPU, and once per view
 The comparison itself is the test's job (tests/vm), against pagemap truth.
 """
 
+from __future__ import annotations
+
 import argparse
 import io
 import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any, List
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from drgn import FaultError  # noqa: E402
+from drgn import FaultError, Program  # noqa: E402
 
 from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
 
+if TYPE_CHECKING:  # the records are the harness's (vm-test/harness/records.py)
+    from harness.records import AddrKind, Truth, VcpuRun, ViewResult, WorkloadRun
 
-def run(prog, truth, view, addr_kind):
-    result = {"view": view, "addr_kind": addr_kind, "vcpus": {}}
+
+def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> WorkloadRun:
+    result: WorkloadRun = {"view": view, "addr_kind": addr_kind, "vcpus": {}}
     for vcpu in truth["vcpus"]:
         argv = ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--json"]
         for page in truth["pages"]:
@@ -46,12 +52,13 @@ def run(prog, truth, view, addr_kind):
                     w["tag_at_hpa"] = int.from_bytes(prog.read(w["hpa"], 8, True), "little")
                 except FaultError:
                     pass  # not in this dump (filtered), or not readable
-        result["vcpus"][str(vcpu)] = {
+        vcpu_run: VcpuRun = {
             "rc": rc,
             "stderr": err.getvalue(),
             "seconds": elapsed,
             "walks": walks,
         }
+        result["vcpus"][str(vcpu)] = vcpu_run
         # The shadow pages behind the tables of a few walks.
         annotated = whole_table(
             prog,
@@ -63,31 +70,32 @@ def run(prog, truth, view, addr_kind):
                 for a in ("--addr", hex(page[addr_kind]))
             ],
         )
-        result["vcpus"][str(vcpu)]["annotated"] = annotated
+        vcpu_run["annotated"] = annotated
         # Every root the vCPU can reach, for the first page.
-        result["vcpus"][str(vcpu)]["all_roots"] = whole_table(
+        vcpu_run["all_roots"] = whole_table(
             prog, argv[:5] + ["--root", "all", "--addr", hex(truth["pages"][0][addr_kind])]
         )
         # A guest that switched CR3 (l2vmm --switch-cr3): under shadow
         # paging its first root is in mmu->prev_roots.
         if truth["first_cr3"] != truth["cr3"]:
-            result["vcpus"][str(vcpu)]["prev_root"] = whole_table(
+            vcpu_run["prev_root"] = whole_table(
                 prog, argv[:5] + ["--root", "prev", "--annotate"] + argv[5:]
             )
         # The whole table under the vCPU's root, as leaves and as ranges.
-        # In this order: cell._check_map allows, live, only an Accessed bit that
+        # In this order: harness.checks.maps.check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.
-        for what in ("dump", "map"):
-            result["vcpus"][str(vcpu)][what] = whole_table(
-                prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--" + what, "--json"]
-            )
-        result["vcpus"][str(vcpu)]["map_annotated"] = whole_table(
+        whole = ["--vm", str(truth["pid"]), "--vcpu", str(vcpu)]
+        vcpu_run["dump"] = whole_table(prog, [*whole, "--dump", "--json"])
+        vcpu_run["map"] = whole_table(prog, [*whole, "--map", "--json"])
+        vcpu_run["map_annotated"] = whole_table(
             prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate", "--json"]
         )
     return result
 
 
-def whole_table(prog, argv):
+def whole_table(prog: Program, argv: List[str]) -> Any:
+    """One kvmwalk run in this process: its JSON records (JSON, so Any: a
+    records.WalkRun, DumpRun, MapRun or StatsRun)."""
     out, err = io.StringIO(), io.StringIO()
     t0 = time.monotonic()
     rc = kvmwalk_main(prog, argv, out=out, err=err)
@@ -99,7 +107,7 @@ def whole_table(prog, argv):
     }
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
         "--truth",
@@ -129,21 +137,22 @@ def main():
         help="with --core: debug info files (vmlinux, kvm.ko)",
     )
     args = ap.parse_args()
-    global prog
     if args.core:
         from drgn_kvmwalk.console import load_kvm_debug_info, open_core
 
         prog = open_core(args.core)
         load_kvm_debug_info(prog, args.symbols)
-    result = {"view": args.view, "workloads": {}}
+    else:
+        prog = globals()["prog"]  # drgn's, when drgn runs this script
+    result: ViewResult = {"view": args.view, "workloads": {}}
     out, err = io.StringIO(), io.StringIO()
-    rc = kvmwalk_main(prog, ["--list", "--json"], out=out, err=err)  # noqa: F821 (drgn's prog)
+    rc = kvmwalk_main(prog, ["--list", "--json"], out=out, err=err)
     result["list"] = {
         "rc": rc,
         "stderr": err.getvalue(),
         "vms": json.loads(out.getvalue())["vms"] if rc == 0 else None,
     }
-    result["stats"] = whole_table(prog, ["--stats", "--json"])  # noqa: F821
+    result["stats"] = whole_table(prog, ["--stats", "--json"])
     for spec in args.truth:
         name, _, path = spec.partition("=")
         with open(path) as f:
@@ -151,7 +160,7 @@ def main():
         result["workloads"][name] = run(
             prog,
             truth,
-            args.view,  # noqa: F821 (drgn's prog)
+            args.view,
             args.addr_kind,
         )
     tmp = args.out + ".tmp"

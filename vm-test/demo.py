@@ -13,7 +13,6 @@ both walks next to what /proc/PID/pagemap in L1 says.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
@@ -23,8 +22,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import cell  # noqa: E402
 import kernels  # noqa: E402
+from harness import TOP  # noqa: E402
+from harness.matrix import MODES, addr_kind  # noqa: E402
+from harness.records import load_truth  # noqa: E402
+from harness.run import drgn_bin, symbol_args  # noqa: E402
+from harness.workload import l2vmm_command  # noqa: E402
 from l1 import L1, agent_command  # noqa: E402
 
 
@@ -39,7 +42,7 @@ def main() -> int:
     ap.add_argument(
         "--mode",
         default="tdp_mmu",
-        choices=sorted(cell.MODES),
+        choices=sorted(MODES),
         help="KVM MMU mode in L1 (default: tdp_mmu)",
     )
     args = ap.parse_args()
@@ -48,30 +51,20 @@ def main() -> int:
         print(msg, file=sys.stderr, flush=True)
 
     kernel = kernels.fetch(args.suite, log=log)
-    workdir = Path(tempfile.mkdtemp(prefix="kvmwalk-demo-", dir=cell.TOP / "build"))
+    workdir = Path(tempfile.mkdtemp(prefix="kvmwalk-demo-", dir=TOP / "build"))
     shared = workdir / "shared"
     truth_file = shared / "truth.json"
-    kind = cell.addr_kind(args.mode)
-    drgn = cell.drgn_bin()
-    syms = cell.symbol_args(kernel)
-    script = str(cell.TOP / "contrib" / "kvmwalk.py")
-    workload = shlex.join(
-        [
-            str(cell.TOP / "build" / "l2vmm"),
-            "--truth",
-            str(truth_file),
-            "--stop-file",
-            str(shared / "release"),
-            "--timeout",
-            "900",
-        ]
-    )
+    kind = addr_kind(args.mode)
+    drgn = drgn_bin()
+    syms = symbol_args(kernel)
+    script = str(TOP / "contrib" / "kvmwalk.py")
+    workload = l2vmm_command(truth_file, shared / "release", 900)
     live = shlex.join([str(HERE / "walk_first"), str(truth_file), kind, drgn, "-k", *syms, script])
     log(
         f"[demo] booting {kernel.release} ({args.suite}) as L1, MMU mode {args.mode}; "
         f"this takes a minute or two under TCG"
     )
-    spec = cell.MODES[args.mode]
+    spec = MODES[args.mode]
     with L1(
         kernel,
         append=spec.append,
@@ -85,7 +78,7 @@ def main() -> int:
         if not ready.get("ok") or not truth_file.exists():
             log(f"[demo] L1 reported a failure: {ready.get('errors')} (see {workdir})")
             return 1
-        truth = json.loads(truth_file.read_text())
+        truth = load_truth(truth_file)
         pages = [p for p in truth["pages"] if p["vcpu"] == 0][:2] + [
             p for p in truth["pages"] if p["vcpu"] == 1
         ][:1]

@@ -32,6 +32,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 # Debian suites and the Linux series they carry.  Security updates come from
 # <suite>-security, except for sid which has none.
@@ -268,7 +269,7 @@ def locate(root: Path, dbg: Path, release: str) -> tuple[str, str, str, list[str
     return str(vmlinuz), str(moddir), str(vmlinux.resolve()), kvm
 
 
-def fetch(suite: str, cache: Path | None = None, log=print) -> Kernel:
+def fetch(suite: str, cache: Path | None = None, log: Callable[[str], None] = print) -> Kernel:
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
     cache = cache or default_cache()

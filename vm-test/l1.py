@@ -66,7 +66,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 HERE = Path(__file__).resolve().parent
 AGENT = HERE / "l1_agent.py"
@@ -83,7 +83,7 @@ class L1Error(RuntimeError):
     pass
 
 
-def _kernels():
+def _kernels() -> Any:
     """vm-test/kernels.py as a module (vm-test is not a package)."""
     mod = sys.modules.get("kernels")
     if mod is not None and getattr(mod, "__file__", None) == str(HERE / "kernels.py"):
@@ -215,8 +215,8 @@ def kvm_usable() -> tuple[bool, str]:
 
 
 async def _qmp_session(
-    sock: Path, commands: Sequence[tuple[str, dict | None]], timeout: float
-) -> list:
+    sock: Path, commands: Sequence[tuple[str, dict[str, Any] | None]], timeout: float
+) -> list[Any]:
     from qemu.qmp import QMPClient  # only needed on the host side
 
     qmp = QMPClient("l1")
@@ -231,7 +231,9 @@ async def _qmp_session(
     return results
 
 
-def qmp(sock: Path, commands: Sequence[tuple[str, dict | None]], timeout: float = 30) -> list:
+def qmp(
+    sock: Path, commands: Sequence[tuple[str, dict[str, Any] | None]], timeout: float = 30
+) -> list[Any]:
     """Run QMP commands on one connection; returns their results."""
     return asyncio.run(_qmp_session(sock, commands, timeout))
 
@@ -288,7 +290,7 @@ class L1:
 
     def __init__(
         self,
-        kernel,
+        kernel: Any,
         *,
         append: Iterable[str] = (),
         memory: str = "2G",
@@ -331,12 +333,12 @@ class L1:
         for p in (self.shared, self.qmp_ctl, self.qmp_drgn, self.pidfile, self.agent_script):
             if not _SAFE_PATH.match(str(p)):
                 raise L1Error(f"path not shell-safe (vng does not quote it): {p}")
-        self.proc: subprocess.Popen | None = None
-        self._reaper: subprocess.Popen | None = None
-        self._console = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._console: BinaryIO | None = None
         self._released = False
         self.agent_rc: int | None = None
-        self.t_start: float | None = None
+        self.t_start: float = time.monotonic()  # set again at boot
 
     # -- boot ---------------------------------------------------------------
 
@@ -437,13 +439,13 @@ class L1:
         except (OSError, ValueError):
             return None
 
-    def wait_ready(self, timeout: float) -> dict:
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
         """Wait for <shared>/ready (written by the agent); return its JSON."""
         ready = self.shared / "ready"
         deadline = time.monotonic() + timeout
         while True:
             if ready.exists():
-                info = json.loads(ready.read_text())
+                info: dict[str, Any] = json.loads(ready.read_text())
                 self.log(
                     f"l1: ready after {time.monotonic() - self.t_start:.1f} s (ok={info.get('ok')})"
                 )
@@ -468,7 +470,9 @@ class L1:
                 raise L1Error(f"QMP socket {sock} did not appear")
             time.sleep(0.1)
 
-    def qmp(self, commands: Sequence[tuple[str, dict | None]], timeout: float = 30) -> list:
+    def qmp(
+        self, commands: Sequence[tuple[str, dict[str, Any] | None]], timeout: float = 30
+    ) -> list[Any]:
         """Commands over the control QMP socket."""
         self._wait_socket(self.qmp_ctl, 10)
         return qmp(self.qmp_ctl, commands, timeout)
@@ -583,7 +587,8 @@ class L1:
                 with contextlib.suppress(Exception):
                     qmp(self.qmp_ctl, [("quit", None)], timeout=5)
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(10)
+                    if self.proc is not None:
+                        self.proc.wait(10)
             if self.alive():
                 self.log("l1: still alive; kill")
         finally:
@@ -592,7 +597,7 @@ class L1:
             if self._sockdir != self.workdir:
                 shutil.rmtree(self._sockdir, ignore_errors=True)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -699,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     # SIGTERM (e.g. from timeout(1)) unwinds like Ctrl-C, so L1 gets stopped.
-    def on_term(signum, frame):
+    def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)

@@ -1,18 +1,29 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The VM tests' own comparison of --dump with --map (vm-test/cell.py), on
-small made-up records: what it lets through on a live host and what it must
-still catch.  The VM tests run it on real output; this pins its bounds."""
+"""The VM tests' own checks (vm-test/harness/checks), on small made-up
+results: a consistent cell gives no problem, and each fault made on purpose
+gives problems of exactly the view and check it belongs to.  The VM tests
+run the checks on real output; this pins what they catch and what they let
+through (--dump beside --map on a live host)."""
 
 import copy
+import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "vm-test"))
+import pytest
 
-import cell  # noqa: E402
+TOP = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(TOP / "vm-test"))
+
+from harness import checks  # noqa: E402
+from harness.checks import errors  # noqa: E402
+from harness.checks.maps import check_map  # noqa: E402
+from harness.matrix import MODES, VIEWS  # noqa: E402
 
 AD = ["P", "W", "A", "D", "mmu-present", "host-writable", "mmu-writable"]
 D = [f for f in AD if f != "A"]
+
+# -- --dump beside --map ---------------------------------------------------
 
 
 def _records(map_flags, dump_flags):
@@ -39,7 +50,11 @@ def _problems(map_flags, dump_flags, live):
     truth = {"host_runs": [[0x1000, 0x1000, 0x2000]]}
     pages = [{"gpa": 0x2000, "pfn": 2}]
     mp, dump = _records(map_flags, dump_flags)
-    return cell._check_map({}, "v", mp, dump, truth, pages, "gpa", live=live)
+    return check_map("v", "v", mp, dump, truth, pages, "gpa", live=live)
+
+
+def _checks(problems):
+    return {(p.view, p.check) for p in problems}
 
 
 def test_same_flags_agree():
@@ -52,17 +67,17 @@ def test_live_accessed_bit_cleared_after_dump_is_allowed():
 
 
 def test_a_dump_may_not_differ_at_all():
-    assert _problems(D, [AD, D], live=False)
+    assert _checks(_problems(D, [AD, D], live=False)) == {("v", checks.DUMP)}
 
 
 def test_live_accessed_bit_may_not_appear():
     # The guest is halted: nothing sets A again after --dump.
-    assert _problems(AD, [D, AD], live=True)
+    assert _checks(_problems(AD, [D, AD], live=True)) == {("v", checks.DUMP)}
 
 
 def test_live_other_flags_must_agree():
     no_w = [f for f in AD if f not in ("W", "mmu-writable")]
-    assert _problems(no_w, [AD, AD], live=True)
+    assert _checks(_problems(no_w, [AD, AD], live=True)) == {("v", checks.DUMP)}
 
 
 def test_live_hpa_must_agree():
@@ -70,4 +85,438 @@ def test_live_hpa_must_agree():
     dump = copy.deepcopy(dump)
     dump["records"][1]["hpa"] += 0x1000
     truth = {"host_runs": [[0x1000, 0x1000, 0x2000]]}
-    assert cell._check_map({}, "v", mp, dump, truth, [], "gpa", live=True)
+    problems = check_map("v", "v", mp, dump, truth, [], "gpa", live=True)
+    assert _checks(problems) == {("v", checks.DUMP)}
+
+
+# -- A whole made-up cell --------------------------------------------------
+
+ADDR, HPA, PFN, TAG, ROOT = 0x4000_1000, 0x1234_5000, 0x12345, 0xABC, 0x9000
+WANT = f"=> HPA {HPA:#x} (4K page)\n"
+
+
+def _sp(level, addr=ADDR, root=False):
+    span = 9 * level
+    return {
+        "level": level,
+        "tdp_mmu": True,
+        "invalid": False,
+        "direct": True,
+        "gfn": (addr >> 12) >> span << span,
+        "root_count": 1 if root else 0,
+    }
+
+
+def _walk(label="current", root_level=5):
+    levels = range(root_level, 0, -1)
+    return {
+        "addr": ADDR,
+        "mmu": "tdp",
+        "format": "x86",
+        "tdp_mmu": True,
+        "direct": True,
+        "root": label,
+        "root_hpa": ROOT,
+        "root_level": root_level,
+        "steps": [
+            {"kind": "table", "level": lv, "sp": _sp(lv, root=lv == root_level)} for lv in levels
+        ],
+        "hpa": HPA,
+        "stop": None,
+        "page_size": 4096,
+        "tag_at_hpa": TAG,
+    }
+
+
+def _run(records):
+    return {"rc": 0, "stderr": "", "seconds": 0.1, "records": records}
+
+
+def _view(name, root_level):
+    rng = {"start": ADDR, "end": ADDR + 0x1000, "hpa": HPA, "level": 1, "flags": AD}
+    vcpu = {
+        "rc": 0,
+        "stderr": "",
+        "seconds": 0.1,
+        "walks": [_walk(root_level=root_level)],
+        "annotated": _run([_walk(root_level=root_level)]),
+        "all_roots": _run([_walk(root_level=root_level)]),
+        "dump": _run([{"addr": ADDR, "level": 1, "hpa": HPA, "sptep": 0x77000, "flags": AD}]),
+        "map": _run([rng]),
+        "map_annotated": _run([dict(rng, sp=_sp(1))]),
+    }
+    vm = {
+        "pid": 100,
+        "mmu": "npt",
+        "tdp_mmu": True,
+        "stats_id": "kvm-100",
+        "vcpus": [{"id": 0, "root_hpa": ROOT, "root_level": root_level, "direct": True}],
+        "memslots": [
+            {"as_id": 0, "id": 1, "base_gfn": 0x40000, "npages": 0x200, "hva": 1 << 40, "flags": 0}
+        ],
+    }
+    stats = {"vm": 100, "match": True, "differences": [], "notes": [], "tables": 2}
+    return {
+        "view": name,
+        "list": {"rc": 0, "stderr": "", "vms": [vm]},
+        "stats": _run([dict(stats, leaves={"4K": 1, "2M": 0, "1G": 0})]),
+        "workloads": {"base": {"view": name, "addr_kind": "gpa", "vcpus": {"0": vcpu}}},
+    }
+
+
+def _proc(stdout="", stderr="", rc=0):
+    return {"cmd": "", "rc": rc, "stdout": stdout, "stderr": stderr, "seconds": 0.1}
+
+
+def make_cell(release="6.1.0-57-amd64"):
+    """A tdp_mmu cell of one workload, one vCPU and one tagged page, in
+    which every view answers what the truth says."""
+    root_level = MODES["tdp_mmu"].expected_root_level(release, "base")
+    truth = {
+        "pid": 100,
+        "vcpus": [0],
+        "memslots": [
+            {
+                "as_id": 0,
+                "slot": 1,
+                "gpa": 0x4000_0000,
+                "size": 0x20_0000,
+                "hva": 1 << 40,
+                "flags": 0,
+                "backing": "anon",
+            }
+        ],
+        "pages": [
+            {
+                "vcpu": 0,
+                "slot": 1,
+                "gva": 0x1000,
+                "gpa": ADDR,
+                "hva": (1 << 40) + 0x1000,
+                "pfn": PFN,
+                "tag": TAG,
+                "host_thp": False,
+            }
+        ],
+        "cr3": 0x5000,
+        "first_cr3": 0x5000,
+        "guest_pt_pages": [0x5000],
+        "guest_maps": [[0x1000, ADDR, 0x1000]],
+        "host_runs": [[ADDR, HPA, 0x1000]],
+        "guest_paging": "64",
+        "guest_2m": False,
+    }
+    refusals = {
+        "not_a_vm": "kvmwalk.py: process 1 has no VM; VMs: pid 100 (2 vCPUs)",
+        "no_such_vcpu": "kvmwalk.py: the VM has no vCPU 7; its vCPUs: 0, 1",
+        "beyond_root": "kvmwalk.py: GPA 0x1000000000000000 is beyond a 5-level root",
+        "malformed": "kvmwalk.py: error: argument --addr: invalid address '0xZZ'",
+        "no_kvm_debug_info": "kvmwalk.py: kvm.ko is loaded but its debug info is not: load it "
+        "with -s /usr/lib/debug/lib/modules/6.1.0-57-amd64/kernel/arch/x86/kvm/kvm.ko",
+    }
+    errs = {case: _proc(stderr=line + "\n", rc=2) for case, line in refusals.items()}
+    errs["unmapped"] = _proc("=> not mapped: SPTE not present at level 3 (PDPTE)\n")
+    errs["vm_omitted"] = _proc(WANT)
+    return {
+        "suite": "made-up",
+        "mode": "tdp_mmu",
+        "release": release,
+        "addr_kind": "gpa",
+        "root_levels": {"base": root_level},
+        "truth": {"base": truth},
+        "views": {view: _view(view, root_level) for view in VIEWS},
+        "one_walk": {view: _proc(WANT) for view in VIEWS},
+        "console": {view: _proc(WANT) for view in VIEWS},
+        "plugin": {view: _proc(WANT) for view in VIEWS[1:]},
+        "errors": errs,
+        "dump_level": 31,
+        "libkdumpfile_reads": True,
+        "kdump_reader": {
+            "release": release,
+            "held": 10,
+            "compared": 10,
+            "tagged": 1,
+            "mismatches": [],
+        },
+    }
+
+
+def _vcpu(cell, view="elf"):
+    return cell["views"][view]["workloads"]["base"]["vcpus"]["0"]
+
+
+def test_a_consistent_cell_has_no_problem():
+    assert checks.check_cell(make_cell()) == []
+
+
+def _fault_walk_hpa(c):
+    _vcpu(c)["walks"][0]["hpa"] += 0x1000
+
+
+def _fault_walk_tag(c):
+    _vcpu(c)["walks"][0]["tag_at_hpa"] = 0
+
+
+def _fault_walk_level(c):
+    _vcpu(c)["walks"][0]["root_level"] = 4
+
+
+def _fault_no_result(c):
+    c["views"]["elf"] = {"error": _proc(rc=1)}
+
+
+def _fault_list_memslot(c):
+    c["views"]["elf"]["list"]["vms"][0]["memslots"][0]["npages"] = 1
+
+
+def _fault_list_root(c):
+    c["views"]["elf"]["list"]["vms"][0]["vcpus"][0]["root_hpa"] = 0
+
+
+def _fault_stats_match(c):
+    c["views"]["elf"]["stats"]["records"][0]["match"] = False
+
+
+def _fault_stats_tables(c):
+    c["views"]["elf"]["stats"]["records"][0]["tables"] = 0
+
+
+def _fault_annotate_gfn(c):
+    _vcpu(c)["annotated"]["records"][0]["steps"][2]["sp"]["gfn"] += 1
+
+
+def _fault_annotate_no_sp(c):
+    _vcpu(c)["annotated"]["records"][0]["steps"][1]["sp"] = None
+
+
+def _fault_map_annotate_level(c):
+    _vcpu(c)["map_annotated"]["records"][0]["sp"]["level"] = 2
+
+
+def _fault_root_all_twice(c):
+    _vcpu(c)["all_roots"]["records"].append(dict(_walk(), root_hpa=ROOT + 0x1000))
+
+
+def _fault_root_all_differs(c):
+    _vcpu(c)["all_roots"]["records"][0]["hpa"] += 0x1000
+
+
+def _fault_map_hpa(c):
+    _vcpu(c)["map"]["records"][0]["hpa"] += 0x1000
+    _vcpu(c)["map_annotated"]["records"][0]["hpa"] += 0x1000
+    _vcpu(c)["dump"]["records"][0]["hpa"] += 0x1000
+
+
+def _fault_dump_leaf(c):
+    _vcpu(c)["dump"]["records"][0]["hpa"] += 0x1000
+
+
+def _fault_dump_count(c):
+    _vcpu(c)["dump"]["records"] *= 2
+
+
+def _fault_console(c):
+    c["console"]["elf"]["stdout"] = "=> HPA 0x1 (4K page)\n"
+
+
+def _fault_plugin(c):
+    c["plugin"]["elf"]["rc"] = 2
+
+
+def _fault_kdump_reader(c):
+    c["kdump_reader"]["mismatches"] = ["pfn 0x1: differs from the ELF dump"]
+
+
+def _fault_kdump_one_walk(c):
+    # libkdumpfile refuses the dump, and contrib/kvmwalk.py did not say so.
+    c["libkdumpfile_reads"] = False
+    hint = checks.entry.KDUMP_REFUSED_HINT
+    c["plugin"]["kdump"] = _proc(stderr=f"(use {hint}\n", rc=2)
+
+
+FIRST_CR3, PREV_ROOT = 0x6000, 0xA000
+
+
+def switch_cr3(c):
+    """The guest started on a copy of its top-level table (l2vmm
+    --switch-cr3): every view's vCPU has a previous root, which --root all
+    lists and --root prev walks to the same HPAs."""
+    c["truth"]["base"]["first_cr3"] = FIRST_CR3
+    for view in VIEWS:
+        vcpu = _vcpu(c, view)
+        prev = dict(_walk("prev[0]"), root_hpa=PREV_ROOT)
+        prev["steps"] = copy.deepcopy(prev["steps"])
+        prev["steps"][0]["sp"].update(gfn=FIRST_CR3 >> 12, direct=False)
+        vcpu["all_roots"]["records"].append(copy.deepcopy(prev))
+        vcpu["prev_root"] = _run([prev])
+
+
+def test_a_switched_cr3_has_no_problem():
+    c = make_cell()
+    switch_cr3(c)
+    assert checks.check_cell(c) == []
+
+
+def _fault_root_prev_hpa(c):
+    switch_cr3(c)
+    _vcpu(c)["prev_root"]["records"][0]["hpa"] += 0x1000
+
+
+def _fault_root_prev_is_current(c):
+    switch_cr3(c)
+    _vcpu(c)["prev_root"]["records"][0]["root_hpa"] = ROOT
+
+
+def _fault_root_prev_missing(c):
+    switch_cr3(c)
+    for view in VIEWS:
+        _vcpu(c, view)["all_roots"]["records"].pop()
+    del _vcpu(c)["prev_root"]
+
+
+def _fault_error_rc(c):
+    c["errors"]["no_such_vcpu"]["rc"] = 1
+
+
+def _fault_error_traceback(c):
+    c["errors"]["malformed"]["stderr"] = (
+        "Traceback (most recent call last):\n" + (c["errors"]["malformed"]["stderr"])
+    )
+
+
+def _fault_error_unmapped(c):
+    c["errors"]["unmapped"]["stdout"] = WANT
+
+
+FAULTS = {
+    # --root all's current root then differs from the walk too.
+    _fault_walk_hpa: {("elf", checks.WALK), ("elf", checks.ROOT_ALL)},
+    _fault_walk_tag: {("elf", checks.WALK)},
+    _fault_walk_level: {("elf", checks.WALK)},
+    _fault_no_result: {("elf", checks.RESULT)},
+    _fault_list_memslot: {("elf", checks.LIST)},
+    _fault_list_root: {("elf", checks.LIST)},
+    _fault_stats_match: {("elf", checks.STATS)},
+    _fault_stats_tables: {("elf", checks.STATS)},
+    _fault_annotate_gfn: {("elf", checks.ANNOTATE)},
+    _fault_annotate_no_sp: {("elf", checks.ANNOTATE)},
+    _fault_map_annotate_level: {("elf", checks.MAP_ANNOTATE)},
+    _fault_root_all_twice: {("elf", checks.ROOT_ALL)},
+    _fault_root_all_differs: {("elf", checks.ROOT_ALL)},
+    _fault_root_prev_hpa: {("elf", checks.ROOT_PREV)},
+    _fault_root_prev_is_current: {("elf", checks.ROOT_PREV)},
+    # --root all lists no previous root in any view; no --root prev in elf.
+    _fault_root_prev_missing: {(view, checks.ROOT_ALL) for view in VIEWS}
+    | {("elf", checks.ROOT_PREV)},
+    _fault_map_hpa: {("elf", checks.MAP)},
+    _fault_dump_leaf: {("elf", checks.DUMP)},
+    _fault_dump_count: {("elf", checks.DUMP)},
+    _fault_console: {("elf", checks.CONSOLE)},
+    _fault_plugin: {("elf", checks.PLUGIN)},
+    _fault_kdump_reader: {("kdump", checks.KDUMP_READER)},
+    _fault_kdump_one_walk: {("kdump", checks.KDUMP_ONE_WALK)},
+    _fault_error_rc: {("qmp", checks.ERRORS)},
+    _fault_error_traceback: {("qmp", checks.ERRORS)},
+    _fault_error_unmapped: {("qmp", checks.ERRORS)},
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__[7:] for f in FAULTS])
+def test_a_fault_is_caught_by_its_check(fault):
+    cell = make_cell()
+    fault(cell)
+    problems = checks.check_cell(cell)
+    assert problems and _checks(problems) == FAULTS[fault], problems
+
+
+def test_every_check_catches_a_fault():
+    assert {check for want in FAULTS.values() for _, check in want} == set(checks.CHECKS)
+
+
+def test_every_check_is_selected_by_a_vm_test():
+    """tests/vm select problems by check: each check's problems fail a test."""
+    source = (TOP / "tests" / "vm" / "test_vm_walk.py").read_text()
+    names = {
+        name for name in dir(checks) if name.isupper() and getattr(checks, name) in checks.CHECKS
+    }
+    assert {getattr(checks, n) for n in names} == set(checks.CHECKS)
+    missing = [n for n in sorted(names) if not re.search(rf"\bchecks\.{n}\b", source)]
+    assert missing == ["ERRORS"] and "errors.check_error_case" in source, missing
+
+
+def test_the_error_cases_are_the_runs():
+    from harness.run import error_case_argv
+
+    syms = ["--no-default-symbols", "-s", "vmlinux", "-s", "kvm.ko"]
+    cell = make_cell()
+    assert set(error_case_argv(syms, cell["truth"], "gpa")) == set(errors.CASES)
+
+
+# -- What a kernel has ------------------------------------------------------
+
+OLD = "5.10.0-46-amd64"  # before f1b832550832, 43e540cc9f2c and 1699f65c8b65
+
+
+def test_root_level_follows_the_kernel():
+    assert MODES["tdp_mmu"].expected_root_level(OLD, "base") == 4
+    assert MODES["tdp_mmu"].expected_root_level("5.15.0-1-amd64", "base") == 5
+    assert MODES["tdp_mmu"].expected_root_level("7.3-amd64", "base") == 5
+    assert MODES["legacy"].expected_root_level(OLD, "base") == 4
+    assert MODES["shadow"].expected_root_level(OLD, "pae") == 3
+
+
+def _parent_level_children(c):
+    for step in _vcpu(c)["annotated"]["records"][0]["steps"][1:]:
+        step["sp"]["level"] += 1
+    _vcpu(c)["map_annotated"]["records"][0]["sp"]["level"] = 2
+
+
+def test_tdp_mmu_child_level_before_v5_14():
+    old = make_cell(OLD)
+    _parent_level_children(old)
+    assert checks.check_cell(old) == []
+    new = make_cell()
+    _parent_level_children(new)
+    assert _checks(checks.check_cell(new)) == {
+        ("elf", checks.ANNOTATE),
+        ("elf", checks.MAP_ANNOTATE),
+    }
+
+
+def _lpages_gap(c, notes):
+    for view in VIEWS:
+        rec = c["views"][view]["stats"]["records"][0]
+        rec.update(match=False, differences=["lpages"], notes=notes)
+
+
+@pytest.mark.parametrize("name", ["thp", "1g"])
+def test_lpages_gap_before_v5_13(name):
+    def cell(release, notes):
+        c = make_cell(release)
+        for key in ("truth", "root_levels"):
+            c[key] = {name: c[key]["base"]}
+        for view in VIEWS:
+            wls = c["views"][view]["workloads"]
+            wls[name] = wls.pop("base")
+        _lpages_gap(c, notes)
+        return c
+
+    assert checks.check_cell(cell(OLD, ["5.10 does not count them"])) == []
+    # Flagged but not explained on 5.10; the same difference on 6.1.
+    every_view = {(view, checks.STATS) for view in VIEWS}
+    assert _checks(checks.check_cell(cell(OLD, []))) == every_view
+    assert _checks(checks.check_cell(cell("6.1.0-57-amd64", ["x"]))) == every_view
+
+
+def test_select_by_view_and_check():
+    c = make_cell()
+    _fault_walk_hpa(c)
+    _fault_console(c)
+    problems = checks.check_cell(c)
+    assert [p.check for p in checks.select(problems, "elf", checks.WALK)] == [checks.WALK]
+    assert checks.select(problems, "qmp", checks.WALK) == []
+    assert {p.check for p in checks.select(problems, "elf")} == {
+        checks.WALK,
+        checks.ROOT_ALL,
+        checks.CONSOLE,
+    }

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Walk a real L2 guest's tables in real Debian KVM hosts (L1 in QEMU).
 
-One L1 boot per (kernel, MMU mode) (cell.run_cell) serves every check of it: the
+One L1 boot per (kernel, MMU mode) (harness.run.run_cell) serves every check of it: the
 tool's answer for each tagged page of both vCPUs, in each view (live inside
 L1, QMP from outside, ELF dump, kdump-compressed dump), is compared with the
 ground truth the workload recorded (pagemap PFNs and the tags it wrote).
@@ -11,29 +11,36 @@ import json
 import os
 import re
 
-import cell
 import pytest
 from conftest import fetch_kernel
+from harness import TOP, checks
+from harness.checks import errors
+from harness.checks.entry import KDUMP_REFUSED_HINT
+from harness.checks.walks import SIZE_1G, SIZE_2M, SIZE_4K, expected_page_size
+from harness.matrix import MODES, VIEWS
+from harness.matrix import SUITES as ALL_SUITES
+from harness.records import pagemap_hpa, switched_cr3
+from harness.run import run_cell
 
 pytestmark = pytest.mark.vm
 
 # The kernels to test, as Debian suites (KVMWALK_SUITES=bookworm,trixie,...).
-SUITES = os.environ.get("KVMWALK_SUITES", ",".join(cell.SUITES)).split(",")
-CELLS = [(suite, mode) for suite in SUITES for mode in cell.MODES]
+SUITES = os.environ.get("KVMWALK_SUITES", ",".join(ALL_SUITES)).split(",")
+CELLS = [(suite, mode) for suite in SUITES for mode in MODES]
 
 
 @pytest.fixture(scope="session", params=CELLS, ids=[f"{s}-{m}" for s, m in CELLS])
 def cell_result(request):
     suite, mode = request.param
     fetch_kernel(suite)
-    workdir = cell.TOP / "build" / "vm" / f"{suite}-{mode}"
+    workdir = TOP / "build" / "vm" / f"{suite}-{mode}"
     try:
-        return cell.run_cell(suite, mode, workdir, log=lambda m: print(m, flush=True))
+        return run_cell(suite, mode, workdir, log=lambda m: print(m, flush=True))
     except Exception as e:
         # One more boot when L1 itself failed (an L1 frozen under TCG on a
         # loaded host was seen here); the first failure stays in the result.
         print(f"[cell] {suite}/{mode}: first attempt failed, booting again: {e!r}", flush=True)
-        result = cell.run_cell(suite, mode, workdir, log=lambda m: print(m, flush=True))
+        result = run_cell(suite, mode, workdir, log=lambda m: print(m, flush=True))
         result["first_attempt_failure"] = repr(e)[-2000:]
         return result
 
@@ -74,7 +81,7 @@ def test_workloads_are_what_the_mode_asks_for(cell_result):
     expectations assume, so that a walk ignoring PAE roots or large leaves
     cannot pass unnoticed."""
     truths = cell_result["truth"]
-    assert set(truths) == set(cell.MODES[cell_result["mode"]].workloads)
+    assert set(truths) == set(MODES[cell_result["mode"]].workloads)
     for name, truth in truths.items():
         backing = {s["slot"]: s["backing"] for s in truth["memslots"]}
         if name == "1g":
@@ -90,24 +97,32 @@ def test_leaf_sizes_follow_the_backing(cell_result):
     """Every leaf size the mode can produce is expected of some page: 4K, 2M
     and 1G under TDP, 4K and 2M under shadow paging."""
     sizes = {
-        cell.expected_page_size(cell_result, t, p)
+        expected_page_size(cell_result, t, p)
         for t in cell_result["truth"].values()
         for p in t["pages"]
     }
     if cell_result["addr_kind"] == "gpa":
-        assert sizes == {cell.SIZE_4K, cell.SIZE_2M, cell.SIZE_1G}
+        assert sizes == {SIZE_4K, SIZE_2M, SIZE_1G}
     else:
-        assert sizes == {cell.SIZE_4K, cell.SIZE_2M}
+        assert sizes == {SIZE_4K, SIZE_2M}
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+_CHECKED = {}  # id(cell result) -> its problems, checked once per cell
+
+
+def _problems(cell_result, view, *which):
+    """The problems of ``view`` whose check is one of ``which``, as text."""
+    key = id(cell_result)
+    if key not in _CHECKED:
+        _CHECKED[key] = (cell_result, checks.check_cell(cell_result))
+    problems = checks.select(_CHECKED[key][1], view, *which)
+    return "\n".join(p.message for p in problems[:40])
+
+
+@pytest.mark.parametrize("view", VIEWS)
 def test_view_matches_ground_truth(cell_result, view):
-    problems = [
-        p
-        for p in cell.check_cell(cell_result)
-        if p.startswith(view + ":") or p.startswith(view + " ")
-    ]
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.RESULT, checks.WALK)
+    assert not problems, problems
     for name, truth in cell_result["truth"].items():
         wl = cell_result["views"][view]["workloads"][name]
         n = sum(len(r["walks"]) for r in wl["vcpus"].values())
@@ -117,43 +132,37 @@ def test_view_matches_ground_truth(cell_result, view):
             assert tags == n
 
 
-def _whole_table_problems(cell_result, view, option):
-    return [
-        p for p in cell.check_whole_tables(cell_result) if p.startswith(view + " ") and option in p
-    ]
-
-
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_list_matches_the_vmm(cell_result, view):
     """--list: each workload's VM, its two vCPUs with the roots the walks used,
     and its memslots exactly as the VMM created them."""
     assert cell_result["views"][view]["list"]["rc"] == 0
-    problems = _whole_table_problems(cell_result, view, "--list")
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.LIST)
+    assert not problems, problems
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_annotate_names_the_shadow_pages(cell_result, view):
     """--annotate: each table on a walk's path has its struct kvm_mmu_page, of
     that level, mapping the GFNs the table covers (TDP) or shadowing one of the
     guest's own page-table pages (shadow paging)."""
-    problems = _whole_table_problems(cell_result, view, "--annotate")
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.ANNOTATE)
+    assert not problems, problems
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_map_annotate_names_each_ranges_table(cell_result, view):
-    problems = _whole_table_problems(cell_result, view, "--map --annotate")
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.MAP_ANNOTATE)
+    assert not problems, problems
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_root_all_includes_the_current_root(cell_result, view):
-    problems = _whole_table_problems(cell_result, view, "--root all")
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.ROOT_ALL)
+    assert not problems, problems
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_root_prev_is_the_first_cr3s_root(cell_result, view):
     """--root prev: under shadow paging, the 64-bit guest started on a copy of
     its top-level table and then loaded the real one; KVM kept the first root
@@ -162,21 +171,21 @@ def test_root_prev_is_the_first_cr3s_root(cell_result, view):
         pytest.skip(
             "under TDP a guest's CR3 switch does not reach KVM's MMU: no previous roots to check"
         )
-    switched = [name for name, t in cell_result["truth"].items() if cell._switched_cr3(t)]
+    switched = [name for name, t in cell_result["truth"].items() if switched_cr3(t)]
     assert switched, "no shadow-paging workload switched CR3"
     for name in switched:
         for vcpu in cell_result["truth"][name]["vcpus"]:
             assert "prev_root" in cell_result["views"][view]["workloads"][name]["vcpus"][str(vcpu)]
-    problems = _whole_table_problems(cell_result, view, "--root prev")
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.ROOT_PREV)
+    assert not problems, problems
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_stats_equal_kvm_counters(cell_result, view):
     """--stats: leaf SPTEs counted over all of each VM's tables equal KVM's own
     per-VM counters, and the large leaves the workloads make are among them."""
-    problems = _whole_table_problems(cell_result, view, "--stats")
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.STATS)
+    assert not problems, problems
     by_pid = {r["vm"]: r for r in cell_result["views"][view]["stats"]["records"]}
     for name, truth in cell_result["truth"].items():
         leaves = by_pid[truth["pid"]]["leaves"]
@@ -187,15 +196,13 @@ def test_stats_equal_kvm_counters(cell_result, view):
             assert leaves["1G"] > 0, leaves
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_map_and_dump_match_ground_truth(cell_result, view):
     """--map covers every tagged page, and every range it prints translates as
     the guest's tables and the host's pagemap say; --dump holds the same
     leaves."""
-    problems = _whole_table_problems(cell_result, view, "--map") + _whole_table_problems(
-        cell_result, view, "--dump"
-    )
-    assert not problems, "\n".join(problems[:40])
+    problems = _problems(cell_result, view, checks.MAP, checks.DUMP)
+    assert not problems, problems
     for name, truth in cell_result["truth"].items():
         for vcpu in truth["vcpus"]:
             r = cell_result["views"][view]["workloads"][name]["vcpus"][str(vcpu)]
@@ -204,7 +211,7 @@ def test_map_and_dump_match_ground_truth(cell_result, view):
 
 
 def _first_page_hpa(cell_result):
-    return cell.pagemap_hpa(first_truth(cell_result)["pages"][0], cell_result["addr_kind"])
+    return pagemap_hpa(first_truth(cell_result)["pages"][0], cell_result["addr_kind"])
 
 
 def _libkdumpfile_refuses(cell_result, view, r):
@@ -214,17 +221,19 @@ def _libkdumpfile_refuses(cell_result, view, r):
     if view != "kdump" or cell_result["libkdumpfile_reads"]:
         return False
     lines = r["stderr"].strip().splitlines()
-    assert lines and cell.KDUMP_REFUSED_HINT in lines[-1], r
+    assert lines and KDUMP_REFUSED_HINT in lines[-1], r
     assert "Traceback" not in r["stderr"] and "=> HPA" not in r["stdout"], r
     return True
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_one_whole_process_walk(cell_result, view):
     """contrib/kvmwalk.py as a user runs it: text output, exit 0, right HPA."""
     w = cell_result["one_walk"][view]
     if _libkdumpfile_refuses(cell_result, view, w):
         assert w["rc"] == 2, w
+        problems = _problems(cell_result, view, checks.KDUMP_ONE_WALK)
+        assert not problems, problems
         return
     assert w["rc"] == 0, w
     want = _first_page_hpa(cell_result)
@@ -233,19 +242,23 @@ def test_one_whole_process_walk(cell_result, view):
     assert int(m.group(1), 16) == want
 
 
-@pytest.mark.parametrize("view", cell.VIEWS)
+@pytest.mark.parametrize("view", VIEWS)
 def test_console_script(cell_result, view):
     """kvmwalk -k | --qemu SOCK | -c DUMP -s vmlinux -s kvm.ko ...: the
     console script opens the target itself."""
     r = cell_result["console"][view]
     assert r["rc"] == 0, r
     assert f"=> HPA {_first_page_hpa(cell_result):#x} " in r["stdout"], r
+    problems = _problems(cell_result, view, checks.CONSOLE)
+    assert not problems, problems
 
 
 @pytest.mark.parametrize("view", ["qmp", "elf", "kdump"])
 def test_drgn_command(cell_result, view):
     """%kvmwalk in drgn, registered by the drgn.plugins entry point."""
     r = cell_result["plugin"][view]
+    problems = _problems(cell_result, view, checks.PLUGIN)
+    assert not problems, problems
     if _libkdumpfile_refuses(cell_result, view, r):
         return
     assert r["rc"] == 0, r
@@ -283,29 +296,15 @@ def test_kdump_reader_matches_the_elf_dump(cell_result):
     read by drgn's ELF reader: every tagged page in the dump and a spread of
     others."""
     r = cell_result["kdump_reader"]
+    problems = _problems(cell_result, "kdump", checks.KDUMP_READER)
+    assert not problems, problems
     assert r["mismatches"] == [], r
     assert r["compared"] >= 256 and r["release"] == cell_result["release"], r
     if cell_result["dump_level"] & 8 == 0:  # user pages (the tags) kept
         assert r["tagged"] > 0, r
 
 
-@pytest.mark.parametrize(
-    "case,message",
-    [
-        (
-            "not_a_vm",
-            r"^kvmwalk\.py: process 1 has no VM; VMs: pid \d+ \(2 vCPUs\)(, pid \d+ \(2 vCPUs\))*$",
-        ),
-        ("no_such_vcpu", r"^kvmwalk\.py: the VM has no vCPU 7; its vCPUs: 0, 1$"),
-        ("beyond_root", r"^kvmwalk\.py: G[PV]A 0x1000000000000000 is (beyond|not canonical)"),
-        ("malformed", r"^kvmwalk\.py: error: argument --addr: invalid address '0xZZ'"),
-        (
-            "no_kvm_debug_info",
-            r"^kvmwalk\.py: kvm\.ko is loaded but its debug info is not: load it "
-            r"with -s /usr/lib/debug/lib/modules/\S+/kernel/arch/x86/kvm/kvm\.ko",
-        ),
-    ],
-)
+@pytest.mark.parametrize("case,message", list(errors.REFUSALS.items()))
 def test_errors_on_a_real_kernel(cell_result, case, message):
     """Bad input and missing pieces: exit 2, one line on stderr, no traceback."""
     r = cell_result["errors"][case]
@@ -314,16 +313,19 @@ def test_errors_on_a_real_kernel(cell_result, case, message):
     lines = [ln for ln in r["stderr"].splitlines() if not ln.startswith("warning:")]
     assert len(lines) == 1, r["stderr"]
     assert re.search(message, lines[0]), lines[0]
+    assert not errors.check_error_case(cell_result, case)
 
 
 def test_unmapped_address_is_an_answer(cell_result):
     r = cell_result["errors"]["unmapped"]
     assert r["rc"] == 0, r
     assert re.search(r"=> not mapped: SPTE not present at level [1-5] \(\w+\)", r["stdout"]), r
+    assert not errors.check_error_case(cell_result, "unmapped")
 
 
 def test_vm_may_be_omitted_only_when_there_is_one(cell_result):
     r = cell_result["errors"]["vm_omitted"]
+    assert not errors.check_error_case(cell_result, "vm_omitted")
     truths = list(cell_result["truth"].values())
     if len(truths) > 1:
         assert r["rc"] == 2, r
@@ -333,5 +335,5 @@ def test_vm_may_be_omitted_only_when_there_is_one(cell_result):
         assert sorted(int(p) for p in re.findall(r"pid (\d+)", m.group(2))) == pids
         return
     assert r["rc"] == 0, r
-    want = cell.pagemap_hpa(truths[0]["pages"][0], cell_result["addr_kind"])
+    want = pagemap_hpa(truths[0]["pages"][0], cell_result["addr_kind"])
     assert f"=> HPA {want:#x} (4K page)" in r["stdout"], r["stdout"]

@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The checks of a cell's result against the ground truth.  Each returns
+records.Problem(view, check, message); tests/vm select them by ``view`` and
+``check`` (one of CHECKS), never by the wording of ``message``.
+
+- walks.py: --addr of every tagged page (RESULT, WALK);
+- tables.py: the whole-table views of each view, through vmlist.py (LIST),
+  stats.py (STATS), annotate.py (ANNOTATE, MAP_ANNOTATE), roots.py
+  (ROOT_ALL, ROOT_PREV) and maps.py (MAP, DUMP);
+- entry.py: the console script and %kvmwalk (CONSOLE, PLUGIN);
+- kdump.py: kvmwalk's kdump reader and the libkdumpfile refusal
+  (KDUMP_READER, KDUMP_ONE_WALK);
+- errors.py: contrib/kvmwalk.py on wrong input (ERRORS).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from ..records import CellResult, Problem
+from .annotate import ANNOTATE, MAP_ANNOTATE
+from .entry import CONSOLE, PLUGIN, check_entry_points
+from .errors import ERRORS, check_errors
+from .kdump import KDUMP_ONE_WALK, KDUMP_READER, check_kdump_views
+from .maps import DUMP, MAP
+from .roots import ROOT_ALL, ROOT_PREV
+from .stats import STATS
+from .tables import check_whole_tables
+from .vmlist import LIST
+from .walks import RESULT, WALK, check_walks
+
+CHECKS = (
+    RESULT,
+    WALK,
+    LIST,
+    STATS,
+    ANNOTATE,
+    MAP_ANNOTATE,
+    ROOT_ALL,
+    ROOT_PREV,
+    MAP,
+    DUMP,
+    CONSOLE,
+    PLUGIN,
+    KDUMP_READER,
+    KDUMP_ONE_WALK,
+    ERRORS,
+)
+
+
+def check_cell(result: CellResult) -> List[Problem]:
+    """Every problem of a cell, in the order vm-test/cell.py prints them."""
+    return (
+        check_walks(result)
+        + check_whole_tables(result)
+        + check_entry_points(result)
+        + check_kdump_views(result)
+        + check_errors(result)
+    )
+
+
+def select(problems: List[Problem], view: Optional[str] = None, *checks: str) -> List[Problem]:
+    """The problems of ``view`` (any view when None) whose check is one of
+    ``checks`` (any check when none is given)."""
+    return [
+        p
+        for p in problems
+        if (view is None or p.view == view) and (not checks or p.check in checks)
+    ]

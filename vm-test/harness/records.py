@@ -1,0 +1,322 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Typed records of one cell: the ground truth as the L2 workload wrote it
+(build/l2vmm --truth), what vm-test/check_views.py and the other runs
+recorded in each view, the whole cell's result (``cell.json``), and the
+problems the checks find.
+
+These are TypedDicts over the JSON the harness writes and reads, so a
+cell.json stays what it was; ``load_*`` are the one place JSON becomes a
+record (``Any`` stops there, but for the L1 agent's report and the JSON of
+the first-page scripts, which the tests read as they are).  They are
+``total=False``: run.py fills a CellResult step by step, a failed run leaves
+keys out, and the unit tests build partial ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, TypedDict, cast
+
+AddrKind = Literal["gpa", "gva"]
+
+# -- Ground truth (build/l2vmm --truth FILE) --------------------------------
+
+
+class Memslot(TypedDict, total=False):
+    """A memslot as the VMM created it."""
+
+    as_id: int
+    slot: int
+    gpa: int
+    size: int
+    hva: int
+    flags: int
+    backing: str  # anon, thp, hugetlb1g
+
+
+class Page(TypedDict, total=False):
+    """A page the guest tagged: its addresses, the host PFN the VMM read in
+    /proc/self/pagemap, and the 8-byte tag it wrote there."""
+
+    vcpu: int
+    slot: int
+    gva: int
+    gpa: int
+    hva: int
+    pfn: int
+    tag: int
+    host_thp: bool
+
+
+class Truth(TypedDict, total=False):
+    """One L2 workload's ground truth."""
+
+    pid: int
+    vcpus: List[int]
+    memslots: List[Memslot]
+    pages: List[Page]
+    cr3: int
+    first_cr3: int  # != cr3 when the guest switched CR3 (l2vmm --switch-cr3)
+    guest_pt_pages: List[int]  # GPAs of the guest's own page-table pages
+    guest_maps: List[List[int]]  # [gva, gpa, len] runs of the guest's tables
+    host_runs: List[List[int]]  # [gpa, hpa, len] runs of the host's pagemap
+    guest_paging: str  # 64, pae, 32
+    guest_2m: bool
+
+
+# -- What kvmwalk answered (vm-test/check_views.py) -------------------------
+
+
+class ShadowPage(TypedDict, total=False):
+    """--annotate's struct kvm_mmu_page of one table."""
+
+    level: int
+    tdp_mmu: bool
+    invalid: bool
+    direct: bool
+    gfn: int
+    root_count: int
+
+
+class Step(TypedDict, total=False):
+    kind: str  # pae_root, table, leaf, ...
+    level: int
+    sp: Optional[ShadowPage]
+
+
+class Walk(TypedDict, total=False):
+    """One --addr --json record; ``tag_at_hpa`` is what check_views.py read
+    at its HPA (None where the view does not hold it)."""
+
+    addr: int
+    mmu: str
+    format: str
+    tdp_mmu: bool
+    direct: bool
+    root: str  # --root all/prev label: current, prev[N], ...
+    root_hpa: int
+    root_level: int
+    steps: List[Step]
+    hpa: Optional[int]
+    stop: Any
+    page_size: int
+    tag_at_hpa: Optional[int]
+
+
+class Leaf(TypedDict, total=False):
+    """One --dump --json record."""
+
+    addr: int
+    level: int
+    hpa: int
+    sptep: int
+    flags: List[str]
+
+
+class MapRange(TypedDict, total=False):
+    """One --map --json record (with --annotate: ``sp``)."""
+
+    start: int
+    end: int
+    hpa: int
+    level: int
+    flags: List[str]
+    sp: Optional[ShadowPage]
+
+
+class StatsRecord(TypedDict, total=False):
+    """One --stats --json record (one VM)."""
+
+    vm: int
+    match: bool
+    differences: List[str]
+    notes: List[str]
+    tables: int
+    leaves: Dict[str, int]
+
+
+class Run(TypedDict, total=False):
+    """One in-process kvmwalk run: exit status, stderr, time."""
+
+    rc: int
+    stderr: str
+    seconds: float
+
+
+class WalkRun(Run, total=False):
+    records: List[Walk]
+
+
+class DumpRun(Run, total=False):
+    records: List[Leaf]
+
+
+class MapRun(Run, total=False):
+    records: List[MapRange]
+
+
+class StatsRun(Run, total=False):
+    records: List[StatsRecord]
+
+
+class ListVcpu(TypedDict, total=False):
+    id: int
+    root_hpa: int
+    root_level: int
+    direct: bool
+
+
+class ListSlot(TypedDict, total=False):
+    as_id: int
+    id: int
+    base_gfn: int
+    npages: int
+    hva: int
+    flags: int
+
+
+class ListVm(TypedDict, total=False):
+    """One VM of --list --json."""
+
+    pid: int
+    mmu: str
+    tdp_mmu: bool
+    stats_id: Optional[str]
+    vcpus: List[ListVcpu]
+    memslots: List[ListSlot]
+
+
+class ListRun(Run, total=False):
+    vms: Optional[List[ListVm]]
+
+
+class VcpuRun(TypedDict, total=False):
+    """Everything check_views.py ran for one vCPU of one workload."""
+
+    rc: int
+    stderr: str
+    seconds: float
+    walks: List[Walk]  # --addr of every tagged page
+    annotated: WalkRun  # --annotate of a few
+    all_roots: WalkRun  # --root all, first page
+    prev_root: WalkRun  # --root prev --annotate (a guest that switched CR3)
+    dump: DumpRun
+    map: MapRun
+    map_annotated: MapRun
+
+
+class WorkloadRun(TypedDict, total=False):
+    view: str
+    addr_kind: AddrKind
+    vcpus: Dict[str, VcpuRun]  # keyed by the vCPU id as text (JSON)
+
+
+class ProcRun(TypedDict, total=False):
+    """One subprocess (run.run_command), or an agent's check in L1."""
+
+    cmd: str
+    rc: Optional[int]
+    stdout: str
+    stderr: str
+    seconds: Optional[float]
+
+
+class ViewResult(TypedDict, total=False):
+    """check_views.py's output for one view, or ``error``: the failed run."""
+
+    view: str
+    list: ListRun
+    stats: StatsRun
+    workloads: Dict[str, WorkloadRun]
+    error: ProcRun
+
+
+class KdumpReaderResult(TypedDict):
+    """drgn_kvmwalk.kdump's pages beside the ELF dump's (run.compare_kdump_reader)."""
+
+    release: str
+    held: int
+    compared: int
+    tagged: int
+    mismatches: List[str]
+
+
+class CellResult(TypedDict, total=False):
+    """One cell (``<workdir>/cell.json``)."""
+
+    suite: str
+    mode: str
+    release: str
+    addr_kind: AddrKind
+    root_levels: Dict[str, int]  # per workload, what the kernel must give
+    ready: Dict[str, Any]  # the L1 agent's report (l1.L1.wait_ready)
+    truth: Dict[str, Truth]
+    views: Dict[str, ViewResult]
+    one_walk: Dict[str, ProcRun]  # drgn contrib/kvmwalk.py, one address
+    console: Dict[str, ProcRun]  # the kvmwalk console script
+    plugin: Dict[str, ProcRun]  # %kvmwalk
+    errors: Dict[str, ProcRun]  # run.ERROR_CASES
+    drgn_code: Dict[str, Any]  # vm-test/drgn_code_check.py's JSON
+    readme_api: Dict[str, Any]  # vm-test/readme_api.py's JSON
+    dump_seconds: float
+    agent_rc: Optional[int]
+    release_error: str
+    dump_level: int
+    compress_seconds: float
+    libkdumpfile_reads: bool
+    kdump_reader: KdumpReaderResult
+    seconds: float
+    first_attempt_failure: str
+
+
+# -- Problems ---------------------------------------------------------------
+
+
+class Problem(NamedTuple):
+    """One mismatch a check found.  ``view`` is live, qmp, elf or kdump, or
+    None for a check of the whole cell; ``check`` names what was checked
+    (see checks.CHECKS); ``message`` is the full sentence, where included."""
+
+    view: Optional[str]
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# -- The JSON boundary ------------------------------------------------------
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def load_truth(path: Path) -> Truth:
+    return cast(Truth, _load(path))
+
+
+def load_view(path: Path) -> ViewResult:
+    return cast(ViewResult, _load(path))
+
+
+def load_cell(path: Path) -> CellResult:
+    return cast(CellResult, _load(path))
+
+
+def load_json(path: Path) -> Dict[str, Any]:
+    """A script's JSON result that the tests read as it is."""
+    return dict(_load(path))
+
+
+def pagemap_hpa(page: Page, kind: AddrKind) -> int:
+    """The host physical address of a tagged page's ``kind`` address (gpa or
+    gva), from the PFN the VMM read in /proc/self/pagemap."""
+    return int(page["pfn"]) << 12 | (page[kind] & 0xFFF)
+
+
+def switched_cr3(truth: Truth) -> bool:
+    """The guest started on a copy of its top-level table, then loaded the
+    real one (l2vmm --switch-cr3)."""
+    return bool(truth["first_cr3"] != truth["cr3"])
