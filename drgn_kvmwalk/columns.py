@@ -17,7 +17,7 @@ Nothing here knows about SPTEs.  Needs numpy, like the whole-table views.
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -160,17 +160,31 @@ def format_lines(
     if which is not None:
         packed = packed * (len(texts) + 1) + width_keys[-1]
     change = np.flatnonzero(packed[1:] != packed[:-1]) + 1
-    if len(change) > n // 16 + 8:
-        return format_lines_slowly(layout, columns, texts, which)
     bounds = [0, *change.tolist(), n]
     encoded = [t.encode() for t in texts]
-    # Each segment: its pieces (constant bytes, or a digit matrix and the
-    # width to take from its right), then one buffer for all of them.
-    # Each segment: a template line (the constant text, zeros where the
-    # numbers go) and where each number goes; one buffer for all segments.
-    plans = []
+    # A segment of many rows: a template line (the constant text, zeros where
+    # the numbers go) and where each number goes, copied row by row.  A
+    # segment of a few rows: its lines formatted one by one (cheaper than
+    # planning a matrix).  One buffer for all segments, in order.
+    spec = None
+    rows: List[Sequence[Any]] = []
+    # (first row, end row, offset in the buffer, the lines themselves or the
+    # template line, the numbers' places in it: None for lines)
+    plans: List[
+        Tuple[int, int, int, bytes, Optional[List[Tuple[int, "np.ndarray[Any, Any]", int]]]]
+    ] = []
     total = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a < _FEW:
+            if spec is None:
+                spec = _spec(layout, len(columns))
+                rows = [c.tolist() for c in columns]
+                if which is not None:
+                    rows.append([texts[i] for i in which.tolist()])
+            text = "".join(spec.format(*row) for row in zip(*(r[a:b] for r in rows))).encode()
+            plans.append((a, b, total, text, None))
+            total += len(text)
+            continue
         key = keys[a].tolist()
         k = 0
         line = b""
@@ -190,14 +204,36 @@ def format_lines(
         plans.append((a, b, total, line, fields))
         total += (b - a) * len(line)
     buf = np.empty(total, dtype=np.uint8)
-    for a, b, at, line, fields in plans:
+    for a, b, at, line, places in plans:
+        if places is None:  # lines made one by one
+            buf[at : at + len(line)] = np.frombuffer(line, np.uint8)
+            continue
         m, width = b - a, len(line)
         # One copy per row of the template, then one per row and number.
         _rows(buf, at, m, width, width)[...] = np.void(line)
-        for x, chars, w in fields:
+        for x, chars, w in places:
             src = _rows(chars, a * chars.shape[1] + chars.shape[1] - w, m, chars.shape[1], w)
             _rows(buf, at + x, m, width, w)[...] = src
     return str(buf.data, "ascii")
+
+
+_FEW = 24  # rows below which a segment's lines are formatted one by one
+
+
+def _spec(layout: Layout, ncols: int) -> str:
+    """A str.format() template of one line: the columns by number, then the
+    row's text."""
+    spec = ""
+    for piece in layout:
+        if isinstance(piece, str):
+            spec += piece.replace("{", "{{").replace("}", "}}")
+        elif isinstance(piece, Text):
+            spec += f"{{{ncols}}}"
+        elif isinstance(piece, Dec):
+            spec += f"{{{piece.col}:>{piece.pad}}}" if piece.pad else f"{{{piece.col}}}"
+        else:
+            spec += f"{{{piece.col}:#0{piece.width + 2}x}}"
+    return spec + "\n"
 
 
 def format_lines_slowly(
@@ -207,18 +243,8 @@ def format_lines_slowly(
     which: "np.ndarray[Any, Any] | None" = None,
 ) -> str:
     """What :func:`format_lines` makes, one row at a time with Python's own
-    formatting: its reference, and its way when widths change too often."""
-    spec = ""
-    for piece in layout:
-        if isinstance(piece, str):
-            spec += piece.replace("{", "{{").replace("}", "}}")
-        elif isinstance(piece, Text):
-            spec += f"{{{len(columns)}}}"
-        elif isinstance(piece, Dec):
-            spec += f"{{{piece.col}:>{piece.pad}}}" if piece.pad else f"{{{piece.col}}}"
-        else:
-            spec += f"{{{piece.col}:#0{piece.width + 2}x}}"
-    spec += "\n"
+    formatting: its reference, and its way for segments of a few rows."""
+    spec = _spec(layout, len(columns))
     cols: List[Sequence[Any]] = [c.tolist() for c in columns]
     if which is not None:
         cols.append([texts[i] for i in which.tolist()])

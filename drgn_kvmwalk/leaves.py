@@ -554,9 +554,7 @@ class _BlockMerger:
         if p is not None and p.level != block.level:
             out.append(p)
         elif p is not None:
-            block = MapRanges(
-                block.level, *(np.concatenate((a, b)) for a, b in zip(p[1:], block[1:]))
-            )
+            block = _concat([p, block])
         if not len(block.start):
             self.pending = None if p is None or out else p
             return out
@@ -668,8 +666,22 @@ def _range_blocks(
     on_leaves: Optional[Callable[[int, int], None]],
 ) -> Iterator[Union[MapRanges, Unreadable]]:
     merger = _BlockMerger(fmt)
+    gathered: List[MapRanges] = []  # cut ranges of one level, joined together
+    count = 0
+
+    def join() -> Iterator[MapRanges]:
+        nonlocal count
+        count = 0
+        if gathered:
+            block = _concat(gathered) if len(gathered) > 1 else gathered[0]
+            gathered.clear()
+            for done in merger.add(block):
+                if len(done.start):
+                    yield done
+
     for item in items:
         if isinstance(item, Unreadable):
+            yield from join()
             yield item
             continue
         if isinstance(item, _PageTables):
@@ -680,12 +692,25 @@ def _range_blocks(
             if on_leaves is not None:
                 on_leaves(len(item.indexes), item.base)
             block = _run_ranges(item, fmt)
-        for done in merger.add(block):
-            if len(done.start):
-                yield done
+        if gathered and gathered[0].level != block.level:
+            yield from join()
+        gathered.append(block)
+        count += len(block.start)
+        if count >= _GATHER:
+            yield from join()
+    yield from join()
     last = merger.flush()
     if last is not None and len(last.start):
         yield last
+
+
+_GATHER = 4096  # ranges joined and rendered together: fewer, larger numpy passes
+
+
+def _concat(blocks: List[MapRanges]) -> MapRanges:
+    return MapRanges(
+        blocks[0].level, *(np.concatenate(cols) for cols in zip(*(b[1:] for b in blocks)))
+    )
 
 
 def _ranges(

@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))
 
 import cell  # noqa: E402
 import kernels  # noqa: E402
+from harness.workload import l2vmm_command  # noqa: E402
 from l1 import L1, agent_command  # noqa: E402
 
 VIEWS = ["stats", "map", "map-json", "dump", "dump-json"]
@@ -151,20 +152,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     shared = work / "shared"
     truth_file = shared / "truth.json"
-    l2vmm = TOP / "build" / "l2vmm"
-    workload = shlex.join(
-        [
-            str(l2vmm),
-            "--truth",
-            str(truth_file),
-            "--prefault-mib",
-            str(args.mib),
-            "--stop-file",
-            str(shared / "release"),
-            "--timeout",
-            "3000",
-            "-v",
-        ]
+    workload = l2vmm_command(
+        truth_file, shared / "release", 3000, ["--prefault-mib", str(args.mib)], ["-v"]
     )
     elf = work / "l1.elf"
     t0 = time.monotonic()

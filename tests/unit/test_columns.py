@@ -29,12 +29,8 @@ def both(a, b, which):
 
 @pytest.fixture
 def matrix_only(monkeypatch):
-    """format_lines() must not fall back to the row-at-a-time way."""
-
-    def refuse(*args):
-        raise AssertionError("fell back to format_lines_slowly")
-
-    monkeypatch.setattr(columns, "format_lines_slowly", refuse)
+    """format_lines() makes every segment as a matrix, however short."""
+    monkeypatch.setattr(columns, "_FEW", 1)
 
 
 def test_edges_as_python_writes_them(matrix_only):
@@ -87,7 +83,24 @@ def test_the_reference_is_python_formatting():
     st.booleans(),
 )
 def test_any_values(rows, sort):
+    """Segments long and short, made as matrices or line by line."""
     if sort:  # address order: the usual, few width changes
         rows = sorted(rows)
     fast, slow = both(*zip(*rows))
+    assert fast == slow
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(EDGES), st.integers(0, (1 << 64) - 1), st.integers(0, 2)),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_any_values_as_matrices(rows):
+    """The same, with every segment made as a matrix (one row each, often)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(columns, "_FEW", 1)
+        fast, slow = both(*zip(*rows))
     assert fast == slow
