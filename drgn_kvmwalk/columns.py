@@ -167,7 +167,6 @@ def format_lines(
     # segment of a few rows: its lines formatted one by one (cheaper than
     # planning a matrix).  One buffer for all segments, in order.
     spec = None
-    rows: List[Sequence[Any]] = []
     # (first row, end row, offset in the buffer, the lines themselves or the
     # template line, the numbers' places in it: None for lines)
     plans: List[
@@ -178,10 +177,10 @@ def format_lines(
         if b - a < _FEW:
             if spec is None:
                 spec = _spec(layout, len(columns))
-                rows = [c.tolist() for c in columns]
-                if which is not None:
-                    rows.append([texts[i] for i in which.tolist()])
-            text = "".join(spec.format(*row) for row in zip(*(r[a:b] for r in rows))).encode()
+            rows: List[Sequence[Any]] = [c[a:b].tolist() for c in columns]
+            if which is not None:
+                rows.append([texts[i] for i in which[a:b].tolist()])
+            text = "".join(spec.format(*row) for row in zip(*rows)).encode()
             plans.append((a, b, total, text, None))
             total += len(text)
             continue
