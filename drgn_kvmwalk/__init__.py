@@ -24,6 +24,7 @@ else:
 # names are imported on first use (PEP 562).
 _LAZY = frozenset(
     {
+        "LeafColumns",
         "LeafRun",
         "MapRange",
         "MapRanges",
@@ -33,6 +34,7 @@ _LAZY = frozenset(
         "classify_table",
         "count_leaves",
         "count_table_leaves",
+        "iter_leaf_columns",
         "iter_leaves",
         "iter_range_blocks",
         "iter_ranges",

@@ -56,7 +56,7 @@ from .views import ROOT_CHOICES, LabelledRoot, select_roots, vm_summary
 from .walk import AddressError, TableCache, walk_addr
 
 if TYPE_CHECKING:
-    from .leaves import LeafRun  # numpy: imported only by the whole-table views
+    from .leaves import LeafColumns  # numpy: imported only by the whole-table views
 
 __all__ = [
     "EXIT_OK",
@@ -412,7 +412,16 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     """--dump and --map: every leaf under the vCPU's root(s), or the ranges
     the core merges them into."""
     # numpy: only for whole-table views
-    from .leaves import LeafRun, MapRanges, Unreadable, iter_leaves, iter_range_blocks, iter_ranges
+    from .leaves import (
+        LeafColumns,
+        LeafRun,
+        MapRanges,
+        Unreadable,
+        iter_leaf_columns,
+        iter_leaves,
+        iter_range_blocks,
+        iter_ranges,
+    )
 
     vm, roots = _roots(prog, args)
     fmt = spte_format(vm.kvm)
@@ -442,7 +451,11 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                 )
             )
             if args.map
-            else iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end),
+            else (
+                iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end)
+                if args.annotate  # one struct kvm_mmu_page per table page
+                else iter_leaf_columns(DrgnPhysMem(prog), fmt, lr.root, start, end)
+            ),
         )
         for lr in roots
     ]
@@ -499,6 +512,10 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                     ):
                         output.line(line)
                     continue
+                block.add(LeafColumns.of_run(item, fmt))
+            elif isinstance(item, LeafColumns):
+                if len(item.addrs):
+                    progress.update(len(item.addrs), int(item.addrs[0]), direct)
                 block.add(item)
             elif isinstance(item, MapRanges):
                 output.text(map_block(item, flags, vm.pid, args.vcpu, args.json, label))
@@ -523,27 +540,35 @@ _CHUNK_CHARS = 1 << 20  # characters per write: streamed output
 
 
 class _LeafBlock:
-    """Leaf runs of one level, gathered to be rendered together (up to
-    ``_BLOCK`` leaves) by ``render``."""
+    """Leaves of one level, gathered to be rendered together by ``render``,
+    ``_BLOCK`` at a time (memory stays bounded)."""
 
-    def __init__(self, output: _Output, render: Callable[[List[LeafRun]], str]) -> None:
+    def __init__(self, output: _Output, render: Callable[[List[LeafColumns]], str]) -> None:
         self.output = output
         self.render = render
-        self.runs: List[LeafRun] = []
+        self.parts: List[LeafColumns] = []
         self.leaves = 0
 
-    def add(self, run: LeafRun) -> None:
-        if self.runs and self.runs[0].level != run.level:
+    def add(self, cols: LeafColumns) -> None:
+        if self.parts and self.parts[0].level != cols.level:
             self.flush()
-        self.runs.append(run)
-        self.leaves += len(run.indexes)
-        if self.leaves >= _BLOCK:
-            self.flush()
+        while len(cols.addrs):
+            room = _BLOCK - self.leaves
+            part = (
+                cols
+                if len(cols.addrs) <= room
+                else type(cols)(cols.level, *(c[:room] for c in cols[1:]))
+            )
+            cols = type(cols)(cols.level, *(c[len(part.addrs) :] for c in cols[1:]))
+            self.parts.append(part)
+            self.leaves += len(part.addrs)
+            if self.leaves >= _BLOCK:
+                self.flush()
 
     def flush(self) -> None:
-        if self.runs:
-            self.output.text(self.render(self.runs))
-            self.runs = []
+        if self.parts:
+            self.output.text(self.render(self.parts))
+            self.parts = []
             self.leaves = 0
 
 

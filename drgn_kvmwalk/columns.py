@@ -153,7 +153,6 @@ def format_lines(
         width_keys.append(np.asarray(which))
     # Where any width (or the row's text) changes: one number per row, from
     # widths of at most 20 and text indexes that fit beside them.
-    keys = np.stack(width_keys, axis=1) if width_keys else np.zeros((n, 0), dtype=np.int64)
     packed = np.zeros(n, dtype=np.int64)
     for widths in width_keys[: len(width_keys) - (which is not None)]:
         packed = packed * 32 + widths
@@ -184,7 +183,7 @@ def format_lines(
             plans.append((a, b, total, text, None))
             total += len(text)
             continue
-        key = keys[a].tolist()
+        at_a = [int(w[a]) for w in width_keys]  # the widths (and text) of this segment
         k = 0
         line = b""
         fields: List[Tuple[int, "np.ndarray[Any, Any]", int]] = []  # (offset, digits, width)
@@ -192,12 +191,12 @@ def format_lines(
             if isinstance(piece, str):
                 line += piece.encode()
             elif isinstance(piece, Text):
-                line += encoded[key[-1]]
+                line += encoded[at_a[-1]]
             else:
                 if isinstance(piece, Hex):
                     line += b"0x"
-                fields.append((len(line), digits[_digits_key(piece)][0], key[k]))
-                line += bytes(key[k])
+                fields.append((len(line), digits[_digits_key(piece)][0], at_a[k]))
+                line += bytes(at_a[k])
                 k += 1
         line += b"\n"
         plans.append((a, b, total, line, fields))

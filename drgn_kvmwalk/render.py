@@ -6,7 +6,7 @@ once with :mod:`drgn_kvmwalk.columns`).  Nothing here reads the kernel."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     # Only for annotations: rendering a walk needs neither numpy (leaves.py)
     # nor drgn (mmu.py), and a one-address run should not import them.
-    from .leaves import LeafRun, MapRange, MapRanges, Unreadable
+    from .leaves import LeafColumns, LeafRun, MapRange, MapRanges, Unreadable
     from .mmu import ShadowPage
     from .stats import VmStats
     from .views import VmSummary
@@ -231,7 +231,7 @@ def dump_lines(
 
 
 def dump_block(
-    runs: Sequence[LeafRun],
+    runs: Sequence[Union[LeafRun, LeafColumns]],
     fmt: SpteFormat,
     flags: FlagCache,
     vm_pid: int,
@@ -240,8 +240,8 @@ def dump_block(
     root: Optional[str] = None,
     sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
 ) -> str:
-    """The --dump lines of ``runs`` (leaf runs of one level, in address
-    order), each ended by a newline, made for all of them at once
+    """The --dump lines of ``runs`` (leaf runs or columns of one level, in
+    address order), each ended by a newline, made for all of them at once
     (:func:`~drgn_kvmwalk.columns.format_lines`): text columns as
     :func:`dump_text_row` writes them, or JSON Lines as :func:`dump_lines`
     describes.  With ``sps`` (--annotate; the runs of one table page), JSON
@@ -249,18 +249,18 @@ def dump_block(
     import numpy as np  # already loaded by leaves.py, which made the runs
 
     from .columns import Dec, Hex, Layout, Text, format_lines
+    from .leaves import LeafColumns, LeafRun
 
     if not runs:
         return ""
     level = runs[0].level
     assert all(r.level == level for r in runs), "one level per block"
-    assert sps is None or all(r.table == runs[0].table for r in runs), "one table's runs"
-    cols = [
-        np.concatenate([r.addrs() for r in runs]),
-        np.concatenate([r.spteps() for r in runs]),
-        np.concatenate([r.sptes for r in runs]),
-        np.concatenate([r.hpas(fmt) for r in runs]),
-    ]
+    table = runs[0].table if isinstance(runs[0], LeafRun) else None
+    assert sps is None or all(isinstance(r, LeafRun) and r.table == table for r in runs), (
+        "one table's runs"
+    )
+    parts = [r if isinstance(r, LeafColumns) else LeafColumns.of_run(r, fmt) for r in runs]
+    cols = [np.concatenate(c) if len(parts) > 1 else c[0] for c in list(zip(*parts))[1:]]
     texts, which = flags.texts(level, cols[2], as_json)
     layout: Layout
     if as_json:
@@ -275,7 +275,7 @@ def dump_block(
             Dec(3),
             ', "flags": ',
             Text(),
-            _json_tail(sps, runs[0].table, root),
+            _json_tail(sps, table or 0, root),
         ]
     else:
         size = page_size_name(level_size(level))

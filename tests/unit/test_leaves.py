@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drgn_kvmwalk.leaves import LeafRun, Unreadable, count_leaves, iter_leaves
+from drgn_kvmwalk.leaves import (
+    LeafColumns,
+    LeafRun,
+    Unreadable,
+    count_leaves,
+    iter_leaf_columns,
+    iter_leaves,
+)
 from drgn_kvmwalk.spte import FROZEN_SPTE_VALUES, decode_spte, level_size
 from drgn_kvmwalk.walk import AddressError, Root, TableCache, walk_addr
 
@@ -37,6 +44,19 @@ def flatten(runs, fmt):
             r.addrs().tolist(), r.spteps().tolist(), r.sptes.tolist(), r.hpas(fmt).tolist()
         ):
             leaves.append((addr, r.level, sptep, spte, hpa))
+    return leaves, holes
+
+
+def flatten_columns(items):
+    """What flatten() gives, from iter_leaf_columns()."""
+    leaves, holes = [], []
+    for c in items:
+        if isinstance(c, Unreadable):
+            holes.append(c)
+            continue
+        assert isinstance(c, LeafColumns) and len(c.addrs) > 0
+        cols = (c.addrs.tolist(), c.spteps.tolist(), c.sptes.tolist(), c.hpas.tolist())
+        leaves += [(a, c.level, p, s, h) for a, p, s, h in zip(*cols)]
     return leaves, holes
 
 
@@ -199,6 +219,7 @@ def test_matches_a_plain_reading(level, maps, junk, window):
     assert not holes
     assert full == reference(mem, X86, t.root, level)
     assert count_leaves(mem, X86, root) == (Counter(x[1] for x in full), [])
+    assert flatten_columns(iter_leaf_columns(mem, X86, root)) == (full, [])
     for addr, lvl, sptep, _, hpa in full[:20]:
         w = walk_addr(TableCache(mem), X86, root, addr)
         assert (w.hpa, w.page_size, w.steps[-1].sptep) == (hpa, level_size(lvl), sptep)
@@ -226,6 +247,20 @@ def test_page_tables_under_one_pd_are_batched_like_one_by_one():
     assert leaves == expect
     assert [(h.level, h.table, h.base) for h in holes] == [(1, bad, 9 << 21)]
     assert count_leaves(mem, X86, root) == (Counter(x[1] for x in expect), holes)
+    assert flatten_columns(iter_leaf_columns(mem, X86, root)) == (expect, holes)
     lo, hi = (3 << 21) + 0x5000, (30 << 21) + 0x3000
     part, _ = flatten(iter_leaves(mem, X86, root, lo, hi), X86)
     assert part == [x for x in expect if x[0] < hi and x[0] + level_size(x[1]) > lo]
+    assert flatten_columns(iter_leaf_columns(mem, X86, root, lo, hi))[0] == part
+
+
+def test_full_page_tables_as_columns():
+    """Page tables full of leaves (a pre-faulted guest): the columns are the
+    leaves iter_leaves() gives, and the block holds no other table."""
+    mem, t, root = npt(4)
+    for i in range(3 * 512):
+        t.map((4 << 21) + (i << 12), 0x1_0000_0000 + ((i * 7919) % 4096 << 12))
+    full, _ = flatten(iter_leaves(mem, X86, root), X86)
+    cols = list(iter_leaf_columns(mem, X86, root))
+    assert len(cols) == 1 and flatten_columns(cols) == (full, [])
+    assert len(full) == 3 * 512
