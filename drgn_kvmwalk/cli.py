@@ -518,7 +518,9 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                     progress.update(len(item.addrs), int(item.addrs[0]), direct)
                 block.add(item)
             elif isinstance(item, MapRanges):
-                output.text(map_block(item, flags, vm.pid, args.vcpu, args.json, label))
+                for i in range(0, len(item.start), _BLOCK):  # bounded memory
+                    part = item.rows(slice(i, i + _BLOCK))
+                    output.text(map_block(part, flags, vm.pid, args.vcpu, args.json, label))
             else:
                 output.line(
                     map_line(

@@ -166,6 +166,8 @@ def format_lines(
     # segment of a few rows: its lines formatted one by one (cheaper than
     # planning a matrix).  One buffer for all segments, in order.
     spec = None
+    whole = False
+    values: List[List[Any]] = []
     # (first row, end row, offset in the buffer, the lines themselves or the
     # template line, the numbers' places in it: None for lines)
     plans: List[
@@ -176,9 +178,18 @@ def format_lines(
         if b - a < _FEW:
             if spec is None:
                 spec = _spec(layout, len(columns))
-            rows: List[Sequence[Any]] = [c[a:b].tolist() for c in columns]
-            if which is not None:
-                rows.append([texts[i] for i in which[a:b].tolist()])
+                # A few rows: all of them as Python values at once.
+                whole = n <= 4 * _FEW * _FEW
+                if whole:
+                    values = [c.tolist() for c in columns]
+                    if which is not None:
+                        values.append([texts[i] for i in which.tolist()])
+            if whole:
+                rows: List[Sequence[Any]] = [v[a:b] for v in values]
+            else:
+                rows = [c[a:b].tolist() for c in columns]
+                if which is not None:
+                    rows.append([texts[i] for i in which[a:b].tolist()])
             text = "".join(spec.format(*row) for row in zip(*rows)).encode()
             plans.append((a, b, total, text, None))
             total += len(text)

@@ -736,6 +736,12 @@ def _range_blocks(
     merger = _BlockMerger(fmt)
     gathered: List[MapRanges] = []  # cut ranges of one level, joined together
     count = 0
+    ready: List[MapRanges] = []  # joined ranges of one level, not given yet
+
+    def give() -> Iterator[MapRanges]:
+        if ready:
+            yield _concat(ready) if len(ready) > 1 else ready[0]
+            ready.clear()
 
     def join() -> Iterator[MapRanges]:
         nonlocal count
@@ -745,11 +751,14 @@ def _range_blocks(
             gathered.clear()
             for done in merger.add(block):
                 if len(done.start):
-                    yield done
+                    if ready and ready[0].level != done.level:
+                        yield from give()
+                    ready.append(done)
 
     for item in items:
         if isinstance(item, Unreadable):
             yield from join()
+            yield from give()
             yield item
             continue
         if isinstance(item, _PageTables):
@@ -766,10 +775,14 @@ def _range_blocks(
         count += len(block.start)
         if count >= _GATHER:
             yield from join()
+            yield from give()
     yield from join()
     last = merger.flush()
     if last is not None and len(last.start):
-        yield last
+        if ready and ready[0].level != last.level:
+            yield from give()
+        ready.append(last)
+    yield from give()
 
 
 _GATHER = 4096  # ranges joined and rendered together: fewer, larger numpy passes
