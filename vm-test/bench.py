@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent
@@ -145,7 +145,7 @@ def main() -> int:
         help="keep DIR/l1.elf, and time an existing one instead of booting L1 again",
     )
     args = ap.parse_args()
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     kernel = kernels.fetch(args.suite, log=log)
     spec = cell.MODES["tdp_mmu"]
     work = args.keep.resolve()

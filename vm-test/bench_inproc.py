@@ -25,6 +25,7 @@ import os
 import resource
 import sys
 import time
+from typing import TYPE_CHECKING, List, TextIO, cast
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -33,6 +34,11 @@ import numpy as np  # noqa: E402
 from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
 from drgn_kvmwalk.kvm import find_vcpu, find_vm  # noqa: E402
 from drgn_kvmwalk.mmu import mmu_info  # noqa: E402
+
+if TYPE_CHECKING:
+    import drgn
+
+prog: "drgn.Program"  # set by drgn when it runs this script
 
 VIEWS = {
     "stats": ["--stats"],
@@ -46,18 +52,18 @@ VIEWS = {
 class Sink(io.TextIOBase):
     """Output thrown away; only its size is kept."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.chars = 0
 
-    def write(self, s):
+    def write(self, s: str) -> int:
         self.chars += len(s)
         return len(s)
 
-    def isatty(self):
+    def isatty(self) -> bool:
         return False
 
 
-def floor_walk(prog, hpa, level):
+def floor_walk(prog: "drgn.Program", hpa: int, level: int) -> int:
     """Leaves under the table page at ``hpa``: one 4 KiB read and one numpy
     test per table page (present and not a large page; level 1 has only
     leaves), then down into each child."""
@@ -71,11 +77,11 @@ def floor_walk(prog, hpa, level):
     return leaves
 
 
-def peak_rss_kib():
+def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pid", required=True)
     ap.add_argument("--view", required=True, choices=sorted(VIEWS))
@@ -92,7 +98,9 @@ def main():
     rc = kvmwalk_main(prog_, ["--vm", args.pid, "--stats", "--json"], out=stats_out, err=sys.stderr)
     stats = json.loads(stats_out.getvalue())
     argv = ["--vm", args.pid, *VIEWS[args.view]]
-    times, floor_times, chars = [], [], 0
+    times: List[float] = []
+    floor_times: List[float] = []
+    chars = 0
     floor_leaves = floor_walk(prog_, root.hpa, root.level)  # warm the same pages
     for _ in range(args.runs):
         t0 = time.perf_counter()
@@ -100,7 +108,7 @@ def main():
         floor_times.append(time.perf_counter() - t0)
         sink = Sink()
         t0 = time.perf_counter()
-        rc = kvmwalk_main(prog_, argv, out=sink, err=sys.stderr)
+        rc = kvmwalk_main(prog_, argv, out=cast(TextIO, sink), err=sys.stderr)
         times.append(time.perf_counter() - t0)
         chars = sink.chars
         if rc:

@@ -17,19 +17,25 @@ import contextlib
 import io
 import json
 import traceback
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from drgn_kvmwalk.cli import build_parser, parse_args
 from drgn_kvmwalk.cli import main as kvmwalk_main
 from drgn_kvmwalk.plugin import drgn_code
 
+if TYPE_CHECKING:
+    import drgn
 
-def command(prog, argv):
+prog: "drgn.Program"  # set by drgn when it runs this script
+
+
+def command(prog: "drgn.Program", argv: List[str]) -> Tuple[int, List[Any], str]:
     out, err = io.StringIO(), io.StringIO()
     rc = kvmwalk_main(prog, [*argv, "--json"], out=out, err=err)
     return rc, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
 
 
-def printed(prog, argv):
+def printed(prog: "drgn.Program", argv: List[str]) -> Tuple[str, str, Optional[str]]:
     parser = build_parser("kvmwalk")
     parser.add_argument("--drgn", action="store_true")
     code = drgn_code(prog, parse_args(parser, [*argv, "--drgn"], "kvmwalk"))
@@ -42,7 +48,7 @@ def printed(prog, argv):
     return code, out.getvalue(), None
 
 
-def lines_of(text, fields):
+def lines_of(text: str, fields: int) -> List[List[str]]:
     """Printed lines of ``fields`` words whose first word is hex."""
     return [
         ln.split()
@@ -51,36 +57,47 @@ def lines_of(text, fields):
     ]
 
 
-def compare(case, argv, rc, records, code_out):
+def compare(case: str, argv: List[str], rc: int, records: List[Any], code_out: str) -> List[str]:
     if rc != 0:
         return [f"the command failed: rc {rc}"]
     if case == "list":
-        want = {str(vm["pid"]) for vm in records[0]["vms"]}
-        got = {
+        want_pids = {str(vm["pid"]) for vm in records[0]["vms"]}
+        got_pids = {
             ln.split()[0]
             for ln in code_out.splitlines()
             if ln.split()[:1] and ln.split()[0].isdigit() and len(ln.split()) == 3
         }
-        return [] if got == want else [f"pids: code {sorted(got)}, command {sorted(want)}"]
+        return (
+            []
+            if got_pids == want_pids
+            else [f"pids: code {sorted(got_pids)}, command {sorted(want_pids)}"]
+        )
     if case == "stats":
-        want = {str(r["vm"]): r["leaves"] for r in records}
-        got = {}
+        want_leaves = {str(r["vm"]): r["leaves"] for r in records}
+        got_leaves: Dict[str, Any] = {}
         for ln in code_out.splitlines():
             pid, _, rest = ln.partition(" ")
             if pid.isdigit():
-                got[pid] = ast.literal_eval(rest[: rest.index("}") + 1])  # the leaves dict
-        return [] if got == want else [f"leaves: code {got}, command {want}"]
-    if case == "addr":
-        last = [ln.split() for ln in code_out.splitlines() if ln.startswith("0x")][-1]
-        want = records[0]["hpa"]
-        return [] if last[1] == str(want) else [f"hpa: code {last[1]}, command {want}"]
-    if case == "dump":
-        got = sorted((int(a, 16), int(h, 16)) for a, _, _, h in lines_of(code_out, 4))
-        want = sorted((r["addr"], r["hpa"]) for r in records)
+                got_leaves[pid] = ast.literal_eval(rest[: rest.index("}") + 1])  # the leaves dict
         return (
             []
-            if got == want
-            else [f"{len(got)} leaves from the code, {len(want)} from the command, or other ones"]
+            if got_leaves == want_leaves
+            else [f"leaves: code {got_leaves}, command {want_leaves}"]
+        )
+    if case == "addr":
+        last = [ln.split() for ln in code_out.splitlines() if ln.startswith("0x")][-1]
+        want_hpa = records[0]["hpa"]
+        return [] if last[1] == str(want_hpa) else [f"hpa: code {last[1]}, command {want_hpa}"]
+    if case == "dump":
+        got_leaf = sorted((int(a, 16), int(h, 16)) for a, _, _, h in lines_of(code_out, 4))
+        want_leaf = sorted((r["addr"], r["hpa"]) for r in records)
+        return (
+            []
+            if got_leaf == want_leaf
+            else [
+                f"{len(got_leaf)} leaves from the code, {len(want_leaf)} from the command,"
+                " or other ones"
+            ]
         )
     # map, map_all: every root's ranges, in order
     got = [(int(s, 16), int(e, 16), int(h, 16), int(lv)) for s, e, h, lv in lines_of(code_out, 4)]
@@ -92,7 +109,7 @@ def compare(case, argv, rc, records, code_out):
     )
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pid", required=True)
     ap.add_argument("--addr", required=True)
@@ -107,7 +124,7 @@ def main():
         "map": [*vm, "--vcpu", "0", "--map"],
         "map_all": [*vm, "--vcpu", "0", "--map", "--root", "all"],
     }
-    result = {}
+    result: Dict[str, Dict[str, Any]] = {}
     for case, argv in cases.items():
         rc, records, err = command(prog, argv)  # noqa: F821 (drgn's prog)
         code, code_out, error = printed(prog, argv)  # noqa: F821

@@ -43,6 +43,8 @@ import subprocess
 import sys
 import threading
 import time
+from types import FrameType
+from typing import Any
 
 READY_PREFIX = "L2VMM READY"
 POLL = 0.2
@@ -168,7 +170,7 @@ class Workload:
         self._err.close()
         return self.proc.returncode
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "cmd": self.cmd,
@@ -178,12 +180,14 @@ class Workload:
         }
 
 
-def run_check(name: str, cmd: str, shared: str, env: dict, timeout: float) -> dict:
+def run_check(
+    name: str, cmd: str, shared: str, env: dict[str, str], timeout: float
+) -> dict[str, Any]:
     out = os.path.join(shared, f"check-{name}.out")
     err = os.path.join(shared, f"check-{name}.err")
     log(f"check {name}: {cmd}")
     t = time.monotonic()
-    result: dict = {"name": name, "cmd": cmd}
+    result: dict[str, Any] = {"name": name, "cmd": cmd}
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(
             cmd,
@@ -241,13 +245,13 @@ def main() -> int:
         checks.append((name, cmd))
 
     # SIGTERM/SIGINT to the agent: clean up like a release.
-    def on_signal(signum, frame):
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
 
     errors: list[str] = []
-    ready: dict = {"ok": False, "errors": errors}
+    ready: dict[str, Any] = {"ok": False, "errors": errors}
     workloads: list[Workload] = []
     rc = 1
     try:

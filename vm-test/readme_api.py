@@ -17,11 +17,17 @@ import io
 import json
 import re
 import traceback
+from typing import TYPE_CHECKING, Any, Dict
+
+if TYPE_CHECKING:
+    import drgn
+
+prog: "drgn.Program"  # set by drgn when it runs this script
 
 MARKER = "<!-- python-api -->"
 
 
-def readme_block(path):
+def readme_block(path: str) -> str:
     text = open(path).read()
     m = re.search(re.escape(MARKER) + r"\s*```python\n(.*?)```", text, re.S)
     if m is None:
@@ -29,7 +35,7 @@ def readme_block(path):
     return m.group(1)
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--readme", required=True)
     ap.add_argument("--pid", type=int, required=True)
@@ -37,7 +43,7 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     code = readme_block(args.readme)
-    scope = {"prog": prog, "pid": args.pid, "addr": args.addr}  # noqa: F821 (drgn's prog)
+    scope: Dict[str, Any] = {"prog": prog, "pid": args.pid, "addr": args.addr}  # noqa: F821 (drgn's prog)
     out = io.StringIO()
     error = None
     with contextlib.redirect_stdout(out):
