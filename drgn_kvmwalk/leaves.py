@@ -447,11 +447,17 @@ def _level2(
     cbase = canonical(root, base)
     kids = children.tolist()
     tables = (entries[children] & np.uint64(fmt.base_addr_mask)).tolist()
-    inside = [base + c * span >= lo and base + (c + 1) * span <= hi for c in kids]
-    got = _read_pages(mem, [hpa for hpa, ok in zip(tables, inside) if ok])
-    data = [got[hpa] for hpa, ok in zip(tables, inside) if ok and hpa in got]
-    read = [ok and hpa in got for hpa, ok in zip(tables, inside)]
+    data: List[bytes] = []
+    read: List[bool] = []
     pages = leaf = np.zeros((0, ENTRIES_PER_TABLE), dtype=_U64)
+    for child, hpa in zip(kids, tables):
+        ok = base + child * span >= lo and base + (child + 1) * span <= hi
+        if ok:
+            try:
+                data.append(mem.read(hpa, PAGE_SIZE))
+            except PhysMemError:
+                ok = False
+        read.append(ok)
     if data:
         pages = np.frombuffer(b"".join(data), dtype=_U64).reshape(len(data), ENTRIES_PER_TABLE)
         leaf = classify_table(fmt, pages, 1)[1]
@@ -479,39 +485,6 @@ def _level2(
     if leaves.size > done:
         index = leaves[done:]
         yield LeafRun(2, table, cbase, index, entries[index])
-
-
-def _read_pages(mem: PhysMem, hpas: List[int]) -> Dict[int, Union[bytes, memoryview]]:
-    """The table pages at ``hpas`` that can be read: HPA -> its 4096 bytes.
-
-    Pages that lie next to each other in host memory (KVM's allocator hands
-    out page-table pages in runs) are read with one read per run; a run that
-    cannot be read whole is read a page at a time, so that one missing page
-    loses only itself.
-    """
-    got: Dict[int, Union[bytes, memoryview]] = {}
-    ordered = sorted(set(hpas))
-    i = 0
-    while i < len(ordered):
-        j = i + 1
-        while j < len(ordered) and ordered[j] == ordered[j - 1] + PAGE_SIZE:
-            j += 1
-        start, n = ordered[i], j - i
-        try:
-            whole = memoryview(mem.read(start, n * PAGE_SIZE)) if n > 1 else None
-        except PhysMemError:
-            whole = None
-        if whole is not None:
-            for k in range(n):
-                got[start + k * PAGE_SIZE] = whole[k * PAGE_SIZE : (k + 1) * PAGE_SIZE]
-        else:
-            for hpa in ordered[i:j]:
-                try:
-                    got[hpa] = mem.read(hpa, PAGE_SIZE)
-                except PhysMemError:
-                    pass
-        i = j
-    return got
 
 
 def count_table_leaves(mem: PhysMem, fmt: SpteFormat, table: int, level: int) -> int:

@@ -110,8 +110,7 @@ def _notes(
 
 
 class _CountingMem:
-    """A PhysMem that counts the table pages read (4 KiB each; the walk
-    reads neighbouring ones together)."""
+    """A PhysMem that counts the table pages read (one 4 KiB read each)."""
 
     def __init__(self, mem: PhysMem) -> None:
         self.mem = mem
@@ -119,8 +118,8 @@ class _CountingMem:
 
     def read(self, address: int, size: int) -> bytes:
         data = self.mem.read(address, size)
-        if size % PAGE_SIZE == 0:  # table pages, read one or several at a time
-            self.tables += size // PAGE_SIZE
+        if size == PAGE_SIZE:
+            self.tables += 1
         return data
 
 

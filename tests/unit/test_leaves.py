@@ -264,21 +264,3 @@ def test_full_page_tables_as_columns():
     cols = list(iter_leaf_columns(mem, X86, root))
     assert len(cols) == 1 and flatten_columns(cols) == (full, [])
     assert len(full) == 3 * 512
-
-
-def test_neighbouring_page_tables_are_read_together():
-    """Page tables next to each other in host memory are read with one read
-    per run of them; a run with a page missing is read page by page, and
-    only that page is lost."""
-    mem, t, root = npt(4)
-    for i in range(40):
-        t.map(i << 21, 0x1_0000_0000 + (i << 21))  # one page table each, allocated in a row
-    tables = sorted({t.table_for(i << 21, 1) for i in range(40)})
-    assert tables == list(range(tables[0], tables[0] + 40 * 4096, 4096))
-    mem.reads = mem.calls = 0
-    leaves, holes = flatten(iter_leaves(mem, X86, root), X86)
-    assert len(leaves) == 40 and not holes
-    assert mem.reads == 40 + 3 and mem.calls < 10  # 40 page tables, PML4/PDPT/PD pages
-    del mem.pages[tables[17]]
-    leaves, holes = flatten(iter_leaves(mem, X86, root), X86)
-    assert len(leaves) == 39 and [h.table for h in holes] == [tables[17]]
