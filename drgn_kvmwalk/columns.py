@@ -166,30 +166,27 @@ def format_lines(
     # segment of a few rows: its lines formatted one by one (cheaper than
     # planning a matrix).  One buffer for all segments, in order.
     spec = None
-    whole = False
-    values: List[List[Any]] = []
     # (first row, end row, offset in the buffer, the lines themselves or the
     # template line, the numbers' places in it: None for lines)
     plans: List[
         Tuple[int, int, int, bytes, Optional[List[Tuple[int, "np.ndarray[Any, Any]", int]]]]
     ] = []
     total = 0
+    # Neighbouring short segments are formatted together, as one span.
+    spans: List[Tuple[int, int, bool]] = []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a < _FEW:
+        short = b - a < _FEW
+        if short and spans and spans[-1][2]:
+            spans[-1] = (spans[-1][0], b, True)
+        else:
+            spans.append((a, b, short))
+    for a, b, short in spans:
+        if short:
             if spec is None:
                 spec = _spec(layout, len(columns))
-                # A few rows: all of them as Python values at once.
-                whole = n <= 4 * _FEW * _FEW
-                if whole:
-                    values = [c.tolist() for c in columns]
-                    if which is not None:
-                        values.append([texts[i] for i in which.tolist()])
-            if whole:
-                rows: List[Sequence[Any]] = [v[a:b] for v in values]
-            else:
-                rows = [c[a:b].tolist() for c in columns]
-                if which is not None:
-                    rows.append([texts[i] for i in which[a:b].tolist()])
+            rows: List[Sequence[Any]] = [c[a:b].tolist() for c in columns]
+            if which is not None:
+                rows.append([texts[i] for i in which[a:b].tolist()])
             text = "".join(spec.format(*row) for row in zip(*rows)).encode()
             plans.append((a, b, total, text, None))
             total += len(text)
