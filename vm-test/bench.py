@@ -18,10 +18,10 @@
    over the view's (the ratio does not drift with the machine's speed, as
    absolute figures do by about 20% here); peak RSS above drgn's own once
    its symbols are loaded.
-4. Whole processes, median of ``--runs``: drgn's own start-up with the same
-   symbols (``drgn -c DUMP -s ... -e pass``), one ``--addr`` walk through
-   contrib/kvmwalk.py and through the ``kvmwalk`` console script, and each
-   view with its output to /dev/null.
+4. Whole processes, median of ``--runs``, the commands taken round-robin:
+   drgn's own start-up with the same symbols (``drgn -c DUMP -s ... -e
+   pass``), one ``--addr`` walk through contrib/kvmwalk.py and through the
+   ``kvmwalk`` console script, and each view with its output to /dev/null.
 
 Prints the figures, then each target of the issue with what was measured
 and whether it is met, and writes everything to DIR/bench.json (DIR
@@ -60,15 +60,25 @@ VIEW_ARGS = {
 }
 
 
-def timed(cmd: List[str], runs: int) -> Dict[str, Any]:
-    times = []
+def timed(procs: Dict[str, List[str]], runs: int) -> Dict[str, Dict[str, Any]]:
+    """Each command ``runs`` times, round-robin: the machine's drift over the
+    minute this takes (it is large here) falls on every command alike."""
+    times: Dict[str, List[float]] = {name: [] for name in procs}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        times.append(time.perf_counter() - t0)
-        if p.returncode:
-            raise RuntimeError(f"{shlex.join(cmd)}: exit {p.returncode}: {p.stderr[-2000:]}")
-    return {"cmd": shlex.join(cmd), "seconds": times, "median": statistics.median(times)}
+        for name, cmd in procs.items():
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            times[name].append(time.perf_counter() - t0)
+            if p.returncode:
+                raise RuntimeError(f"{shlex.join(cmd)}: exit {p.returncode}: {p.stderr[-2000:]}")
+    return {
+        name: {
+            "cmd": shlex.join(cmd),
+            "seconds": times[name],
+            "median": statistics.median(times[name]),
+        }
+        for name, cmd in procs.items()
+    }
 
 
 def targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -247,8 +257,7 @@ def main() -> int:
             pid,
             *VIEW_ARGS[view],
         ]
-    for name, cmd in procs.items():
-        result["process"][name] = timed(cmd, args.runs)
+    result["process"] = timed(procs, args.runs)
     if not args.keep_dump:
         elf.unlink(missing_ok=True)
     (work / "bench.json").write_text(json.dumps(result, indent=1))
