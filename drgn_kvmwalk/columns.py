@@ -220,7 +220,7 @@ def format_lines(
         for x, chars, w in places:
             src = _rows(chars, a * chars.shape[1] + chars.shape[1] - w, m, chars.shape[1], w)
             _rows(buf, at + x, m, width, w)[...] = src
-    return str(buf.data, "ascii")
+    return str(buf.data, "utf-8")  # the text pieces were encoded so
 
 
 _FEW = 24  # rows below which a segment's lines are formatted one by one
