@@ -165,7 +165,6 @@ def format_lines(
     # the numbers go) and where each number goes, copied row by row.  A
     # segment of a few rows: its lines formatted one by one (cheaper than
     # planning a matrix).  One buffer for all segments, in order.
-    spec = None
     # (first row, end row, offset in the buffer, the lines themselves or the
     # template line, the numbers' places in it: None for lines)
     plans: List[
@@ -182,12 +181,8 @@ def format_lines(
             spans.append((a, b, short))
     for a, b, short in spans:
         if short:
-            if spec is None:
-                spec = _spec(layout, len(columns))
-            rows: List[Sequence[Any]] = [c[a:b].tolist() for c in columns]
-            if which is not None:
-                rows.append([texts[i] for i in which[a:b].tolist()])
-            text = "".join(spec.format(*row) for row in zip(*rows)).encode()
+            part = None if which is None else which[a:b]
+            text = format_lines_slowly(layout, [c[a:b] for c in columns], texts, part).encode()
             plans.append((a, b, total, text, None))
             total += len(text)
             continue

@@ -212,8 +212,9 @@ class _PageTables(NamedTuple):
                 yield LeafRun(1, table, base, index, self.pages[row][index])
 
     def ranges(self, root: Root, fmt: SpteFormat) -> "MapRanges":
-        """The leaves cut where :func:`split_starts` says, across the page
-        tables: contiguous in address and host page, same attribute bits."""
+        """The leaves cut where :func:`split_starts`'s rule cuts them, across
+        the page tables: contiguous in address and host page, same attribute
+        bits (the rule applied to the matrices as they are, with no gather)."""
         # Flat over the block.  Leaf k continues leaf k-1 when both are
         # leaves, the next SPTE is 4096 more (next host page, same attribute
         # bits: split_starts()'s test, with no gather) and they are
