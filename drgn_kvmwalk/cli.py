@@ -19,6 +19,7 @@ from typing import (
     TYPE_CHECKING,
     Callable,
     Dict,
+    Iterator,
     List,
     NamedTuple,
     NoReturn,
@@ -26,6 +27,7 @@ from typing import (
     Sequence,
     TextIO,
     Tuple,
+    Union,
 )
 
 from drgn import FaultError, Object, Program
@@ -53,7 +55,7 @@ from .render import (
 from .spte import SpteFormat
 from .sptefmt import spte_format
 from .views import ROOT_CHOICES, LabelledRoot, select_roots, vm_summary
-from .walk import AddressError, TableCache, walk_addr
+from .walk import AddressError, Root, TableCache, walk_addr
 
 if TYPE_CHECKING:
     from .leaves import LeafColumns  # numpy: imported only by the whole-table views
@@ -415,6 +417,7 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     from .leaves import (
         LeafColumns,
         LeafRun,
+        MapRange,
         MapRanges,
         Unreadable,
         iter_leaf_columns,
@@ -432,33 +435,20 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
         return lambda count, addr: progress.update(count, addr, direct)
 
     # Every range is checked before anything is printed.
-    walks = [
-        (
-            lr,
-            (
-                iter_ranges(
-                    DrgnPhysMem(prog),
-                    fmt,
-                    lr.root,
-                    start,
-                    end,
-                    per_table=True,  # one struct kvm_mmu_page per range
-                    on_leaves=on_leaves(lr.root.direct),
-                )
-                if args.annotate
-                else iter_range_blocks(
-                    DrgnPhysMem(prog), fmt, lr.root, start, end, on_leaves=on_leaves(lr.root.direct)
-                )
-            )
-            if args.map
-            else (
-                iter_leaves(DrgnPhysMem(prog), fmt, lr.root, start, end)
-                if args.annotate  # one struct kvm_mmu_page per table page
-                else iter_leaf_columns(DrgnPhysMem(prog), fmt, lr.root, start, end)
-            ),
-        )
-        for lr in roots
-    ]
+    def view_items(
+        root: Root,
+    ) -> Iterator[Union[LeafRun, LeafColumns, MapRange, MapRanges, Unreadable]]:
+        """What the view prints for ``root``, as the core gives it."""
+        mem, progress_of = DrgnPhysMem(prog), on_leaves(root.direct)
+        if args.map and args.annotate:  # one struct kvm_mmu_page per range
+            return iter_ranges(mem, fmt, root, start, end, per_table=True, on_leaves=progress_of)
+        if args.map:
+            return iter_range_blocks(mem, fmt, root, start, end, on_leaves=progress_of)
+        if args.annotate:  # one struct kvm_mmu_page per table page
+            return iter_leaves(mem, fmt, root, start, end)
+        return iter_leaf_columns(mem, fmt, root, start, end)
+
+    walks = [(lr, view_items(lr.root)) for lr in roots]
     flags = FlagCache(fmt)
     sps: Dict[int, Optional[ShadowPage]] = {}
 
@@ -499,20 +489,11 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                 continue
             if isinstance(item, LeafRun):
                 progress.update(len(item.indexes), item.base, direct)
-                if args.annotate:
-                    for line in dump_lines(
-                        item,
-                        fmt,
-                        flags,
-                        vm.pid,
-                        args.vcpu,
-                        args.json,
-                        annotation(item.table),
-                        label,
-                    ):
-                        output.line(line)
-                    continue
-                block.add(LeafColumns.of_run(item, fmt))
+                table_sp = annotation(item.table)  # iter_leaves gives runs with --annotate only
+                for line in dump_lines(
+                    item, fmt, flags, vm.pid, args.vcpu, args.json, table_sp, label
+                ):
+                    output.line(line)
             elif isinstance(item, LeafColumns):
                 if len(item.addrs):
                     progress.update(len(item.addrs), int(item.addrs[0]), direct)
