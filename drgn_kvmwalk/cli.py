@@ -33,6 +33,7 @@ from typing import (
 from drgn import FaultError, Object, Program
 
 from .errors import KvmWalkError, NoRoot, NoSuchVm
+from .gwalk import GuestAddressError
 from .kvm import find_vcpu, find_vm, for_each_vm, vm_pid
 from .mmu import DrgnPhysMem, ShadowPage, to_shadow_page
 from .render import (
@@ -40,6 +41,9 @@ from .render import (
     dump_block,
     dump_header,
     dump_lines,
+    guest_regs_text,
+    gva_json,
+    gva_text,
     header_text,
     list_json,
     list_text,
@@ -84,6 +88,8 @@ every leaf SPTE under a vCPU's root."""
 EPILOG = """\
 what to do (one of them):
   --addr X     walk one address (repeatable)
+  --gva X      translate a guest virtual address through the guest's page
+               tables and KVM's SPTEs, as the CPU's two-dimensional walk does
   --dump       every leaf SPTE under the vCPU's current root, in address order
   --map        the same, merged into ranges of one page size and one set of
                flags that are contiguous in both address and HPA
@@ -193,6 +199,24 @@ def build_parser(prog_name: str) -> argparse.ArgumentParser:
         "decimal; repeat for several addresses in one run",
     )
     p.add_argument(
+        "--gva",
+        metavar="X",
+        type=parse_addr,
+        action="append",
+        help="guest virtual address to translate as the CPU does: the guest's own "
+        "page tables from its CR3 (each table page's GPA and HPA), then KVM's "
+        "SPTEs (under shadow paging, the shadow root's walk beside the guest's "
+        "answer, and any difference); repeatable",
+    )
+    p.add_argument(
+        "--cr3",
+        metavar="X",
+        type=parse_addr,
+        help="with --gva: walk the guest's page tables from this CR3 (another "
+        "address space of the guest, or when KVM holds no current CR3) instead "
+        "of the vCPU's",
+    )
+    p.add_argument(
         "--dump",
         action="store_true",
         help="print every leaf SPTE under the vCPU's current root, in address "
@@ -282,6 +306,7 @@ def parse_args(
         opt
         for opt, on in (
             ("--addr", args.addr),
+            ("--gva", args.gva),
             ("--dump", args.dump),
             ("--map", args.map),
             ("--list", args.list),
@@ -292,12 +317,14 @@ def parse_args(
     if len(actions) != 1:
         raise UsageError(
             (
-                "choose one of --addr, --dump, --map, --list and --stats"
+                "choose one of --addr, --gva, --dump, --map, --list and --stats"
                 if actions
-                else "missing --addr (or --dump, --map, --list, --stats)"
+                else "missing --addr (or --gva, --dump, --map, --list, --stats)"
             )
             + f" (see {prog_name} --help)"
         )
+    if args.cr3 is not None and not args.gva:
+        raise UsageError("--cr3 goes with --gva")
     if args.range is not None and not (args.dump or args.map):
         raise UsageError("--range goes with --dump or --map")
     if args.annotate and not (args.addr or args.dump or args.map):
@@ -324,6 +351,8 @@ def run(
             return _stats(prog, args, out)
         if args.addr:
             return _walk(prog, args, out)
+        if args.gva:
+            return _gva(prog, args, out)
         return _leaves(prog, args, out, err)
     except NoSuchVm as e:
         if e.choices:  # in the command line's words
@@ -332,7 +361,7 @@ def run(
             )
         else:
             print(f"{prog_name}: {e}", file=err)
-    except (KvmWalkError, AddressError) as e:
+    except (KvmWalkError, AddressError, GuestAddressError) as e:
         print(f"{prog_name}: {e}", file=err)
     except FaultError as e:
         hint = ""
@@ -405,6 +434,36 @@ def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
             lines.append(_root_header(vm, args, lr, fmt))
             for w in ws:
                 lines += walk_text(w, sps)
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _gva(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+    """--gva: the guest's walk of each GVA, then KVM's."""
+    from .guest import VcpuGva  # the guest's registers: only for --gva
+
+    kvm = find_vm(prog, args.vm)
+    vm = _Vm(kvm, vm_pid(kvm))
+    g = VcpuGva(find_vcpu(kvm, args.vcpu), args.cr3)
+    walks = [g.walk(gva) for gva in args.gva]  # every GVA is checked first
+    lr = g.info
+    if args.json:
+        lines = [
+            json.dumps(
+                gva_json(
+                    w, vm.pid, args.vcpu, lr.kind, lr.tdp_mmu, g.fmt, g.root, g.regs, g.cr3_given
+                )
+            )
+            for w in walks
+        ]
+    else:
+        lines = [
+            header_text(vm.pid, args.vcpu, lr.kind, lr.tdp_mmu, g.fmt, g.root),
+            guest_regs_text(g.regs, g.cr3, g.cr3_given),
+        ]
+        for w in walks:
+            lines += gva_text(w)
     out.write("\n".join(lines) + "\n")
     out.flush()
     return EXIT_OK

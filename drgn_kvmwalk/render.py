@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .gwalk import GUEST_LEVEL_NAMES, GuestStep
 from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .guest import GuestRegs, GvaWalk
 
     # Only for annotations: rendering a walk needs neither numpy (leaves.py)
     # nor drgn (mmu.py), and a one-address run should not import them.
@@ -27,6 +30,10 @@ __all__ = [
     "dump_header",
     "dump_block",
     "dump_lines",
+    "guest_regs_text",
+    "gva_json",
+    "gva_text",
+    "steps_json",
     "table_line",
     "header_text",
     "list_json",
@@ -125,33 +132,146 @@ def walk_json(
         "root_level": w.root.level,
         "direct": w.root.direct,
         "addr": w.addr,
-        "steps": [
-            {
-                "level": s.level,
-                "index": s.index,
-                "sptep": s.sptep,
-                "spte": s.spte,
-                "present": s.present,
-                "leaf": s.leaf,
-                "kind": "pae_root" if s.pae_root else s.info.kind,
-                "flags": s.info.flags,
-                **(
-                    {"mmio_gfn": s.info.mmio_gfn, "mmio_gen": s.info.mmio_gen}
-                    if s.info.kind == "mmio"
-                    else {}
-                ),
-                **(
-                    {"sp": None if s.pae_root else sp_json(sps.get(s.table))}
-                    if sps is not None
-                    else {}
-                ),
-            }
-            for s in w.steps
-        ],
+        "steps": steps_json(w.steps, sps),
         "hpa": w.hpa,
         "page_size": w.page_size,
         "stop": w.stop,
         "stop_level": w.stop_level,
+    }
+
+
+def steps_json(
+    steps: Sequence[Step], sps: Optional[Dict[int, Optional[ShadowPage]]] = None
+) -> List[Dict[str, Any]]:
+    """The SPTE walk's steps as JSON objects (``--addr``'s ``steps``)."""
+    return [
+        {
+            "level": s.level,
+            "index": s.index,
+            "sptep": s.sptep,
+            "spte": s.spte,
+            "present": s.present,
+            "leaf": s.leaf,
+            "kind": "pae_root" if s.pae_root else s.info.kind,
+            "flags": s.info.flags,
+            **(
+                {"mmio_gfn": s.info.mmio_gfn, "mmio_gen": s.info.mmio_gen}
+                if s.info.kind == "mmio"
+                else {}
+            ),
+            **(
+                {"sp": None if s.pae_root else sp_json(sps.get(s.table))} if sps is not None else {}
+            ),
+        }
+        for s in steps
+    ]
+
+
+# -- --gva: the guest's walk, then KVM's ---------------------------------------
+
+
+def _hex(value: Optional[int]) -> str:
+    return "?" if value is None else f"{value:#x}"
+
+
+def guest_regs_text(regs: GuestRegs, cr3: int, cr3_given: bool) -> str:
+    """One line: the guest's paging mode and registers, and where CR3 came from."""
+    source = "--cr3" if cr3_given else regs.sources.get("cr3", "?")
+    line = (
+        f"guest: {regs.mode().name}, CR3 {cr3:#x} ({source}), CR0 {_hex(regs.cr0)} "
+        f"CR4 {_hex(regs.cr4)} EFER {_hex(regs.efer)} RIP {_hex(regs.rip)}"
+    )
+    return "\n".join([line] + [f"  note: {n}" for n in regs.notes])
+
+
+def _guest_step_line(s: GuestStep, width: int) -> str:
+    name = GUEST_LEVEL_NAMES.get(s.level, f"L{s.level}")
+    where = f"hpa {s.hpa:#014x}" if s.hpa is not None else f"({s.source})".ljust(18)
+    return (
+        f"  {name:<6} [{s.index:4d}]  gpa {s.gpa:#014x}  {where}  "
+        f"pte {s.pte:#0{width + 2}x}  {' '.join(s.flags) or '-'}"
+    )
+
+
+def gva_text(w: GvaWalk, sps: Optional[Dict[int, Optional[ShadowPage]]] = None) -> List[str]:
+    """Text lines of one GVA: the guest's levels, its GPA, KVM's SPTE walk
+    (as ``--addr`` prints it) and the HPA."""
+    g = w.guest
+    width = 2 * g.mode.entry_size
+    lines = [f"GVA {w.addr:#x}"]
+    lines += [_guest_step_line(s, width) for s in g.steps]
+    if g.gpa is None:
+        lines.append(f"  => not mapped by the guest: {g.stop} (level {g.stop_level})")
+    else:
+        size = page_size_name(g.page_size) + " guest page" if g.page_size else "paging off"
+        lines.append(f"  => GPA {g.gpa:#x} ({size})")
+    if w.spte is not None:
+        what = "shadow root's walk of the GVA" if not w.spte.root.direct else "SPTE walk of the GPA"
+        lines.append(f"  {what}:")
+        lines += ["  " + line for line in walk_text(w.spte, sps)[1:]]
+    if w.hpa is not None:
+        via = (
+            "through the SPTEs"
+            if w.hpa_source == "spte"
+            else "through the memslot and the VMM's page tables"
+        )
+        lines.append(f"  => HPA {w.hpa:#x} ({page_size_name(w.page_size)}, {via})")
+    elif w.stop_in != "guest":
+        lines.append(f"  => no HPA: {w.stop}")
+    if w.mismatch:
+        lines.append(f"  !! mismatch: {w.mismatch}")
+    return lines
+
+
+def gva_json(
+    w: GvaWalk,
+    vm_pid: int,
+    vcpu_id: int,
+    kind: str,
+    tdp_mmu: bool,
+    fmt: SpteFormat,
+    root: Root,
+    regs: GuestRegs,
+    cr3_given: bool,
+) -> Dict[str, Any]:
+    g = w.guest
+    return {
+        "vm": vm_pid,
+        "vcpu": vcpu_id,
+        "mmu": kind,
+        "tdp_mmu": tdp_mmu,
+        "format": fmt.name,
+        "root_hpa": root.hpa,
+        "root_level": root.level,
+        "addr": w.addr,
+        "cr3": w.cr3,
+        "cr3_source": "--cr3" if cr3_given else regs.sources.get("cr3"),
+        "guest_level": g.mode.level,
+        "guest_steps": [
+            {
+                "level": s.level,
+                "index": s.index,
+                "gpa": s.gpa,
+                "hpa": s.hpa,
+                "pte": s.pte,
+                "present": s.present,
+                "leaf": s.leaf,
+                "flags": s.flags,
+                "source": s.source,
+            }
+            for s in g.steps
+        ],
+        "gpa": g.gpa,
+        "guest_page_size": g.page_size,
+        "steps": steps_json(w.spte.steps) if w.spte is not None else [],
+        "spte_hpa": w.spte.hpa if w.spte is not None else None,
+        "hpa": w.hpa,
+        "page_size": w.page_size,
+        "hpa_source": w.hpa_source,
+        "stop": w.stop,
+        "stop_level": w.stop_level,
+        "stop_in": w.stop_in,
+        "mismatch": w.mismatch,
     }
 
 

@@ -81,6 +81,16 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
             vcpu_run["prev_root"] = whole_table(
                 prog, argv[:5] + ["--root", "prev", "--annotate"] + argv[5:]
             )
+        # The guest's view: every tagged GVA through the guest's tables and
+        # KVM's (in every mode), with the tag at each HPA; for a guest that
+        # switched CR3, the same from its first CR3 (a copy of the top table).
+        gvas = [a for page in truth["pages"] for a in ("--gva", hex(page["gva"]))]
+        vcpu_run["gva"] = with_tags(prog, whole_table(prog, argv[:5] + gvas))
+        if truth["first_cr3"] != truth["cr3"]:
+            vcpu_run["gva_first_cr3"] = whole_table(
+                prog, argv[:5] + ["--cr3", hex(truth["first_cr3"])] + gvas
+            )
+        vcpu_run["gva_text"] = text_run(prog, argv[:4] + gvas[:2])
         # The whole table under the vCPU's root, as leaves and as ranges.
         # In this order: harness.checks.maps.check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.
@@ -91,6 +101,26 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
             prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate", "--json"]
         )
     return result
+
+
+def with_tags(prog: Program, run: Any) -> Any:
+    """``run``'s records, each with the 8 bytes at its HPA (``tag_at_hpa``,
+    None where this view does not hold the page)."""
+    for w in run["records"]:
+        w["tag_at_hpa"] = None
+        if w["hpa"] is not None:
+            try:
+                w["tag_at_hpa"] = int.from_bytes(prog.read(w["hpa"], 8, True), "little")
+            except FaultError:
+                pass  # not in this dump (filtered), or not readable
+    return run
+
+
+def text_run(prog: Program, argv: List[str]) -> Any:
+    """One kvmwalk run in this process, its text output kept as it is."""
+    out, err = io.StringIO(), io.StringIO()
+    rc = kvmwalk_main(prog, argv, out=out, err=err)
+    return {"rc": rc, "stderr": err.getvalue(), "stdout": out.getvalue()}
 
 
 def whole_table(prog: Program, argv: List[str]) -> Any:

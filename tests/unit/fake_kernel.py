@@ -172,7 +172,12 @@ def kvm_host(
         "cpu_role": cpu_role,
         "pagewalk *": p.pointer_type(walk),
         "u64 *": p.pointer_type(k.u64),
+        "u32": k.u32,
+        "ulong": p.int_type("unsigned long", 8, False),
     }
+    known["ulong[17]"] = p.array_type(known["ulong"], 17)  # regs[]
+    known["ulong[1]"] = p.array_type(known["ulong"], 1)  # a bitmap
+    known["u64[4]"] = p.array_type(k.u64, 4)  # pdptrs[]
     mmu = k.struct(
         "kvm_mmu", [(name, known[t] if isinstance(t, str) else t) for name, t in mmu_fields]
     )

@@ -32,11 +32,11 @@ def empty_prog():
     [
         (["--addr", "0x1000"], "missing --vcpu"),
         (["--vcpu", "0"], "missing --addr"),
-        ([], "missing --addr (or --dump, --map, --list, --stats)"),
+        ([], "missing --addr (or --gva, --dump, --map, --list, --stats)"),
         (["--dump"], "missing --vcpu"),
         (
             ["--vcpu", "0", "--addr", "0", "--dump"],
-            "choose one of --addr, --dump, --map, --list and --stats",
+            "choose one of --addr, --gva, --dump, --map, --list and --stats",
         ),
         (["--vcpu", "0", "--dump", "--map"], "choose one of"),
         (["--list", "--vcpu", "0"], "covers every vCPU; leave out --vcpu"),

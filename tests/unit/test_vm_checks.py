@@ -144,6 +144,12 @@ def _view(name, root_level):
         "dump": _run([{"addr": ADDR, "level": 1, "hpa": HPA, "sptep": 0x77000, "flags": AD}]),
         "map": _run([rng]),
         "map_annotated": _run([dict(rng, sp=_sp(1))]),
+        "gva": _run([_gva_record()]),
+        "gva_text": {
+            "rc": 0,
+            "stderr": "",
+            "stdout": f"GVA 0x1000\n  => GPA {ADDR:#x} (4K guest page)\n  {WANT}",
+        },
     }
     vm = {
         "pid": 100,
@@ -161,6 +167,32 @@ def _view(name, root_level):
         "list": {"rc": 0, "stderr": "", "vms": [vm]},
         "stats": _run([dict(stats, leaves={"4K": 1, "2M": 0, "1G": 0})]),
         "workloads": {"base": {"view": name, "addr_kind": "gpa", "vcpus": {"0": vcpu}}},
+    }
+
+
+def _gva_record():
+    """--gva of the page's GVA 0x1000: four guest levels, all entries in the
+    one table page of the made-up guest (GPA 0x5000, HPA 0x95000)."""
+    steps = [
+        {"level": lv, "index": 0, "gpa": 0x5000 + 8 * lv, "hpa": 0x95000 + 8 * lv}
+        for lv in (4, 3, 2, 1)
+    ]
+    for st in steps:
+        st["source"] = "memory"
+    return {
+        "addr": 0x1000,
+        "cr3": 0x5000,
+        "guest_level": 4,
+        "guest_steps": steps,
+        "gpa": ADDR,
+        "guest_page_size": 4096,
+        "spte_hpa": HPA,
+        "hpa": HPA,
+        "page_size": 4096,
+        "hpa_source": "spte",
+        "stop": None,
+        "mismatch": None,
+        "tag_at_hpa": TAG,
     }
 
 
@@ -202,7 +234,7 @@ def make_cell(release="6.1.0-57-amd64"):
         "first_cr3": 0x5000,
         "guest_pt_pages": [0x5000],
         "guest_maps": [[0x1000, ADDR, 0x1000]],
-        "host_runs": [[ADDR, HPA, 0x1000]],
+        "host_runs": [[0x5000, 0x95000, 0x1000], [ADDR, HPA, 0x1000]],
         "guest_paging": "64",
         "guest_2m": False,
     }
@@ -211,6 +243,7 @@ def make_cell(release="6.1.0-57-amd64"):
         "no_such_vcpu": "kvmwalk.py: the VM has no vCPU 7; its vCPUs: 0, 1",
         "beyond_root": "kvmwalk.py: GPA 0x1000000000000000 is beyond a 5-level root",
         "malformed": "kvmwalk.py: error: argument --addr: invalid address '0xZZ'",
+        "gva_beyond": "kvmwalk.py: GVA 0x1000000000000000 is not canonical for 4-level paging",
         "no_kvm_debug_info": "kvmwalk.py: kvm.ko is loaded but its debug info is not: load it "
         "with -s /usr/lib/debug/lib/modules/6.1.0-57-amd64/kernel/arch/x86/kvm/kvm.ko",
     }
@@ -349,6 +382,15 @@ def switch_cr3(c):
         prev["steps"][0]["sp"].update(gfn=FIRST_CR3 >> 12, direct=False)
         vcpu["all_roots"]["records"].append(copy.deepcopy(prev))
         vcpu["prev_root"] = _run([prev])
+        # --gva --cr3 first_cr3: the copy of the top table, then the same tables.
+        first = _gva_record()
+        first["cr3"] = FIRST_CR3
+        first["guest_steps"][0].update(gpa=FIRST_CR3, hpa=FIRST_CR3 + 0x90000)
+        del first["tag_at_hpa"]
+        vcpu["gva_first_cr3"] = _run([first])
+    truth = c["truth"]["base"]
+    truth["guest_pt_pages"] = [*truth["guest_pt_pages"], FIRST_CR3]
+    truth["host_runs"] = [[FIRST_CR3, FIRST_CR3 + 0x90000, 0x1000], *truth["host_runs"]]
 
 
 def test_a_switched_cr3_has_no_problem():
@@ -372,6 +414,15 @@ def _fault_root_prev_missing(c):
     for view in VIEWS:
         _vcpu(c, view)["all_roots"]["records"].pop()
     del _vcpu(c)["prev_root"]
+
+
+def _fault_gva_gpa(c):
+    _vcpu(c)["gva"]["records"][0]["gpa"] += 0x1000
+
+
+def _fault_gva_first_cr3(c):
+    switch_cr3(c)
+    _vcpu(c)["gva_first_cr3"]["records"][0]["guest_steps"][0]["gpa"] = 0x5000
 
 
 def _fault_error_rc(c):
@@ -408,6 +459,8 @@ FAULTS = {
     # --root all lists no previous root in any view; no --root prev in elf.
     _fault_root_prev_missing: {(view, checks.ROOT_ALL) for view in VIEWS}
     | {("elf", checks.ROOT_PREV)},
+    _fault_gva_gpa: {("elf", checks.GVA)},
+    _fault_gva_first_cr3: {("elf", checks.GVA)},
     _fault_map_hpa: {("elf", checks.MAP)},
     _fault_dump_leaf: {("elf", checks.DUMP)},
     _fault_dump_count: {("elf", checks.DUMP)},
@@ -520,3 +573,84 @@ def test_select_by_view_and_check():
         checks.ROOT_ALL,
         checks.CONSOLE,
     }
+
+
+# -- --gva -------------------------------------------------------------------
+
+
+def _gva_cell(shadow=False):
+    """One 4-level guest page: GVA 0x7f0000000000 -> GPA 0x40001000 -> HPA
+    0x12345000; its four table pages at GPA 0x100000.. (HPA = GPA + 0x1000000)."""
+    from harness.checks import gva  # noqa: F401 (the module under test)
+
+    tables = [0x100000, 0x101000, 0x102000, 0x103000]
+    truth = {
+        "pid": 1,
+        "vcpus": [0],
+        "cr3": 0x100000,
+        "first_cr3": 0x100000,
+        "guest_pt_pages": tables,
+        "guest_paging": "64",
+        "guest_2m": False,
+        "memslots": [{"slot": 1, "backing": "anon"}],
+        "host_runs": [[0x100000, 0x1100000, 0x4000], [0x40001000, 0x12345000, 0x1000]],
+        "pages": [
+            {"vcpu": 0, "slot": 1, "gva": 0x7F00_0000_0000, "gpa": 0x40001000, "pfn": 0x12345}
+        ],
+    }
+    steps = [
+        {"level": 4 - i, "index": 0, "gpa": t + (0x7F0 if i == 0 else 0), "source": "memory"}
+        for i, t in enumerate(tables)
+    ]
+    for s in steps:
+        s["hpa"] = s["gpa"] + 0x1000000
+    record = {
+        "addr": 0x7F00_0000_0000,
+        "cr3": 0x100000,
+        "guest_level": 4,
+        "guest_steps": steps,
+        "gpa": 0x40001000,
+        "guest_page_size": 4096,
+        "spte_hpa": 0x12345000,
+        "hpa": 0x12345000,
+        "page_size": 4096,
+        "hpa_source": "memslot" if shadow else "spte",
+        "stop": None,
+        "mismatch": None,
+        "tag_at_hpa": 0xABC,
+    }
+    truth["pages"][0]["tag"] = 0xABC
+    result = {"addr_kind": "gva" if shadow else "gpa", "dump_level": 31}
+    return result, truth, record
+
+
+def _gva_messages(result, truth, record):
+    from harness.checks.gva import check_gva_record
+
+    return check_gva_record(result, "v", "v", record, truth["pages"][0], truth, truth["cr3"])
+
+
+@pytest.mark.parametrize("shadow", [False, True])
+def test_gva_consistent_record_has_no_problem(shadow):
+    assert _gva_messages(*_gva_cell(shadow)) == []
+
+
+@pytest.mark.parametrize(
+    "fault,expect",
+    [
+        (lambda r: r.update(gpa=0x40002000), "the guest maps it to"),
+        (lambda r: r.update(hpa=0x12346000), "pagemap says"),
+        (lambda r: r.update(cr3=0x104000), "CR3"),
+        (lambda r: r["guest_steps"][2].update(hpa=0x5000), "HPA 20480, pagemap says"),
+        (lambda r: r["guest_steps"][1].update(gpa=0x200000), "no table page"),
+        (lambda r: r.update(mismatch="another page"), "mismatch reported"),
+        (lambda r: r.update(spte_hpa=None), "gives None"),
+        (lambda r: r.update(tag_at_hpa=0xABD), "the tag is"),
+        (lambda r: r.update(guest_level=3), "guest paging level 3"),
+    ],
+)
+def test_gva_faults_are_caught(fault, expect):
+    result, truth, record = _gva_cell()
+    fault(record)
+    messages = _gva_messages(result, truth, record)
+    assert any(expect in m for m in messages), messages

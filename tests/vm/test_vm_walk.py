@@ -89,8 +89,11 @@ def test_workloads_are_what_the_mode_asks_for(cell_result):
         if name in ("thp", "2m"):
             data = [p for p in truth["pages"] if p["slot"] == 1]
             assert all(p["host_thp"] for p in data), "THP did not back the data pages"
-        assert truth["guest_paging"] == {"pae": "pae", "32": "32"}.get(name, "64")
-        assert truth["guest_2m"] == (name == "2m")
+        opts = MODES[cell_result["mode"]].workloads[name].opts
+        paging = opts[opts.index("--guest-paging") + 1] if "--guest-paging" in opts else "64"
+        assert truth["guest_paging"] == paging
+        assert truth["guest_2m"] == ("--guest-2m" in opts)
+        assert switched_cr3(truth) == ("--switch-cr3" in opts)
 
 
 def test_leaf_sizes_follow_the_backing(cell_result):
@@ -130,6 +133,26 @@ def test_view_matches_ground_truth(cell_result, view):
         if view != "kdump" or cell_result["dump_level"] & 8 == 0:  # -d 31 drops user pages
             tags = sum(1 for r in wl["vcpus"].values() for w in r["walks"] if w["tag_at_hpa"])
             assert tags == n
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_gva_matches_ground_truth(cell_result, view):
+    """--gva of every tagged GVA of both vCPUs: the guest's walk from its CR3
+    (the current one after a CR3 switch) through the page-table pages the
+    workload built, each at its pagemap HPA; the workload's GPA; the pagemap
+    HPA through KVM's SPTEs (shadow paging: through the memslot and the
+    VMM's page tables, and the shadow root agreeing); the tag there."""
+    problems = _problems(cell_result, view, checks.GVA)
+    assert not problems, problems
+    levels = set()
+    for name, truth in cell_result["truth"].items():
+        wl = cell_result["views"][view]["workloads"][name]
+        records = [w for r in wl["vcpus"].values() for w in r["gva"]["records"]]
+        assert len(records) == len(truth["pages"]) * len(truth["vcpus"])
+        levels |= {w["guest_level"] for w in records}
+        if view != "kdump" or cell_result["dump_level"] & 8 == 0:  # -d 31 drops user pages
+            assert all(w["tag_at_hpa"] == p["tag"] for w, p in zip(records, truth["pages"] * 2))
+    assert levels == {2, 3, 4}, "the cell's guests page in 32-bit, PAE and 4-level modes"
 
 
 @pytest.mark.parametrize("view", VIEWS)

@@ -87,11 +87,12 @@ class Mode(NamedTuple):
 # Under TDP, three guests whose data pages the host backs with 4K pages, with
 # transparent huge pages, and with one 1 GiB hugetlbfs page: 4K, 2M and 1G
 # leaves.  L1 reserves that 1 GiB page at boot (a 2G L1 cannot find a free,
-# aligned GiB for it; 4G can).
+# aligned GiB for it; 4G can).  For --gva they page in each of the guest's
+# modes: 4-level, PAE with 2 MiB guest pages, and 32-bit.
 _TDP_WORKLOADS = {
     "base": Workload([]),
-    "thp": Workload(["--thp"]),
-    "1g": Workload(["--backing", "hugetlb1g"]),
+    "thp": Workload(["--thp", "--guest-paging", "pae", "--guest-2m"]),
+    "1g": Workload(["--backing", "hugetlb1g", "--guest-paging", "32"]),
 }
 _HUGETLB_1G = ["hugepagesz=1G", "hugepages=1"]
 

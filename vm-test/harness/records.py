@@ -104,6 +104,41 @@ class Walk(TypedDict, total=False):
     tag_at_hpa: Optional[int]
 
 
+class GuestStep(TypedDict, total=False):
+    """One guest page-table entry of a --gva walk."""
+
+    level: int
+    index: int
+    gpa: int
+    hpa: Optional[int]
+    pte: int
+    present: bool
+    leaf: bool
+    source: str
+
+
+class GvaWalk(TypedDict, total=False):
+    """One --gva --json record, with ``tag_at_hpa`` as for Walk."""
+
+    addr: int
+    mmu: str
+    cr3: int
+    cr3_source: str
+    guest_level: int
+    guest_steps: List[GuestStep]
+    gpa: Optional[int]
+    guest_page_size: Optional[int]
+    steps: List[Step]
+    spte_hpa: Optional[int]
+    hpa: Optional[int]
+    page_size: Optional[int]
+    hpa_source: Optional[str]
+    stop: Optional[str]
+    stop_in: Optional[str]
+    mismatch: Optional[str]
+    tag_at_hpa: Optional[int]
+
+
 class Leaf(TypedDict, total=False):
     """One --dump --json record."""
 
@@ -146,6 +181,14 @@ class Run(TypedDict, total=False):
 
 class WalkRun(Run, total=False):
     records: List[Walk]
+
+
+class GvaRun(Run, total=False):
+    records: List[GvaWalk]
+
+
+class TextRun(Run, total=False):
+    stdout: str
 
 
 class DumpRun(Run, total=False):
@@ -201,6 +244,9 @@ class VcpuRun(TypedDict, total=False):
     annotated: WalkRun  # --annotate of a few
     all_roots: WalkRun  # --root all, first page
     prev_root: WalkRun  # --root prev --annotate (a guest that switched CR3)
+    gva: GvaRun  # --gva of every tagged page
+    gva_first_cr3: GvaRun  # the same --cr3 first_cr3 (a guest that switched CR3)
+    gva_text: TextRun  # --gva of the first two, as text
     dump: DumpRun
     map: MapRun
     map_annotated: MapRun
@@ -320,3 +366,4 @@ def switched_cr3(truth: Truth) -> bool:
     """The guest started on a copy of its top-level table, then loaded the
     real one (l2vmm --switch-cr3)."""
     return bool(truth["first_cr3"] != truth["cr3"])
+

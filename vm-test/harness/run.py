@@ -53,10 +53,15 @@ def drgn_bin() -> str:
 
 
 def symbol_args(kernel: kernels.Kernel) -> List[str]:
-    """drgn options that load vmlinux and kvm.ko and nothing else: the walk
-    needs no vendor module, and searching debug info for every loaded module
-    costs start-up time (much of it under TCG)."""
-    kvm = [m for m in kernel.kvm_modules if Path(m).name.startswith("kvm.ko")]
+    """drgn options that load vmlinux, kvm.ko and kvm-amd.ko and nothing else
+    (--gva reads the guest's CR3 from AMD's VMCB, a kvm-amd.ko type);
+    searching debug info for every loaded module costs start-up time (much of
+    it under TCG)."""
+    kvm = [
+        m
+        for m in kernel.kvm_modules
+        if Path(m).name.startswith(("kvm.ko", "kvm-amd.ko", "kvm_amd.ko"))
+    ]
     args = ["--no-default-symbols"]
     for path in [kernel.vmlinux, *kvm]:
         args += ["-s", path]
@@ -358,6 +363,7 @@ def error_case_argv(
         "no_such_vcpu": [*syms, script, "--vm", pid, "--vcpu", "7", "--addr", addr],
         "beyond_root": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", hex(1 << 60)],
         "malformed": [*syms, script, "--vm", pid, "--vcpu", "0", "--addr", "0xZZ"],
+        "gva_beyond": [*syms, script, "--vm", pid, "--vcpu", "0", "--gva", hex(1 << 60)],
         "no_kvm_debug_info": [*vmlinux_only, script, "--vm", pid, "--vcpu", "0", "--addr", addr],
         # Without --vm: fine with one VM, an error listing them with several.
         "vm_omitted": [*syms, script, "--vcpu", "1", "--addr", addr],

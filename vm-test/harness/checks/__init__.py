@@ -4,6 +4,7 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 ``check`` (one of CHECKS), never by the wording of ``message``.
 
 - walks.py: --addr of every tagged page (RESULT, WALK);
+- gva.py: --gva of every tagged GVA, the guest's tables and KVM's (GVA);
 - tables.py: the whole-table views of each view, through vmlist.py (LIST),
   stats.py (STATS), annotate.py (ANNOTATE, MAP_ANNOTATE), roots.py
   (ROOT_ALL, ROOT_PREV) and maps.py (MAP, DUMP);
@@ -21,6 +22,7 @@ from ..records import CellResult, Problem
 from .annotate import ANNOTATE, MAP_ANNOTATE
 from .entry import CONSOLE, PLUGIN, check_entry_points
 from .errors import ERRORS, check_errors
+from .gva import GVA, check_gvas
 from .kdump import KDUMP_ONE_WALK, KDUMP_READER, check_kdump_views
 from .maps import DUMP, MAP
 from .roots import ROOT_ALL, ROOT_PREV
@@ -32,6 +34,7 @@ from .walks import RESULT, WALK, check_walks
 CHECKS = (
     RESULT,
     WALK,
+    GVA,
     LIST,
     STATS,
     ANNOTATE,
@@ -52,6 +55,7 @@ def check_cell(result: CellResult) -> List[Problem]:
     """Every problem of a cell, in the order vm-test/cell.py prints them."""
     return (
         check_walks(result)
+        + check_gvas(result)
         + check_whole_tables(result)
         + check_entry_points(result)
         + check_kdump_views(result)

@@ -20,6 +20,7 @@ REFUSALS: Dict[str, str] = {
     "no_such_vcpu": r"^kvmwalk\.py: the VM has no vCPU 7; its vCPUs: 0, 1$",
     "beyond_root": r"^kvmwalk\.py: G[PV]A 0x1000000000000000 is (beyond|not canonical)",
     "malformed": r"^kvmwalk\.py: error: argument --addr: invalid address '0xZZ'",
+    "gva_beyond": r"^kvmwalk\.py: GVA 0x1000000000000000 is (beyond|not canonical)",
     "no_kvm_debug_info": (
         r"^kvmwalk\.py: kvm\.ko is loaded but its debug info is not: load it "
         r"with -s /usr/lib/debug/lib/modules/\S+/kernel/arch/x86/kvm/kvm\.ko"
