@@ -366,4 +366,3 @@ def switched_cr3(truth: Truth) -> bool:
     """The guest started on a copy of its top-level table, then loaded the
     real one (l2vmm --switch-cr3)."""
     return bool(truth["first_cr3"] != truth["cr3"])
-
