@@ -90,7 +90,7 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
             vcpu_run["gva_first_cr3"] = whole_table(
                 prog, argv[:5] + ["--cr3", hex(truth["first_cr3"])] + gvas
             )
-        vcpu_run["gva_text"] = text_run(prog, argv[:4] + gvas[:2])
+        vcpu_run["gva_text"] = text_run(prog, argv[:4] + gvas[:4])
         # The whole table under the vCPU's root, as leaves and as ranges.
         # In this order: harness.checks.maps.check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.

@@ -144,7 +144,8 @@ def _view(name, root_level):
         "dump": _run([{"addr": ADDR, "level": 1, "hpa": HPA, "sptep": 0x77000, "flags": AD}]),
         "map": _run([rng]),
         "map_annotated": _run([dict(rng, sp=_sp(1))]),
-        "gva": _run([_gva_record()]),
+        # -d 31 dumps lack the guest's tables (user pages of the VMM).
+        "gva": _run([_gva_record(in_dump=name != "kdump")]),
         "gva_text": {
             "rc": 0,
             "stderr": "",
@@ -170,9 +171,17 @@ def _view(name, root_level):
     }
 
 
-def _gva_record():
+def _gva_record(in_dump=True):
     """--gva of the page's GVA 0x1000: four guest levels, all entries in the
     one table page of the made-up guest (GPA 0x5000, HPA 0x95000)."""
+    if not in_dump:
+        return {
+            "addr": 0x1000,
+            "gpa": None,
+            "hpa": None,
+            "stop_in": "guest",
+            "stop": "guest table at GPA 0x5000: its page at HPA 0x95000 cannot be read",
+        }
     steps = [
         {"level": lv, "index": 0, "gpa": 0x5000 + 8 * lv, "hpa": 0x95000 + 8 * lv}
         for lv in (4, 3, 2, 1)
@@ -383,10 +392,11 @@ def switch_cr3(c):
         vcpu["all_roots"]["records"].append(copy.deepcopy(prev))
         vcpu["prev_root"] = _run([prev])
         # --gva --cr3 first_cr3: the copy of the top table, then the same tables.
-        first = _gva_record()
-        first["cr3"] = FIRST_CR3
-        first["guest_steps"][0].update(gpa=FIRST_CR3, hpa=FIRST_CR3 + 0x90000)
-        del first["tag_at_hpa"]
+        first = _gva_record(in_dump=view != "kdump")
+        if view != "kdump":
+            first["cr3"] = FIRST_CR3
+            first["guest_steps"][0].update(gpa=FIRST_CR3, hpa=FIRST_CR3 + 0x90000)
+            del first["tag_at_hpa"]
         vcpu["gva_first_cr3"] = _run([first])
     truth = c["truth"]["base"]
     truth["guest_pt_pages"] = [*truth["guest_pt_pages"], FIRST_CR3]
@@ -654,3 +664,15 @@ def test_gva_faults_are_caught(fault, expect):
     fault(record)
     messages = _gva_messages(result, truth, record)
     assert any(expect in m for m in messages), messages
+
+
+def test_gva_in_a_dump_without_user_pages():
+    """makedumpfile -d 31 drops the guest's tables: the walk must stop there."""
+    from harness.checks.gva import check_gva_record
+
+    result, truth, record = _gva_cell()
+    page = truth["pages"][0]
+    gone = dict(record, gpa=None, hpa=None, stop_in="guest", stop="... cannot be read (...)")
+    assert check_gva_record(result, "kdump", "", gone, page, truth, truth["cr3"]) == []
+    made_up = check_gva_record(result, "kdump", "", record, page, truth, truth["cr3"])
+    assert made_up and "from a dump without" in made_up[0]

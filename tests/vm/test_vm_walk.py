@@ -152,6 +152,8 @@ def test_gva_matches_ground_truth(cell_result, view):
         levels |= {w["guest_level"] for w in records}
         if view != "kdump" or cell_result["dump_level"] & 8 == 0:  # -d 31 drops user pages
             assert all(w["tag_at_hpa"] == p["tag"] for w, p in zip(records, truth["pages"] * 2))
+        else:  # and with them the guest's own tables: said, not made up
+            assert all(w["gpa"] is None for w in records)
     assert levels == {2, 3, 4}, "the cell's guests page in 32-bit, PAE and 4-level modes"
 
 

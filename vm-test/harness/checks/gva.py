@@ -55,6 +55,14 @@ def check_gva_record(
         return ["not walked"]
     msgs = []
     shadow = result["addr_kind"] == "gva"
+    if view == "kdump" and result.get("dump_level", 31) & 8:
+        # makedumpfile -d with 8 drops user pages, the guest's tables among
+        # them: the walk must end there and say so, inventing nothing.
+        if w["gpa"] is not None or w["hpa"] is not None:
+            return [f"GPA {w['gpa']} HPA {w['hpa']} from a dump without the guest's tables"]
+        if w["stop_in"] != "guest" or "cannot be read" not in (w["stop"] or ""):
+            return [f"stopped in {w['stop_in']}: {w['stop']!r}, not at an unreadable guest table"]
+        return []
     if w["cr3"] != cr3:
         msgs.append(f"CR3 {w['cr3']:#x}, the guest's is {cr3:#x}")
     level = GUEST_LEVELS[truth.get("guest_paging", "64")]
