@@ -139,7 +139,8 @@ def _reg_bit(prog: Program, reg: str) -> Optional[int]:
 def _vendor(prog: Program) -> str:
     """Which vendor module runs the vCPUs, once per program: the name in
     ``kvm_x86_ops`` ("kvm_amd", "kvm_intel") on kernels whose ops have one,
-    else the function behind its ``vcpu_run`` (svm_vcpu_run, vmx_vcpu_run)."""
+    else the function behind its ``vcpu_run`` or ``run`` hook (svm_vcpu_run,
+    vmx_vcpu_run)."""
     key = "drgn_kvmwalk.vendor"
     got = prog.cache.get(key)
     if got is not None:
@@ -154,10 +155,13 @@ def _vendor(prog: Program) -> str:
         try:
             name = ops.name.string_().decode()
         except (AttributeError, FaultError, ValueError):
-            try:
-                name = prog.symbol(_int(ops.vcpu_run)).name
-            except (AttributeError, LookupError, FaultError):
-                name = ""
+            # The hook was "run" before it was "vcpu_run".
+            for hook in ("vcpu_run", "run"):
+                try:
+                    name = prog.symbol(_int(ops.member_(hook))).name
+                    break
+                except (LookupError, FaultError):
+                    continue
         if "amd" in name or name.startswith("svm"):
             vendor = "svm"
         elif "intel" in name or name.startswith("vmx"):
