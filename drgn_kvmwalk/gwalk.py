@@ -32,7 +32,19 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from .spte import PAGE_SIZE
+from .spte import (
+    PAGE_SIZE,
+    PT64_NX_MASK,
+    PT_ACCESSED_MASK,
+    PT_DIRTY_MASK,
+    PT_GLOBAL_MASK,
+    PT_PAGE_SIZE_MASK,
+    PT_PCD_MASK,
+    PT_PRESENT_MASK,
+    PT_PWT_MASK,
+    PT_USER_MASK,
+    PT_WRITABLE_MASK,
+)
 from .walk import PhysMem, PhysMemError
 
 __all__ = [
@@ -59,8 +71,9 @@ X86_CR4_LA57 = 1 << 12
 EFER_LMA = 1 << 10
 EFER_NX = 1 << 11
 
-_P, _RW, _US, _PWT, _PCD, _A, _D, _PS, _G = (1 << b for b in range(9))
-_NX = 1 << 63
+_P, _RW, _US = PT_PRESENT_MASK, PT_WRITABLE_MASK, PT_USER_MASK
+_PWT, _PCD, _A, _D = PT_PWT_MASK, PT_PCD_MASK, PT_ACCESSED_MASK, PT_DIRTY_MASK
+_PS, _G, _NX = PT_PAGE_SIZE_MASK, PT_GLOBAL_MASK, PT64_NX_MASK
 _ADDR_51_12 = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)
 _ADDR_31_12 = 0xFFFFF000
 _PAE_CR3 = 0xFFFFFFE0

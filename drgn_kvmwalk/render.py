@@ -113,6 +113,21 @@ def walk_text(w: Walk, sps: Optional[Dict[int, Optional[ShadowPage]]] = None) ->
     return lines
 
 
+def _walk_head(
+    vm_pid: int, vcpu_id: int, kind: str, tdp_mmu: bool, fmt: SpteFormat, root: Root
+) -> Dict[str, Any]:
+    """The keys every walk's JSON object starts with: which vCPU, which MMU."""
+    return {
+        "vm": vm_pid,
+        "vcpu": vcpu_id,
+        "mmu": kind,
+        "tdp_mmu": tdp_mmu,
+        "format": fmt.name,
+        "root_hpa": root.hpa,
+        "root_level": root.level,
+    }
+
+
 def walk_json(
     w: Walk,
     vm_pid: int,
@@ -123,13 +138,7 @@ def walk_json(
     sps: Optional[Dict[int, Optional[ShadowPage]]] = None,
 ) -> Dict[str, Any]:
     return {
-        "vm": vm_pid,
-        "vcpu": vcpu_id,
-        "mmu": kind,
-        "tdp_mmu": tdp_mmu,
-        "format": fmt.name,
-        "root_hpa": w.root.hpa,
-        "root_level": w.root.level,
+        **_walk_head(vm_pid, vcpu_id, kind, tdp_mmu, fmt, w.root),
         "direct": w.root.direct,
         "addr": w.addr,
         "steps": steps_json(w.steps, sps),
@@ -236,13 +245,7 @@ def gva_json(
 ) -> Dict[str, Any]:
     g = w.guest
     return {
-        "vm": vm_pid,
-        "vcpu": vcpu_id,
-        "mmu": kind,
-        "tdp_mmu": tdp_mmu,
-        "format": fmt.name,
-        "root_hpa": root.hpa,
-        "root_level": root.level,
+        **_walk_head(vm_pid, vcpu_id, kind, tdp_mmu, fmt, root),
         "addr": w.addr,
         "cr3": w.cr3,
         "cr3_source": "--cr3" if cr3_given else regs.sources.get("cr3"),

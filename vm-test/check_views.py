@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING, Any, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -46,12 +46,7 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
         elapsed = time.monotonic() - t0
         walks = [json.loads(line) for line in out.getvalue().splitlines()]
         for w in walks:
-            w["tag_at_hpa"] = None
-            if w["hpa"] is not None:
-                try:
-                    w["tag_at_hpa"] = int.from_bytes(prog.read(w["hpa"], 8, True), "little")
-                except FaultError:
-                    pass  # not in this dump (filtered), or not readable
+            w["tag_at_hpa"] = read_tag(prog, w["hpa"])
         vcpu_run: VcpuRun = {
             "rc": rc,
             "stderr": err.getvalue(),
@@ -107,13 +102,19 @@ def with_tags(prog: Program, run: Any) -> Any:
     """``run``'s records, each with the 8 bytes at its HPA (``tag_at_hpa``,
     None where this view does not hold the page)."""
     for w in run["records"]:
-        w["tag_at_hpa"] = None
-        if w["hpa"] is not None:
-            try:
-                w["tag_at_hpa"] = int.from_bytes(prog.read(w["hpa"], 8, True), "little")
-            except FaultError:
-                pass  # not in this dump (filtered), or not readable
+        w["tag_at_hpa"] = read_tag(prog, w["hpa"])
     return run
+
+
+def read_tag(prog: Program, hpa: Optional[int]) -> Optional[int]:
+    """The 8 bytes at ``hpa``, or None: no HPA, or not in this view (a
+    filtered dump drops the guest's memory)."""
+    if hpa is None:
+        return None
+    try:
+        return int.from_bytes(prog.read(hpa, 8, True), "little")
+    except FaultError:
+        return None
 
 
 def text_run(prog: Program, argv: List[str]) -> Any:
