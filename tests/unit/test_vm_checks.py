@@ -149,7 +149,9 @@ def _view(name, root_level):
         "gva_text": {
             "rc": 0,
             "stderr": "",
-            "stdout": f"GVA 0x1000\n  => GPA {ADDR:#x} (4K guest page)\n  {WANT}",
+            "stdout": f"GVA 0x1000\n  => GPA {ADDR:#x} (4K guest page)\n  {WANT}"
+            if name != "kdump"
+            else "GVA 0x1000\n  => not mapped by the guest: ... cannot be read (...)\n",
         },
     }
     vm = {
