@@ -37,7 +37,7 @@ from .kvm import Memslot, for_each_memslot
 from .mmu import DrgnPhysMem, MmuInfo, is_tdp_enabled, mmu_info, vcpu_mmu
 from .spte import PT64_NX_MASK, PT_USER_MASK, PT_WRITABLE_MASK, SpteFormat
 from .sptefmt import spte_format
-from .walk import PhysMem, Root, TableCache, Walk, walk_addr
+from .walk import PhysMem, PhysMemError, Root, TableCache, Walk, walk_addr
 
 __all__ = [
     "GuestRegs",
@@ -420,7 +420,7 @@ def _probe_levels(prog: Program) -> int:
                         return levels
                     break
                 table = entry & mask
-        except Exception:  # noqa: BLE001 (a wrong guess reads garbage)
+        except (PhysMemError, FaultError):  # a wrong guess reads garbage
             continue
     return 4
 
@@ -534,9 +534,7 @@ class VcpuGva:
             hpa, size = self._host.translate(hva)
         except HostUnmapped as e:
             return None, None, f"the VMM's HVA {hva:#x} (GPA {gpa:#x}): {e}"
-        except GuestTableError as e:  # pragma: no cover - defensive
-            return None, None, str(e)
-        except Exception as e:  # noqa: BLE001 - PhysMemError, FaultError
+        except (PhysMemError, FaultError) as e:
             return None, None, f"the VMM's page tables for HVA {hva:#x} cannot be read: {e}"
         # The memslot bounds what one host page stands for.
         return hpa, size, None
