@@ -33,6 +33,7 @@ from typing import (
 from drgn import FaultError, Object, Program
 
 from .errors import KvmWalkError, NoRoot, NoSuchVm
+from .gmem import MAX_READ
 from .gwalk import GuestAddressError
 from .kvm import find_vcpu, find_vm, for_each_vm, vm_pid
 from .mmu import DrgnPhysMem, ShadowPage, to_shadow_page
@@ -50,6 +51,8 @@ from .render import (
     map_block,
     map_header,
     map_line,
+    read_json,
+    read_text,
     stats_json,
     stats_text,
     unreadable_line,
@@ -90,6 +93,8 @@ what to do (one of them):
   --addr X     walk one address (repeatable)
   --gva X      translate a guest virtual address through the guest's page
                tables and KVM's SPTEs, as the CPU's two-dimensional walk does
+  --read X     guest memory from X through the walk, as a hexdump (--length N
+               bytes; X a GVA through the guest's page tables with --gva)
   --dump       every leaf SPTE under the vCPU's current root, in address order
   --map        the same, merged into ranges of one page size and one set of
                flags that are contiguous in both address and HPA
@@ -101,8 +106,9 @@ addresses: under TDP (Intel EPT, AMD NPT) the root translates guest physical
 addresses (GPA); under shadow paging it translates guest virtual addresses
 (GVA) of the guest's current page tables.
 
-JSON (--json): --addr, --dump, --map and --stats print JSON Lines, one
-object per address, leaf, range or VM; --list prints one object {"vms": [...]}.
+JSON (--json): --addr, --gva, --read, --dump, --map and --stats print JSON
+Lines, one object per address, read, leaf, range or VM; --list prints one
+object {"vms": [...]}.
 
 exit status: 0 the walk was done (an unmapped address is an answer; table pages
 that cannot be read are named on stderr); 2 bad arguments, or the target lacks
@@ -113,6 +119,7 @@ examples:
   drgn -c vmcore -s kvm.ko contrib/kvmwalk.py --vm 4242 --vcpu 1 --addr 0x40000000 --json
   drgn --qemu /run/qmp.sock -s vmlinux -s kvm.ko contrib/kvmwalk.py --vcpu 0 --addr 4096
   drgn -k contrib/kvmwalk.py --list
+  drgn -k contrib/kvmwalk.py --vcpu 0 --read 0x7f0000001000 --gva --length 64
   drgn -k contrib/kvmwalk.py --vcpu 0 --map --range 0x0-0x100000000"""
 
 
@@ -163,6 +170,20 @@ def parse_range(text: str) -> Tuple[int, int]:
     return lo, hi
 
 
+# --gva without an address: --read's addresses are GVAs.
+GVA_FLAG = -1
+DEFAULT_READ_LENGTH = 256
+
+
+def _read_length(text: str) -> int:
+    value = _nonneg_int(text)
+    if not 0 < value <= MAX_READ:
+        raise argparse.ArgumentTypeError(
+            f"invalid length {text!r}: 1 to {MAX_READ} bytes ({MAX_READ >> 20} MiB)"
+        )
+    return value
+
+
 @functools.lru_cache(maxsize=4)
 def _parser(prog_name: str) -> argparse.ArgumentParser:
     """:func:`build_parser`'s parser for :func:`main`, made once per name
@@ -203,10 +224,30 @@ def build_parser(prog_name: str) -> argparse.ArgumentParser:
         metavar="X",
         type=parse_addr,
         action="append",
+        nargs="?",
+        const=GVA_FLAG,
         help="guest virtual address to translate as the CPU does: the guest's own "
         "page tables from its CR3 (each table page's GPA and HPA), then KVM's "
         "SPTEs (under shadow paging, the shadow root's walk beside the guest's "
-        "answer, and any difference); repeatable",
+        "answer, and any difference); repeatable.  With --read and no X: "
+        "--read's addresses are GVAs, read through the guest's page tables",
+    )
+    p.add_argument(
+        "--read",
+        metavar="X",
+        type=parse_addr,
+        action="append",
+        help="read guest memory from X through the walk (X as --addr takes it, "
+        "or a GVA with --gva), across page boundaries, as a hexdump; pages "
+        "that are not mapped or not in the dump are named, never filled in; "
+        "repeatable",
+    )
+    p.add_argument(
+        "--length",
+        metavar="N",
+        type=_read_length,
+        help=f"with --read: how many bytes (default {DEFAULT_READ_LENGTH}, at most "
+        f"{MAX_READ >> 20} MiB)",
     )
     p.add_argument(
         "--cr3",
@@ -268,8 +309,8 @@ def build_parser(prog_name: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         action="store_true",
-        help="JSON instead of text: JSON Lines for --addr, --dump, --map and "
-        "--stats, one object for --list",
+        help="JSON instead of text: JSON Lines for --addr, --gva, --read, --dump, "
+        "--map and --stats, one object for --list",
     )
     return p
 
@@ -306,7 +347,8 @@ def parse_args(
         opt
         for opt, on in (
             ("--addr", args.addr),
-            ("--gva", args.gva),
+            ("--gva", args.gva and not args.read),
+            ("--read", args.read),
             ("--dump", args.dump),
             ("--map", args.map),
             ("--list", args.list),
@@ -317,12 +359,28 @@ def parse_args(
     if len(actions) != 1:
         raise UsageError(
             (
-                "choose one of --addr, --gva, --dump, --map, --list and --stats"
+                "choose one of --addr, --gva, --read, --dump, --map, --list and --stats"
                 if actions
-                else "missing --addr (or --gva, --dump, --map, --list, --stats)"
+                else "missing --addr (or --gva, --read, --dump, --map, --list, --stats)"
             )
             + f" (see {prog_name} --help)"
         )
+    if args.gva and GVA_FLAG in args.gva and not args.read:
+        raise UsageError("--gva needs an address (or goes with --read)")
+    if args.read and args.gva and args.gva != [GVA_FLAG]:
+        raise UsageError(
+            "with --read, --gva takes no address: it says that --read's addresses are GVAs"
+        )
+    if args.length is not None and not args.read:
+        raise UsageError("--length goes with --read")
+    if args.read:
+        if args.length is None:
+            args.length = DEFAULT_READ_LENGTH
+        for addr in args.read:
+            if addr + args.length > 1 << 64:
+                raise UsageError(
+                    f"--read {addr:#x} --length {args.length} passes the end of the address space"
+                )
     if args.cr3 is not None and not args.gva:
         raise UsageError("--cr3 goes with --gva")
     if args.range is not None and not (args.dump or args.map):
@@ -351,6 +409,8 @@ def run(
             return _stats(prog, args, out)
         if args.addr:
             return _walk(prog, args, out)
+        if args.read:
+            return _read(prog, args, out)
         if args.gva:
             return _gva(prog, args, out)
         return _leaves(prog, args, out, err)
@@ -464,6 +524,25 @@ def _gva(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
         ]
         for w in walks:
             lines += gva_text(w)
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _read(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+    """--read: guest memory through the walk, as a hexdump or JSON."""
+    from .guest import VcpuMemory  # the guest's registers: only with --gva
+
+    kvm = find_vm(prog, args.vm)
+    vm = _Vm(kvm, vm_pid(kvm))
+    m = VcpuMemory(find_vcpu(kvm, args.vcpu), gva=bool(args.gva), cr3=args.cr3)
+    reads = [m.read(addr, args.length) for addr in args.read]  # all checked first
+    if args.json:
+        lines = [json.dumps(read_json(r, vm.pid, args.vcpu)) for r in reads]
+    else:
+        lines = [header_text(vm.pid, args.vcpu, m.info.kind, m.info.tdp_mmu, m.fmt, m.info.root)]
+        for r in reads:
+            lines += read_text(r)
     out.write("\n".join(lines) + "\n")
     out.flush()
     return EXIT_OK

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Tuple, cast
 
-from drgn import FaultError, Object, Program, container_of
+from drgn import FaultError, Object, Program, ProgramFlags, container_of
 from drgn.helpers.linux.mm import virt_to_phys
 
 from .errors import KvmWalkError
+from .gmem import GuestRead, Translation, read_guest_memory
 from .gwalk import (
     GuestMode,
     GuestTableCache,
@@ -46,6 +47,8 @@ __all__ = [
     "MP_STATE_NAMES",
     "NoGuestCr3",
     "VcpuGva",
+    "VcpuMemory",
+    "read_guest",
     "vcpu_guest_regs",
     "vcpu_gva",
 ]
@@ -646,3 +649,84 @@ def vcpu_gva(vcpu: Object, gva: int, cr3: Optional[int] = None) -> GvaWalk:
     :raises GuestAddressError: the guest's mode cannot translate ``gva``
     """
     return VcpuGva(vcpu, cr3).walk(gva)
+
+
+class VcpuMemory:
+    """Guest memory of one vCPU, read through the walks ``--addr`` and
+    ``--gva`` do.
+
+    - ``gva=False``: the address is what the vCPU's root translates, a GPA
+      under TDP (through the SPTEs), a GVA under shadow paging (through the
+      shadow root's SPTEs, that is what KVM lets the CPU reach);
+    - ``gva=True``: a GVA through the guest's own page tables (from its CR3,
+      or ``cr3``) and then KVM's, as :class:`VcpuGva` walks it.
+
+    :param vcpu: ``struct kvm_vcpu *``
+    :raises NoGuestCr3: ``gva`` without ``cr3``, and KVM holds no current CR3
+    :raises NoRoot: the vCPU's MMU has no valid root
+    """
+
+    def __init__(self, vcpu: Object, gva: bool = False, cr3: Optional[int] = None) -> None:
+        self.prog = vcpu.prog_
+        self.mem = DrgnPhysMem(self.prog)
+        self.gva: Optional[VcpuGva] = VcpuGva(vcpu, cr3) if gva else None
+        if self.gva is not None:
+            self.info, self.fmt = self.gva.info, self.gva.fmt
+        else:
+            self.info, self.fmt = mmu_info(vcpu), spte_format(vcpu.kvm)
+        self.sptes = TableCache(self.mem)
+        self.space = "GVA" if gva or not self.info.root.direct else "GPA"
+        live = bool(self.prog.flags & ProgramFlags.IS_LIVE)
+        self.unreadable = (
+            "cannot be read"
+            if live
+            else "is not in the dump (a filtered dump drops the guest's memory)"
+        )
+
+    def translate(self, addr: int) -> Translation:
+        """Where ``addr`` lands (for :func:`~drgn_kvmwalk.gmem.read_guest_memory`).
+
+        :raises AddressError, GuestAddressError: it cannot be translated
+        """
+        if self.gva is not None:
+            w = self.gva.walk(addr)
+            gpa = w.guest.gpa
+            if w.hpa is not None:
+                return Translation(gpa, w.hpa, None)
+            if w.stop_in == "guest":
+                return Translation(None, None, f"not mapped by the guest: {w.stop}")
+            if w.stop_in == "spte":
+                return Translation(
+                    gpa, None, f"GPA {gpa:#x}: no SPTE maps it: {w.stop} at level {w.stop_level}"
+                )
+            return Translation(gpa, None, w.stop)
+        root = self.info.root
+        s = walk_addr(self.sptes, self.fmt, root, addr)
+        gpa = addr if root.direct else None
+        if s.hpa is not None:
+            return Translation(gpa, s.hpa, None)
+        return Translation(gpa, None, f"no SPTE maps it: {s.stop} at level {s.stop_level}")
+
+    def read(self, addr: int, length: int) -> GuestRead:
+        """``length`` bytes from ``addr``, page by page.
+
+        >>> r = VcpuMemory(vcpu, gva=True).read(0x7EFFFFFFFFF8, 16)
+        >>> r.data, [(hex(p.addr), p.hpa, p.data, p.error) for p in r.pieces]
+        (None, [('0x7efffffffff8', None, None, 'not mapped by the guest: guest PML4E not present'),
+                ('0x7f0000000000', 5422747648, b'\\x01\\x00\\x00\\x00WMVK', None)])
+
+        :raises AddressError, GuestAddressError: ``addr`` cannot be translated
+        :raises ValueError: ``length`` not in 1..MAX_READ
+        """
+        return read_guest_memory(
+            self.translate, self.mem, addr, length, self.space, self.unreadable
+        )
+
+
+def read_guest(
+    vcpu: Object, addr: int, length: int, gva: bool = False, cr3: Optional[int] = None
+) -> GuestRead:
+    """``length`` bytes of the vCPU's guest memory from ``addr`` (see
+    :class:`VcpuMemory`; for many reads, keep one of those: it reads each
+    table page once)."""
+    return VcpuMemory(vcpu, gva, cr3).read(addr, length)

@@ -30,9 +30,14 @@ def drgn_code_refusal(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
+def _hex_or_none(value: Optional[int]) -> str:
+    return "None" if value is None else hex(value)
+
+
 def drgn_code(prog: Program, args: argparse.Namespace) -> str:
     """The Python that does what ``args`` ask, with the package's helpers:
-    every action, with ``--range``, ``--root`` and ``--annotate``.
+    every action, with ``--range``, ``--root``, ``--annotate``, ``--cr3`` and
+    ``--length``.
 
     :raises ValueError: with :func:`drgn_code_refusal`'s reason, for options
         it has no code for
@@ -63,6 +68,42 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
             "    stats = vm_stats(kvm)\n"
             "    # leaves per page size, beside kvm->stat.pages_4k/2m/1g (or lpages)\n"
             "    print(stats.pid, stats.leaves, stats.kvm, stats.differences)\n"
+        )
+        return code.get()
+    if args.read:
+        gva = bool(args.gva)
+        code.add_from_import("drgn_kvmwalk", "find_vm", "find_vcpu")
+        code.add_from_import("drgn_kvmwalk.guest", "VcpuMemory")
+        code.append(
+            f"vcpu = find_vcpu(find_vm(prog, {args.vm!r}), {args.vcpu})\n"
+            + (
+                f"# GVAs through the guest's page tables (from CR3 {args.cr3:#x}), then KVM's\n"
+                if gva and args.cr3 is not None
+                else "# GVAs through the guest's page tables, then KVM's\n"
+                if gva
+                else "# addresses as the vCPU's root translates them (GPAs under TDP)\n"
+            )
+            + f"mem = VcpuMemory(vcpu, gva={gva}, cr3={_hex_or_none(args.cr3)})\n"
+            f"for addr in [{', '.join(hex(a) for a in args.read)}]:\n"
+            f"    r = mem.read(addr, {args.length})\n"
+            "    for p in r.pieces:  # parts that land contiguously, or could not be read\n"
+            "        print(hex(p.addr), p.length, p.gpa, p.hpa,\n"
+            "              p.data.hex() if p.data is not None else p.error)\n"
+        )
+        return code.get()
+    if args.gva:
+        code.add_from_import("drgn_kvmwalk", "find_vm", "find_vcpu")
+        code.add_from_import("drgn_kvmwalk.guest", "VcpuGva")
+        code.append(
+            f"vcpu = find_vcpu(find_vm(prog, {args.vm!r}), {args.vcpu})\n"
+            f"g = VcpuGva(vcpu, cr3={_hex_or_none(args.cr3)})  # the guest's registers, "
+            "KVM's root\n"
+            "print(g.regs.mode().name, hex(g.cr3), g.regs.notes)\n"
+            f"for gva in [{', '.join(hex(a) for a in args.gva)}]:\n"
+            "    w = g.walk(gva)\n"
+            "    for s in w.guest.steps:  # the guest's levels: entry GPA, HPA, value\n"
+            "        print(s.level, hex(s.gpa), s.hpa, hex(s.pte), s.flags)\n"
+            "    print(hex(gva), w.guest.gpa, w.hpa, w.page_size, w.stop, w.mismatch)\n"
         )
         return code.get()
     code.add_from_import(
@@ -177,9 +218,9 @@ def register() -> None:
     linux_kernel_custom_command(
         name="kvmwalk",
         description="walk KVM's page tables (SPTEs) of a VM's vCPU",
-        usage="**kvmwalk** [--vm PID] (--vcpu N (--addr X... | --dump | --map) | --list | "
-        "--stats) [--range START-END] [--root current|prev|all] [--annotate] [--json] "
-        "[--drgn]",
+        usage="**kvmwalk** [--vm PID] (--vcpu N (--addr X... | --gva X... [--cr3 X] | "
+        "--read X... [--gva] [--length N] | --dump | --map) | --list | --stats) "
+        "[--range START-END] [--root current|prev|all] [--annotate] [--json] [--drgn]",
         long_description="Walk KVM's own page tables for a vCPU of a VM, as KVM's "
         "for_each_shadow_entry() does; or list the VMs, or dump or map every "
         "leaf SPTE under a vCPU's root.  '%kvmwalk --help' shows every option.",

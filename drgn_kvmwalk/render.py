@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .gmem import GuestRead, hexdump_lines
 from .gwalk import GUEST_LEVEL_NAMES, GuestStep
 from .spte import SpteFormat, decode_spte, describe_flags, level_shift, level_size
 from .walk import Root, Step, Walk, root_start_level
@@ -42,6 +43,8 @@ __all__ = [
     "map_header",
     "map_line",
     "page_size_name",
+    "read_json",
+    "read_text",
     "sp_json",
     "sp_text",
     "stats_json",
@@ -275,6 +278,42 @@ def gva_json(
         "stop_level": w.stop_level,
         "stop_in": w.stop_in,
         "mismatch": w.mismatch,
+    }
+
+
+def read_text(r: GuestRead) -> List[str]:
+    """--read: a line naming the read, then the hexdump (each piece's GPA
+    and HPA, or why it could not be read)."""
+    missing = f", {r.missing} of them could not be read" if r.missing else ""
+    head = f"{r.length} bytes at {r.space} {r.addr:#x}{missing}"
+    return [head] + hexdump_lines(r)
+
+
+def read_json(r: GuestRead, vm_pid: int, vcpu_id: int) -> Dict[str, Any]:
+    """--read --json: ``bytes`` is the hex string of all ``length`` bytes, or
+    None when a piece could not be read; ``pieces`` says where each part of
+    the range lands (``gpa``, ``hpa``) and, for a part that could not be read,
+    ``error`` (its ``bytes`` then None)."""
+    data = r.data
+    return {
+        "vm": vm_pid,
+        "vcpu": vcpu_id,
+        "addr": r.addr,
+        "length": r.length,
+        "space": r.space.lower(),
+        "bytes": data.hex() if data is not None else None,
+        "missing": r.missing,
+        "pieces": [
+            {
+                "addr": p.addr,
+                "length": p.length,
+                "gpa": p.gpa,
+                "hpa": p.hpa,
+                "bytes": p.data.hex() if p.data is not None else None,
+                "error": p.error,
+            }
+            for p in r.pieces
+        ],
     }
 
 

@@ -25,8 +25,11 @@ import time
 from typing import TYPE_CHECKING, Any, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from drgn import FaultError, Program  # noqa: E402
+from harness.checks.read import READ_BEFORE, READ_LENGTH  # noqa: E402
+from harness.records import truth_hpa  # noqa: E402
 
 from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
 
@@ -86,6 +89,16 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
                 prog, argv[:5] + ["--cr3", hex(truth["first_cr3"])] + gvas
             )
         vcpu_run["gva_text"] = text_run(prog, argv[:4] + gvas[:4])
+        # Guest memory through the walks: 16 bytes from 8 before each tagged
+        # page (across a page boundary), as --addr takes the address and as
+        # a GVA through the guest's tables, beside the bytes at the HPAs the
+        # ground truth gives (``truth_hex``, "??" where it has none).
+        vcpu_run["read"] = read_run(prog, truth, argv[:5], addr_kind)
+        vcpu_run["read_gva"] = read_run(prog, truth, argv[:5] + ["--gva"], "gva")
+        page0 = truth["pages"][0]
+        vcpu_run["read_text"] = text_run(
+            prog, argv[:4] + ["--gva", "--read", hex(page0["gva"]), "--length", "8"]
+        )
         # The whole table under the vCPU's root, as leaves and as ranges.
         # In this order: harness.checks.maps.check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.
@@ -104,6 +117,32 @@ def with_tags(prog: Program, run: Any) -> Any:
     for w in run["records"]:
         w["tag_at_hpa"] = read_tag(prog, w["hpa"])
     return run
+
+
+def read_run(prog: Program, truth: Truth, argv: List[str], kind: AddrKind) -> Any:
+    """--read of 16 bytes from 8 before each tagged page's ``kind`` address,
+    each record with ``truth_hex``."""
+    starts = [
+        (page["gva"] if kind == "gva" else page["gpa"]) - READ_BEFORE for page in truth["pages"]
+    ]
+    argv = argv + ["--length", str(READ_LENGTH)]
+    run_ = whole_table(prog, argv + [a for start in starts for a in ("--read", hex(start))])
+    for rec, start in zip(run_["records"], starts):
+        rec["truth_hex"] = truth_hex(prog, truth, kind, start, READ_LENGTH)
+    return run_
+
+
+def truth_hex(prog: Program, truth: Truth, kind: AddrKind, addr: int, length: int) -> str:
+    """The bytes from guest address ``addr`` read at the HPAs of the ground
+    truth (not the tool's walk), as hex, "??" for a byte it cannot give."""
+    out = []
+    for a in range(addr, addr + length):
+        hpa = truth_hpa(truth, kind, a)
+        try:
+            out.append("??" if hpa is None else prog.read(hpa, 1, True).hex())
+        except FaultError:
+            out.append("??")
+    return "".join(out)
 
 
 def read_tag(prog: Program, hpa: Optional[int]) -> Optional[int]:

@@ -3,9 +3,10 @@
 command itself, on a real kernel, and compare what they found.
 
     drgn [--qemu SOCK | -c DUMP] -s ... vm-test/drgn_code_check.py \\
-        --pid PID --addr X --out result.json
+        --pid PID --addr X --gva GVA --out result.json
 
-For --list, --stats, --addr, --dump and --map (and --map --root all), the
+For --list, --stats, --addr, --gva, --read, --dump and --map (and --map
+--root all), the
 printed code is executed as it stands (``prog`` is the only name it is
 given) and its output parsed; the command runs with --json.  The result
 holds, per case, both outputs and ``problems`` (empty when they agree).
@@ -88,6 +89,28 @@ def compare(case: str, argv: List[str], rc: int, records: List[Any], code_out: s
         last = [ln.split() for ln in code_out.splitlines() if ln.startswith("0x")][-1]
         want_hpa = records[0]["hpa"]
         return [] if last[1] == str(want_hpa) else [f"hpa: code {last[1]}, command {want_hpa}"]
+    if case == "gva":
+        last = [ln.split() for ln in code_out.splitlines() if ln.startswith("0x")][-1]
+        want_hpa = records[0]["hpa"]
+        return [] if last[2] == str(want_hpa) else [f"hpa: code {last[2]}, command {want_hpa}"]
+    if case == "read":
+        # One line per piece: addr, length, gpa, hpa, then its bytes or why not.
+        got_pieces = [ln.split(maxsplit=4) for ln in code_out.splitlines() if ln.startswith("0x")]
+        want_pieces = [
+            [
+                hex(p["addr"]),
+                str(p["length"]),
+                str(p["gpa"]),
+                str(p["hpa"]),
+                p["bytes"] or p["error"],
+            ]
+            for p in records[0]["pieces"]
+        ]
+        return (
+            []
+            if got_pieces == want_pieces
+            else [f"pieces: code {got_pieces}, command {want_pieces}"]
+        )
     if case == "dump":
         got_leaf = sorted((int(a, 16), int(h, 16)) for a, _, _, h in lines_of(code_out, 4))
         want_leaf = sorted((r["addr"], r["hpa"]) for r in records)
@@ -113,6 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pid", required=True)
     ap.add_argument("--addr", required=True)
+    ap.add_argument("--gva", required=True, help="a GVA that vCPU 0 maps")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     vm = ["--vm", args.pid]
@@ -120,6 +144,17 @@ def main() -> None:
         "list": [*vm, "--list"],
         "stats": [*vm, "--stats"],
         "addr": [*vm, "--vcpu", "0", "--addr", args.addr],
+        "gva": [*vm, "--vcpu", "0", "--gva", args.gva],
+        "read": [
+            *vm,
+            "--vcpu",
+            "0",
+            "--read",
+            hex(int(args.gva, 0) - 8),
+            "--gva",
+            "--length",
+            "16",
+        ],
         "dump": [*vm, "--vcpu", "0", "--dump"],
         "map": [*vm, "--vcpu", "0", "--map"],
         "map_all": [*vm, "--vcpu", "0", "--map", "--root", "all"],

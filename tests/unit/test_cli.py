@@ -32,12 +32,23 @@ def empty_prog():
     [
         (["--addr", "0x1000"], "missing --vcpu"),
         (["--vcpu", "0"], "missing --addr"),
-        ([], "missing --addr (or --gva, --dump, --map, --list, --stats)"),
+        ([], "missing --addr (or --gva, --read, --dump, --map, --list, --stats)"),
         (["--dump"], "missing --vcpu"),
         (
             ["--vcpu", "0", "--addr", "0", "--dump"],
-            "choose one of --addr, --gva, --dump, --map, --list and --stats",
+            "choose one of --addr, --gva, --read, --dump, --map, --list and --stats",
         ),
+        (["--vcpu", "0", "--read", "0", "--addr", "0"], "choose one of"),
+        (["--vcpu", "0", "--gva"], "--gva needs an address (or goes with --read)"),
+        (["--vcpu", "0", "--read", "0", "--gva", "0x10"], "--gva takes no address"),
+        (["--vcpu", "0", "--addr", "0", "--length", "16"], "--length goes with --read"),
+        (["--vcpu", "0", "--read", "0", "--length", "0"], "invalid length '0'"),
+        (["--vcpu", "0", "--read", "0", "--length", str(2 << 20)], "1 to 1048576 bytes"),
+        (
+            ["--vcpu", "0", "--read", hex((1 << 64) - 8), "--length", "16"],
+            "passes the end of the address space",
+        ),
+        (["--vcpu", "0", "--addr", "0", "--cr3", "0x1000"], "--cr3 goes with --gva"),
         (["--vcpu", "0", "--dump", "--map"], "choose one of"),
         (["--list", "--vcpu", "0"], "covers every vCPU; leave out --vcpu"),
         (
@@ -84,6 +95,9 @@ def test_help_explains_every_option(empty_prog, capsys):
         "--list",
         "--stats",
         "--range START-END",
+        "--read X",
+        "--length N",
+        "--gva [X]",
     ):
         assert opt in text
 

@@ -53,6 +53,10 @@ def test_console_help_names_the_target_options(capsys):
         "--vcpu 0 --dump --annotate --root prev",
         "--vcpu 0 --addr 1 --addr 2 --root all",
         "--vm 7 --list",
+        "--vcpu 0 --gva 0x7f0000001000 --gva 0x1000",
+        "--vcpu 1 --gva 0x1000 --cr3 0x5000",
+        "--vcpu 0 --read 0x1000 --length 64",
+        "--vcpu 0 --read 0x1000 --gva --cr3 0x5000",
     ],
 )
 def test_drgn_command_prints_valid_python(capsys, argv):

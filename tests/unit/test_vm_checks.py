@@ -153,6 +153,17 @@ def _view(name, root_level):
             if name != "kdump"
             else "GVA 0x1000\n  => not mapped by the guest: ... cannot be read (...)\n",
         },
+        "read": _run([_read_record(ADDR, "gpa", in_dump=name != "kdump")]),
+        "read_gva": _run([_read_record(0x1000, "gva", in_dump=name != "kdump")]),
+        "read_text": {
+            "rc": 0,
+            "stderr": "",
+            "stdout": "8 bytes at GVA 0x1000\n# GVA 0x1000-0x1007: GPA 0x40001000, HPA 0x12345000\n"
+            "00001000: bc0a 0000 0000 0000                      ........\n"
+            if name != "kdump"
+            else "8 bytes at GVA 0x1000, 8 of them could not be read\n"
+            "# GVA 0x1000-0x1007: not mapped by the guest: ... cannot be read\n",
+        },
     }
     vm = {
         "pid": 100,
@@ -204,6 +215,34 @@ def _gva_record(in_dump=True):
         "stop": None,
         "mismatch": None,
         "tag_at_hpa": TAG,
+    }
+
+
+def _read_record(addr, kind, in_dump=True):
+    """--read of 16 bytes from 8 before the tagged page at ``addr``: the 8
+    before it in no SPTE (or not mapped by the guest), then the tag."""
+    tag = TAG.to_bytes(8, "little").hex()
+    before = {
+        "addr": addr - 8,
+        "length": 8,
+        "gpa": None,
+        "hpa": None,
+        "bytes": None,
+        "error": "no SPTE maps it: SPTE not present at level 1"
+        if kind == "gpa"
+        else "not mapped by the guest: PTE not present",
+    }
+    page = {"addr": addr, "length": 8, "gpa": ADDR, "hpa": HPA, "bytes": tag, "error": None}
+    if not in_dump:  # -d 31: the guest's memory is not in the dump
+        page.update(bytes=None, error=f"HPA {HPA:#x} is not in the dump")
+    return {
+        "addr": addr - 8,
+        "length": 16,
+        "space": kind,
+        "bytes": None,
+        "missing": 8 if in_dump else 16,
+        "pieces": [before, page],
+        "truth_hex": "??" * 8 + (tag if in_dump else "??" * 8),
     }
 
 
@@ -437,6 +476,28 @@ def _fault_gva_first_cr3(c):
     _vcpu(c)["gva_first_cr3"]["records"][0]["guest_steps"][0]["gpa"] = 0x5000
 
 
+def _fault_read_bytes(c):
+    piece = _vcpu(c)["read"]["records"][0]["pieces"][1]
+    piece["bytes"] = "bd" + piece["bytes"][2:]
+
+
+def _fault_read_hpa(c):
+    _vcpu(c)["read_gva"]["records"][0]["pieces"][1]["hpa"] += 0x1000
+
+
+def _fault_read_made_up(c):
+    rec = _vcpu(c, "kdump")["read"]["records"][0]
+    rec["pieces"][1].update(bytes=TAG.to_bytes(8, "little").hex(), error=None)
+
+
+def _fault_read_gap(c):
+    del _vcpu(c)["read"]["records"][0]["pieces"][0]
+
+
+def _fault_read_text(c):
+    _vcpu(c)["read_text"]["stdout"] = "8 bytes at GVA 0x1000\n00001000: bd0a\n"
+
+
 def _fault_error_rc(c):
     c["errors"]["no_such_vcpu"]["rc"] = 1
 
@@ -473,6 +534,11 @@ FAULTS = {
     | {("elf", checks.ROOT_PREV)},
     _fault_gva_gpa: {("elf", checks.GVA)},
     _fault_gva_first_cr3: {("elf", checks.GVA)},
+    _fault_read_bytes: {("elf", checks.READ)},
+    _fault_read_hpa: {("elf", checks.READ)},
+    _fault_read_made_up: {("kdump", checks.READ)},
+    _fault_read_gap: {("elf", checks.READ)},
+    _fault_read_text: {("elf", checks.READ)},
     _fault_map_hpa: {("elf", checks.MAP)},
     _fault_dump_leaf: {("elf", checks.DUMP)},
     _fault_dump_count: {("elf", checks.DUMP)},

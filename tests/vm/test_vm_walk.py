@@ -158,6 +158,24 @@ def test_gva_matches_ground_truth(cell_result, view):
 
 
 @pytest.mark.parametrize("view", VIEWS)
+def test_read_returns_what_the_guest_wrote(cell_result, view):
+    """--read of 16 bytes across the start of every tagged page of both
+    vCPUs, by the address --addr takes and as a GVA through the guest's
+    tables: each byte the one at the HPA the ground truth gives, the tag
+    where the guest wrote it, what is not in the view said and not made up;
+    and the hexdump text of one."""
+    problems = _problems(cell_result, view, checks.READ)
+    assert not problems, problems
+    for name, truth in cell_result["truth"].items():
+        wl = cell_result["views"][view]["workloads"][name]
+        for key in ("read", "read_gva"):
+            records = [rec for r in wl["vcpus"].values() for rec in r[key]["records"]]
+            assert len(records) == len(truth["pages"]) * len(truth["vcpus"])
+            if view != "kdump" or cell_result["dump_level"] & 8 == 0:  # guest memory in view
+                assert all(rec["pieces"][-1]["bytes"] is not None for rec in records)
+
+
+@pytest.mark.parametrize("view", VIEWS)
 def test_list_matches_the_vmm(cell_result, view):
     """--list: each workload's VM, its two vCPUs with the roots the walks used,
     and its memslots exactly as the VMM created them."""
@@ -293,14 +311,22 @@ def test_drgn_command(cell_result, view):
 def test_drgn_code_does_what_the_command_does(cell_result):
     """%kvmwalk --drgn: the printed code, run as it stands over QMP, finds what
     the command finds (--list's VMs, --stats' leaves, --addr's HPA, every
-    --dump leaf, every --map range, of every root with --root all)."""
+    --gva's HPA, --read's pieces, every --dump leaf, every --map range, of
+    every root with --root all)."""
     r = cell_result["drgn_code"]
     assert "error" not in r, r
-    assert set(r) == {"list", "stats", "addr", "dump", "map", "map_all"}
+    assert set(r) == {"list", "stats", "addr", "gva", "read", "dump", "map", "map_all"}
     for case, c in r.items():
         assert c["problems"] == [], (case, c["problems"], c["code"])
-    last = [ln.split() for ln in r["addr"]["code_stdout"].splitlines() if ln.startswith("0x")][-1]
-    assert int(last[1]) == _first_page_hpa(cell_result)
+
+    def last_line(case):
+        return [ln.split() for ln in r[case]["code_stdout"].splitlines() if ln.startswith("0x")][-1]
+
+    page = first_truth(cell_result)["pages"][0]
+    assert int(last_line("addr")[1]) == _first_page_hpa(cell_result)
+    assert int(last_line("gva")[2]) == pagemap_hpa(page, "gva")
+    # The read's last piece ends with the 8 bytes of the tag.
+    assert last_line("read")[4].endswith(page["tag"].to_bytes(8, "little").hex())
 
 
 def test_readme_python_api_runs(cell_result):

@@ -187,6 +187,34 @@ class GvaRun(Run, total=False):
     records: List[GvaWalk]
 
 
+class ReadPiece(TypedDict):
+    addr: int
+    length: int
+    gpa: Optional[int]
+    hpa: Optional[int]
+    bytes: Optional[str]
+    error: Optional[str]
+
+
+class ReadRecord(TypedDict, total=False):
+    """One --read --json record, with ``truth_hex`` (check_views.py): the
+    same bytes read at the ground truth's HPAs, "??" where it has none."""
+
+    vm: int
+    vcpu: int
+    addr: int
+    length: int
+    space: str
+    bytes: Optional[str]
+    missing: int
+    pieces: List[ReadPiece]
+    truth_hex: str
+
+
+class ReadRun(Run, total=False):
+    records: List[ReadRecord]
+
+
 class TextRun(Run, total=False):
     stdout: str
 
@@ -247,6 +275,9 @@ class VcpuRun(TypedDict, total=False):
     gva: GvaRun  # --gva of every tagged page
     gva_first_cr3: GvaRun  # the same --cr3 first_cr3 (a guest that switched CR3)
     gva_text: TextRun  # --gva of the first two, as text
+    read: ReadRun  # --read across the start of every tagged page (--addr's addresses)
+    read_gva: ReadRun  # the same with --gva: through the guest's tables
+    read_text: TextRun  # --gva --read of the first tagged page, as text
     dump: DumpRun
     map: MapRun
     map_annotated: MapRun
@@ -360,6 +391,25 @@ def pagemap_hpa(page: Page, kind: AddrKind) -> int:
     """The host physical address of a tagged page's ``kind`` address (gpa or
     gva), from the PFN the VMM read in /proc/self/pagemap."""
     return int(page["pfn"]) << 12 | (page[kind] & 0xFFF)
+
+
+def truth_gpa(truth: Truth, gva: int) -> Optional[int]:
+    """The GPA the workload's own page tables map ``gva`` to (its
+    ``guest_maps``), or None."""
+    return next((g + (gva - v) for v, g, n in truth["guest_maps"] if v <= gva < v + n), None)
+
+
+def host_hpa(truth: Truth, gpa: Optional[int]) -> Optional[int]:
+    """The HPA pagemap gives ``gpa`` (None when its page was not present)."""
+    if gpa is None:
+        return None
+    return next((h + (gpa - g) for g, h, n in truth["host_runs"] if g <= gpa < g + n), None)
+
+
+def truth_hpa(truth: Truth, kind: AddrKind, addr: int) -> Optional[int]:
+    """The HPA of guest address ``addr`` (a ``kind`` address) by the ground
+    truth alone: the guest's GVA -> GPA runs for a GVA, then pagemap."""
+    return host_hpa(truth, truth_gpa(truth, addr) if kind == "gva" else addr)
 
 
 def switched_cr3(truth: Truth) -> bool:

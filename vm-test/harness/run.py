@@ -226,7 +226,14 @@ def run_cell(
         # %kvmwalk --drgn's code beside the command; README's Python API block.
         first_truth = load_truth(first)
         result["drgn_code"] = first_page_script(
-            drgn, qmp, syms, "drgn_code_check.py", first_truth, kind, workdir / "drgn_code.json"
+            drgn,
+            qmp,
+            syms,
+            "drgn_code_check.py",
+            first_truth,
+            kind,
+            workdir / "drgn_code.json",
+            ["--gva", hex(first_truth["pages"][0]["gva"])],
         )
         result["readme_api"] = first_page_script(
             drgn,

@@ -5,6 +5,7 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 
 - walks.py: --addr of every tagged page (RESULT, WALK);
 - gva.py: --gva of every tagged GVA, the guest's tables and KVM's (GVA);
+- read.py: --read across the start of every tagged page (READ);
 - tables.py: the whole-table views of each view, through vmlist.py (LIST),
   stats.py (STATS), annotate.py (ANNOTATE, MAP_ANNOTATE), roots.py
   (ROOT_ALL, ROOT_PREV) and maps.py (MAP, DUMP);
@@ -25,6 +26,7 @@ from .errors import ERRORS, check_errors
 from .gva import GVA, check_gvas
 from .kdump import KDUMP_ONE_WALK, KDUMP_READER, check_kdump_views
 from .maps import DUMP, MAP
+from .read import READ, check_reads
 from .roots import ROOT_ALL, ROOT_PREV
 from .stats import STATS
 from .tables import check_whole_tables
@@ -35,6 +37,7 @@ CHECKS = (
     RESULT,
     WALK,
     GVA,
+    READ,
     LIST,
     STATS,
     ANNOTATE,
@@ -56,6 +59,7 @@ def check_cell(result: CellResult) -> List[Problem]:
     return (
         check_walks(result)
         + check_gvas(result)
+        + check_reads(result)
         + check_whole_tables(result)
         + check_entry_points(result)
         + check_kdump_views(result)

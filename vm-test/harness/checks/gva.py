@@ -13,20 +13,22 @@ import json
 from typing import List, Optional
 
 from ..matrix import VIEWS
-from ..records import CellResult, GvaRun, GvaWalk, Page, Problem, TextRun, Truth, pagemap_hpa
+from ..records import (
+    CellResult,
+    GvaRun,
+    GvaWalk,
+    Page,
+    Problem,
+    TextRun,
+    Truth,
+    host_hpa,
+    pagemap_hpa,
+)
 
 GVA = "gva"
 
 SIZE_4K, SIZE_2M, SIZE_1G = 4 << 10, 2 << 20, 1 << 30
 GUEST_LEVELS = {"64": 4, "pae": 3, "32": 2}
-
-
-def host_hpa(truth: Truth, gpa: int) -> Optional[int]:
-    """The HPA pagemap gives ``gpa`` (None when its page was not present)."""
-    for start, hpa, length in truth["host_runs"]:
-        if start <= gpa < start + length:
-            return int(hpa + (gpa - start))
-    return None
 
 
 def expected_size(truth: Truth, page: Page) -> int:
