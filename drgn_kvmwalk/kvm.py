@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
-from drgn import Object, Program, cast
+from drgn import Object, Program, TypeKind, cast
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.module import find_module
 from drgn.helpers.linux.pid import for_each_task
@@ -41,6 +41,7 @@ class Memslot(NamedTuple):
     npages: int
     hva: int  # userspace_addr
     flags: int
+    address: Optional[int] = None  # struct kvm_memory_slot *
 
 
 def kvm_debug_info_hint(prog: Program) -> str:
@@ -226,6 +227,8 @@ def for_each_memslot(kvm: Object) -> Iterator[Memslot]:
 
 
 def _memslot(as_id: int, slot: Object) -> Memslot:
+    # A pointer from the trees (v5.17+), an array element before.
+    address = slot.value_() if slot.type_.kind == TypeKind.POINTER else slot.address_
     return Memslot(
         as_id,
         int(slot.id),
@@ -233,4 +236,5 @@ def _memslot(as_id: int, slot: Object) -> Memslot:
         int(slot.npages),
         int(slot.userspace_addr),
         int(slot.flags),
+        address,
     )

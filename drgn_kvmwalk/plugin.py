@@ -55,6 +55,7 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
             "    print(summary.pid, summary.mmu, summary.tdp_mmu)\n"
             "    for vcpu in summary.vcpus:\n"
             "        print(vcpu.id, vcpu.root)\n"
+            "        print(vcpu.state)  # run state, CPU, thread, last exit, registers, stat\n"
             "    for memslot in summary.memslots:\n"
             "        print(memslot)\n"
         )

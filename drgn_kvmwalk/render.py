@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .leaves import LeafColumns, LeafRun, MapRange, MapRanges, Unreadable
     from .mmu import ShadowPage
     from .stats import VmStats
+    from .vcpustate import VcpuState
     from .views import VmSummary
 
 __all__ = [
@@ -557,11 +558,32 @@ def unreadable_line(u: Unreadable, direct: bool) -> str:
 _MMU_NAMES = {"ept": "EPT", "npt": "NPT", "shadow": "shadow paging"}
 
 
+def _vcpu_state_json(st: Optional[VcpuState]) -> Dict[str, Any]:
+    regs = st.regs if st is not None else None
+    return {
+        "address": st.address if st else None,
+        "mp_state": st.mp_state if st else None,
+        "cpu": st.cpu if st else None,
+        "thread": (
+            {"pid": st.thread_pid, "comm": st.thread_comm}
+            if st is not None and st.thread_pid is not None
+            else None
+        ),
+        "exit_reason": st.exit_reason if st else None,
+        "exit_reason_name": st.exit_reason_name if st else None,
+        **{r: getattr(regs, r) if regs else None for r in ("cr0", "cr3", "cr4", "efer", "rip")},
+        "stat": st.stat if st else None,
+    }
+
+
 def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
-    """``{"vms": [{"pid", "stats_id", "mmu", "tdp_mmu", "vcpus": [{"id",
-    "root_hpa", "root_level", "direct"}], "memslots": [{"as_id", "id",
-    "base_gfn", "npages", "hva", "flags"}]}]}``; a vCPU without a valid root
-    has nulls and ``no_root`` (the reason)."""
+    """``{"vms": [{"pid", "stats_id", "mmu", "tdp_mmu", "address", "stat",
+    "vcpus": [{"id", "root_hpa", "root_level", "direct", "address",
+    "mp_state", "cpu", "thread", "exit_reason", "exit_reason_name", "cr0",
+    "cr3", "cr4", "efer", "rip", "stat"}], "memslots": [{"as_id", "id",
+    "base_gfn", "npages", "hva", "flags", "flag_names", "address"}]}]}``; a
+    vCPU without a valid root has nulls and ``no_root`` (the reason); what
+    cannot be read is null."""
     return {
         "vms": [
             {
@@ -569,6 +591,7 @@ def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
                 "stats_id": vm.stats_id,
                 "mmu": vm.mmu,
                 "tdp_mmu": vm.tdp_mmu,
+                "address": vm.address,
                 "vcpus": [
                     {
                         "id": v.id,
@@ -576,6 +599,7 @@ def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
                         "root_level": v.root.level if v.root else None,
                         "direct": v.root.direct if v.root else None,
                         **({"no_root": v.no_root} if v.root is None else {}),
+                        **_vcpu_state_json(v.state),
                     }
                     for v in vm.vcpus
                 ],
@@ -587,18 +611,62 @@ def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
                         "npages": m.npages,
                         "hva": m.hva,
                         "flags": m.flags,
+                        "flag_names": memslot_flag_names(m.flags),
+                        "address": m.address,
                     }
                     for m in vm.memslots
                 ],
+                "stat": vm.stat,
             }
             for vm in vms
         ]
     }
 
 
+# KVM_MEM_* (include/uapi/linux/kvm.h).
+MEMSLOT_FLAGS = ((1, "dirty-log"), (2, "readonly"), (4, "guest-memfd"))
+
+
+def memslot_flag_names(flags: int) -> List[str]:
+    return [n for bit, n in MEMSLOT_FLAGS if flags & bit]
+
+
 def _memslot_flags(flags: int) -> str:
-    names = [n for bit, n in ((1, "dirty-log"), (2, "readonly"), (4, "guest-memfd")) if flags & bit]
+    names = memslot_flag_names(flags)
     return f"{flags:#x}" + (f" ({', '.join(names)})" if names else "")
+
+
+def _vcpu_state_text(st: Optional[VcpuState]) -> List[str]:
+    """Two lines under a vCPU: where it is (run state, CPU, thread, last
+    exit) and the guest's registers; "?" for what cannot be read."""
+    if st is None:
+        return []
+    thread = "?"
+    if st.thread_pid is not None:
+        thread = f"{st.thread_pid} ({st.thread_comm or 'exited'})"
+    exit_ = "?"
+    if st.exit_reason is not None:
+        exit_ = f"{st.exit_reason} ({st.exit_reason_name or 'unknown'})"
+    cpu = "?" if st.cpu is None else ("never loaded" if st.cpu < 0 else str(st.cpu))
+    lines = [
+        f"    {st.mp_state or '?'}, last on CPU {cpu}, thread {thread}, "
+        f"last exit {exit_}, struct kvm_vcpu {st.address:#x}"
+    ]
+    r = st.regs
+    if r is not None:
+        lines.append(
+            f"    guest CR0 {_hex(r.cr0)} CR3 {_hex(r.cr3)} CR4 {_hex(r.cr4)} "
+            f"EFER {_hex(r.efer)} RIP {_hex(r.rip)}"
+        )
+    if st.stat:
+        lines.append("    vcpu->stat: " + _counters(st.stat))
+    return lines
+
+
+def _counters(stat: Dict[str, Any]) -> str:
+    """KVM's counters that are not zero (histograms and arrays left to --json)."""
+    shown = [f"{k}={v}" for k, v in stat.items() if isinstance(v, int) and v]
+    return " ".join(shown) or "all zero"
 
 
 def list_text(vms: Sequence[VmSummary]) -> List[str]:
@@ -608,24 +676,30 @@ def list_text(vms: Sequence[VmSummary]) -> List[str]:
     for vm in vms:
         flavour = {True: ", TDP MMU", False: ", legacy MMU", None: ""}[vm.tdp_mmu]
         sid = f" ({vm.stats_id})" if vm.stats_id else ""
+        at = f", struct kvm {vm.address:#x}" if vm.address is not None else ""
         lines.append(
             f"VM pid {vm.pid}{sid}: {_MMU_NAMES[vm.mmu]}{flavour}, "
-            f"{len(vm.vcpus)} vCPUs, {len(vm.memslots)} memslots"
+            f"{len(vm.vcpus)} vCPUs, {len(vm.memslots)} memslots{at}"
         )
+        if vm.stat:
+            lines.append("  kvm->stat: " + _counters(vm.stat))
         for v in vm.vcpus:
             if v.root is None:
                 lines.append(f"  vCPU {v.id}: {v.no_root}")
+                lines += _vcpu_state_text(v.state)
                 continue
             what = "GPA (direct)" if v.root.direct else "GVA (shadows the guest's tables)"
             lines.append(
                 f"  vCPU {v.id}: root {v.root.hpa:#x} level {v.root.level}, translates {what}"
             )
+            lines += _vcpu_state_text(v.state)
         for m in vm.memslots:
             lines.append(
                 f"  memslot {m.id} (as {m.as_id}): GFN {m.base_gfn:#x}-"
                 f"{m.base_gfn + m.npages:#x} ({m.npages} pages, "
                 f"{page_size_name(m.npages << 12)}), HVA {m.hva:#x}, "
                 f"flags {_memslot_flags(m.flags)}"
+                + (f", struct kvm_memory_slot {m.address:#x}" if m.address is not None else "")
             )
     return lines
 

@@ -9,9 +9,9 @@ JSON.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
-from drgn import Object
+from drgn import FaultError, Object
 
 from .errors import NoRoot
 from .kvm import Memslot, for_each_memslot, for_each_vcpu, vm_pid, vm_stats_id
@@ -25,6 +25,7 @@ from .mmu import (
     root_of_shadow_page,
 )
 from .sptefmt import spte_format
+from .vcpustate import StatValue, VcpuState, kvm_stat, vcpu_state
 from .walk import Root
 
 __all__ = [
@@ -38,13 +39,15 @@ __all__ = [
 
 
 class VcpuSummary(NamedTuple):
-    """One vCPU for --list: its current root, or why it has none."""
+    """One vCPU for --list: its current root, or why it has none, and its
+    state (run state, CPU, thread, last exit, registers, counters)."""
 
     id: int
     root: Optional[Root]
     kind: Optional[str]  # "tdp" or "shadow", as MmuInfo.kind
     tdp_mmu: Optional[bool]
     no_root: Optional[str]  # the reason, when root is None
+    state: Optional[VcpuState] = None
 
 
 class VmSummary(NamedTuple):
@@ -56,6 +59,8 @@ class VmSummary(NamedTuple):
     tdp_mmu: Optional[bool]  # from the vCPUs' roots; None when no vCPU has one
     vcpus: List[VcpuSummary]
     memslots: List[Memslot]
+    address: Optional[int] = None  # struct kvm *
+    stat: Optional[Dict[str, StatValue]] = None  # kvm->stat, by KVM's stats names
 
 
 def vm_summary(kvm: Object) -> VmSummary:
@@ -67,12 +72,13 @@ def vm_summary(kvm: Object) -> VmSummary:
     vcpus = []
     for vcpu in for_each_vcpu(kvm):
         vid = int(vcpu.vcpu_id.value_())
+        state = vcpu_state(vcpu)
         try:
             info = mmu_info(vcpu)
         except NoRoot as e:
-            vcpus.append(VcpuSummary(vid, None, None, None, str(e)))
+            vcpus.append(VcpuSummary(vid, None, None, None, str(e), state))
             continue
-        vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None))
+        vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None, state))
     vcpus.sort(key=lambda v: v.id)
     if is_tdp_enabled(prog):
         mmu = "ept" if spte_format(kvm).ept else "npt"
@@ -82,8 +88,19 @@ def vm_summary(kvm: Object) -> VmSummary:
     # be on guest_mmu (never the TDP MMU), so any vCPU on the TDP MMU decides.
     known = [v.tdp_mmu for v in vcpus if v.tdp_mmu is not None]
     tdp_mmu = any(known) if known else None
+    try:
+        stat: Optional[Dict[str, StatValue]] = kvm_stat(kvm.stat)
+    except (FaultError, LookupError, AttributeError):
+        stat = None
     return VmSummary(
-        vm_pid(kvm), vm_stats_id(kvm), mmu, tdp_mmu, vcpus, list(for_each_memslot(kvm))
+        vm_pid(kvm),
+        vm_stats_id(kvm),
+        mmu,
+        tdp_mmu,
+        vcpus,
+        list(for_each_memslot(kvm)),
+        int(kvm.value_()),
+        stat,
     )
 
 

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Benchmark the whole-table views and one-address start-up on a real dump.
 
-    vm-test/bench.py [--suite trixie] [--mib 1024] [--runs 9] [--keep DIR] [--keep-dump]
+    vm-test/bench.py [--suite trixie] [--mib 1024] [--runs 9] [--gvas 10000] [--keep DIR]
+                     [--keep-dump]
 
 1. Boots the suite's kernel as L1 (TDP MMU on NPT, under TCG) with one L2 VM
    from build/l2vmm --prefault-mib MIB: MIB of 4K host pages (THP off for
@@ -18,9 +19,13 @@
    over the view's (the ratio does not drift with the machine's speed, as
    absolute figures do by about 20% here); peak RSS above drgn's own once
    its symbols are loaded.
-4. Whole processes, median of ``--runs``, the commands taken round-robin:
+4. ``--gvas`` GVAs the guest maps (its own GVA -> GPA runs, pages repeated
+   at other offsets) through one in-process ``cli.main`` with ``--gva`` each,
+   ``--runs`` times from a cold cache: walks/s from the median.
+5. Whole processes, median of ``--runs``, the commands taken round-robin:
    drgn's own start-up with the same symbols (``drgn -c DUMP -s ... -e
-   pass``), one ``--addr`` walk through contrib/kvmwalk.py and through the
+   pass``), one ``--addr`` walk and one ``--gva`` walk through
+   contrib/kvmwalk.py, one ``--addr`` walk through the
    ``kvmwalk`` console script, and each view with its output to /dev/null.
 
 Prints the figures, then each target of the issue with what was measured
@@ -99,6 +104,20 @@ def targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             "{:.2f} M/s",
         ),
         ("one --addr walk <= 1.05x drgn start-up", walk, 1.05, False, "{:.2f}x"),
+        (
+            "one --gva walk <= 1.1x drgn start-up",
+            proc["--gva (drgn script)"]["median"] / base,
+            1.1,
+            False,
+            "{:.2f}x",
+        ),
+        (
+            f"{result['gva']['gvas']:,} --gva >= 20,000 walks/s",
+            result["gva"]["walks_per_s"],
+            20000.0,
+            True,
+            "{:,.0f}/s",
+        ),
         ("peak memory <= +64 MiB over drgn", peak, 64.0, False, "{:.1f} MiB"),
     ]
     return [
@@ -110,6 +129,20 @@ def targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         }
         for name, value, limit, at_least, shown in rows
     ]
+
+
+def bench_gvas(truth: Dict[str, Any], count: int) -> List[int]:
+    """``count`` GVAs the guest maps: every 4 KiB page of its own GVA -> GPA
+    runs (``guest_maps``: the data pages and the identity-mapped low 2 MiB),
+    then the same pages again at other offsets until there are ``count``."""
+    pages = [v + off for v, _, n in truth["guest_maps"] for off in range(0, n, 4096)]
+    gvas: List[int] = []
+    rnd = 0
+    while len(gvas) < count:
+        off = (rnd * 0x238) % 4096 & ~7
+        gvas += [p + off for p in pages[: count - len(gvas)]]
+        rnd += 1
+    return gvas
 
 
 def make_dump(kernel: Any, spec: Any, work: Path, workload: str, elf: Path, log: Any) -> None:
@@ -143,6 +176,7 @@ def main() -> int:
     )
     ap.add_argument("--mib", type=int, default=1024, help="guest memory pre-faulted at 4K")
     ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--gvas", type=int, default=10000, help="GVAs in the in-process --gva run")
     ap.add_argument(
         "--keep",
         type=Path,
@@ -162,8 +196,13 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     shared = work / "shared"
     truth_file = shared / "truth.json"
+    # 256 data pages per vCPU (the most l2vmm maps) for the --gva walks.
     workload = l2vmm_command(
-        truth_file, shared / "release", 3000, ["--prefault-mib", str(args.mib)], ["-v"]
+        truth_file,
+        shared / "release",
+        3000,
+        ["--prefault-mib", str(args.mib), "--pages", "256"],
+        ["-v"],
     )
     elf = work / "l1.elf"
     t0 = time.monotonic()
@@ -186,56 +225,46 @@ def main() -> int:
         "inproc": {},
         "process": {},
     }
-    for view in VIEWS:
+
+    def inproc(view: str, *extra: str) -> Dict[str, Any]:
+        """bench_inproc.py's result for ``view``, with the peak RSS above drgn's."""
         out = work / f"inproc-{view}.json"
-        subprocess.run(
-            [
-                drgn,
-                *target,
-                *syms,
-                str(HERE / "bench_inproc.py"),
-                "--pid",
-                pid,
-                "--view",
-                view,
-                "--runs",
-                str(args.runs),
-                "--out",
-                str(out),
-            ],
-            check=True,
-        )
-        r = json.loads(out.read_text())
+        cmd = [drgn, *target, *syms, str(HERE / "bench_inproc.py"), "--pid", pid]
+        cmd += ["--view", view, *extra, "--runs", str(args.runs), "--out", str(out)]
+        subprocess.run(cmd, check=True)
+        r: Dict[str, Any] = json.loads(out.read_text())
+        r["median"] = statistics.median(r["seconds"])
+        r["extra_peak_mib"] = (r["rss_kib_after"] - r["rss_kib_before"]) / 1024
+        return r
+
+    for view in VIEWS:
+        r = inproc(view)
         leaves = sum(r["stats"]["leaves"].values())
-        med = statistics.median(r["seconds"])
         r.update(
             leaves=leaves,
-            median=med,
-            leaves_per_s=leaves / med,
+            leaves_per_s=leaves / r["median"],
             floor_median=statistics.median(r["floor_seconds"]),
-            x_floor=statistics.median(r["floor_seconds"]) / med,
-            extra_peak_mib=(r["rss_kib_after"] - r["rss_kib_before"]) / 1024,
+            x_floor=statistics.median(r["floor_seconds"]) / r["median"],
         )
         result["inproc"][view] = r
+    gva_file = work / "gvas.txt"
+    gva_file.write_text("\n".join(hex(g) for g in bench_gvas(truth, args.gvas)) + "\n")
+    r = inproc("gva", "--gvas", str(gva_file))
+    r["walks_per_s"] = r["gvas"] / r["median"]
+    result["gva"] = r
     addr = hex(truth["pages"][0]["gpa"])
     script = str(TOP / "contrib" / "kvmwalk.py")
     kvmwalk = str(Path(sys.executable).parent / "kvmwalk")
     sym_files = [a for a in syms if a not in ("-s", "--no-default-symbols")]
     console_syms = [x for f in sym_files for x in ("-s", f)]
+
+    def one_walk(action: str, value: str) -> List[str]:
+        return [drgn, *target, *syms, script, "--vm", pid, "--vcpu", "0", action, value]
+
     procs = {
         "drgn start-up": [drgn, *target, *syms, "-e", "pass"],
-        "--addr (drgn script)": [
-            drgn,
-            *target,
-            *syms,
-            script,
-            "--vm",
-            pid,
-            "--vcpu",
-            "0",
-            "--addr",
-            addr,
-        ],
+        "--addr (drgn script)": one_walk("--addr", addr),
+        "--gva (drgn script)": one_walk("--gva", hex(truth["pages"][0]["gva"])),
         "--addr (kvmwalk)": [
             kvmwalk,
             *target,
@@ -275,6 +304,11 @@ def main() -> int:
             f"{view:<14} {r['leaves']:>8} {r['median']:>9.4f} {r['leaves_per_s']:>12,.0f} "
             f"{r['floor_median']:>8.4f} {r['x_floor']:>8.2f} {r['extra_peak_mib']:>19.1f}"
         )
+    g = result["gva"]
+    print(
+        f"--gva x{g['gvas']} in-process: median {g['median']:.3f} s, "
+        f"{g['walks_per_s']:,.0f} walks/s, peak {g['extra_peak_mib']:.1f} MiB over drgn"
+    )
     print(f"{'whole process':<24} {'median s':>9} {'x drgn start-up':>16}")
     for name, r in result["process"].items():
         print(f"{name:<24} {r['median']:>9.3f} {r['median'] / base:>16.2f}")

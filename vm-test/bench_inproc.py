@@ -2,7 +2,7 @@
 """drgn script: time one whole-table view of the benchmark VM, in-process.
 
     drgn -c DUMP -s vmlinux -s kvm.ko vm-test/bench_inproc.py --pid PID \\
-        --view stats|map|dump-json [--runs N] --out RESULT.json
+        --view stats|map|dump-json|gva [--gvas FILE] [--runs N] --out RESULT.json
 
 Runs ``cli.main(prog, argv)`` ``--runs`` times with its output thrown away
 (a sink that only counts characters), and records each run's wall time, the
@@ -25,7 +25,7 @@ import os
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING, List, TextIO, cast
+from typing import TYPE_CHECKING, List, TextIO, Tuple, cast
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -81,21 +81,62 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def timed_run(prog_: "drgn.Program", argv: List[str]) -> Tuple[float, int]:
+    """One ``cli.main`` run, its output thrown away: (seconds, characters)."""
+    sink = Sink()
+    t0 = time.perf_counter()
+    rc = kvmwalk_main(prog_, argv, out=cast(TextIO, sink), err=sys.stderr)
+    seconds = time.perf_counter() - t0
+    if rc:
+        sys.exit(f"{argv[:8]}...: exit status {rc}")
+    return seconds, sink.chars
+
+
+def gva_main(pid: str, gvas: List[str], runs: int, out: str) -> None:
+    """--view gva: one ``cli.main`` run of vCPU 0 with every GVA as a --gva
+    (JSON, thrown away), ``runs`` times; each run from a cold cache (a new
+    ``VcpuGva``: the guest's table pages and the SPTE pages are read again)."""
+    prog_ = prog  # noqa: F821 (drgn's prog)
+    argv = ["--vm", pid, "--vcpu", "0", "--json"] + [a for g in gvas for a in ("--gva", g)]
+    base_rss = peak_rss_kib()
+    times: List[float] = []
+    chars = 0
+    for _ in range(runs):
+        seconds, chars = timed_run(prog_, argv)
+        times.append(seconds)
+    result = {
+        "view": "gva",
+        "gvas": len(gvas),
+        "seconds": times,
+        "output_chars": chars,
+        "rss_kib_before": base_rss,
+        "rss_kib_after": peak_rss_kib(),
+    }
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pid", required=True)
-    ap.add_argument("--view", required=True, choices=sorted(VIEWS))
+    ap.add_argument("--view", required=True, choices=sorted(VIEWS) + ["gva"])
+    ap.add_argument("--gvas", help="--view gva: a file of GVAs, one per line")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", required=True)
     ap.add_argument("--profile", help="also write a cProfile of one more run here")
     args = ap.parse_args()
+    if args.view == "gva":
+        with open(args.gvas) as f:
+            gva_main(args.pid, f.read().split(), args.runs, args.out)
+        return
     prog_ = prog  # noqa: F821 (drgn's prog)
     root = mmu_info(find_vcpu(find_vm(prog_, int(args.pid)), 0)).root
     base_rss = peak_rss_kib()
     # The leaves the views go through: KVM's own count over the VM's tables
     # and the tool's (--stats), taken once.
     stats_out = io.StringIO()
-    rc = kvmwalk_main(prog_, ["--vm", args.pid, "--stats", "--json"], out=stats_out, err=sys.stderr)
+    if kvmwalk_main(prog_, ["--vm", args.pid, "--stats", "--json"], out=stats_out, err=sys.stderr):
+        sys.exit("--stats failed")
     stats = json.loads(stats_out.getvalue())
     argv = ["--vm", args.pid, *VIEWS[args.view]]
     times: List[float] = []
@@ -106,13 +147,8 @@ def main() -> None:
         t0 = time.perf_counter()
         floor_leaves = floor_walk(prog_, root.hpa, root.level)
         floor_times.append(time.perf_counter() - t0)
-        sink = Sink()
-        t0 = time.perf_counter()
-        rc = kvmwalk_main(prog_, argv, out=cast(TextIO, sink), err=sys.stderr)
-        times.append(time.perf_counter() - t0)
-        chars = sink.chars
-        if rc:
-            sys.exit(f"{argv}: exit status {rc}")
+        seconds, chars = timed_run(prog_, argv)
+        times.append(seconds)
     if args.profile:
         cProfile.runctx(
             "kvmwalk_main(prog_, argv, out=Sink(), err=sys.stderr)",

@@ -27,7 +27,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -287,6 +289,14 @@ struct vcpu {
 	uint64_t table_gva;
 	uint64_t nr_entries;
 	volatile int halted;
+	/* what the vCPU's own thread saw once the guest halted (truth "state") */
+	int tid;
+	int cpu;                 /* the CPU the thread is pinned to */
+	uint32_t exit_reason;    /* of the last KVM_RUN */
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+	struct kvm_mp_state mp_state;
+	char *stats;             /* KVM_GET_STATS_FD as a JSON object, or "null" */
 };
 
 struct vm {
@@ -298,6 +308,7 @@ struct vm {
 	struct vcpu vcpus[NR_VCPUS];
 	const struct paging_mode *paging;
 	const struct backing *backing;
+	char *stats;               /* KVM_GET_STATS_FD of the VM fd, JSON */
 	uint64_t cr3;              /* the guest's page tables (its CR3 at the end) */
 	uint64_t first_cr3;        /* the CR3 it starts with: cr3, or with
 				      --switch-cr3 a copy of its top-level table */
@@ -1153,9 +1164,117 @@ static void vcpu_fatal(struct vcpu *vc, const char *what)
 	exit(EXIT_ERR);
 }
 
+/*
+ * KVM's binary statistics of a VM or vCPU fd (KVM_GET_STATS_FD, Linux 5.14+)
+ * as a JSON object {name: value or [values]}; "null" where the kernel lacks
+ * the ioctl.  Reading them changes none of them.
+ */
+static char *read_stats_json(int fd)
+{
+#ifdef KVM_GET_STATS_FD
+	struct kvm_stats_header hdr;
+	int sfd = ioctl(fd, KVM_GET_STATS_FD, NULL);
+	size_t desc_size, cap = 4096, len = 0;
+	char *descs, *out;
+
+	if (sfd < 0)
+		return strdup("null");
+	if (pread(sfd, &hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr))
+		die("KVM stats header: %s", strerror(errno));
+	desc_size = sizeof(struct kvm_stats_desc) + hdr.name_size;
+	descs = calloc(hdr.num_desc, desc_size);
+	out = malloc(cap);
+	if (!descs || !out)
+		die("out of memory");
+	if (pread(sfd, descs, desc_size * hdr.num_desc, hdr.desc_offset) !=
+	    (ssize_t)(desc_size * hdr.num_desc))
+		die("KVM stats descriptors: %s", strerror(errno));
+	len += (size_t)snprintf(out, cap, "{");
+	for (uint32_t i = 0; i < hdr.num_desc; i++) {
+		struct kvm_stats_desc *d = (void *)(descs + i * desc_size);
+		uint64_t vals[1024];
+
+		if (d->size > 1024)
+			die("KVM stat %s has %u values", d->name, d->size);
+		if (pread(sfd, vals, d->size * sizeof(uint64_t), hdr.data_offset + d->offset) !=
+		    (ssize_t)(d->size * sizeof(uint64_t)))
+			die("KVM stat %s: %s", d->name, strerror(errno));
+		while (cap - len < 64 + hdr.name_size + 24 * (size_t)d->size) {
+			cap *= 2;
+			out = realloc(out, cap);
+			if (!out)
+				die("out of memory");
+		}
+		len += (size_t)snprintf(out + len, cap - len, "%s\"%s\": %s", i ? ", " : "",
+					d->name, d->size == 1 ? "" : "[");
+		for (uint32_t j = 0; j < d->size; j++)
+			len += (size_t)snprintf(out + len, cap - len, "%s%llu", j ? ", " : "",
+						(unsigned long long)vals[j]);
+		if (d->size != 1)
+			len += (size_t)snprintf(out + len, cap - len, "]");
+	}
+	snprintf(out + len, cap - len, "}");
+	free(descs);
+	close(sfd);
+	return out;
+#else
+	(void)fd;
+	return strdup("null");
+#endif
+}
+
+/* KVM's own view of the guest translation of each of this vCPU's tagged
+ * pages must agree with the guest's tables (from the vCPU's own thread: a
+ * vCPU ioctl loads the vCPU on the caller's CPU, and vcpu->cpu follows). */
+static void translate_own_pages(struct vcpu *vc)
+{
+	struct vm *vm = vc->vm;
+
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		struct kvm_translation tr;
+
+		if (tp->vcpu != vc->id)
+			continue;
+		memset(&tr, 0, sizeof(tr));
+		tr.linear_address = tp->gva;
+		IOCTLP(vc->fd, KVM_TRANSLATE, &tr);
+		if (!tr.valid || tr.physical_address != tp->gpa)
+			die("KVM_TRANSLATE(vcpu %d, gva 0x%llx) = 0x%llx valid %u, expected 0x%llx",
+			    tp->vcpu, (unsigned long long)tp->gva,
+			    (unsigned long long)tr.physical_address, tr.valid,
+			    (unsigned long long)tp->gpa);
+	}
+}
+
+/* What the vCPU's thread records once the guest halted, from that thread,
+ * after its last ioctl but the stats read. */
+static void record_vcpu_state(struct vcpu *vc)
+{
+	translate_own_pages(vc);
+	vc->exit_reason = vc->run->exit_reason;
+	IOCTLP(vc->fd, KVM_GET_SREGS, &vc->sregs);
+	IOCTLP(vc->fd, KVM_GET_REGS, &vc->regs);
+	IOCTLP(vc->fd, KVM_GET_MP_STATE, &vc->mp_state);
+	vc->stats = read_stats_json(vc->fd);
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vc = arg;
+	char name[16];
+	cpu_set_t set;
+	long ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	/* Pinned, so that the CPU it last ran on is known (--list's "cpu"). */
+	vc->tid = (int)syscall(SYS_gettid);
+	vc->cpu = (int)(vc->id % (ncpus > 0 ? ncpus : 1));
+	CPU_ZERO(&set);
+	CPU_SET(vc->cpu, &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+		die("pinning vCPU %d to CPU %d failed", vc->id, vc->cpu);
+	snprintf(name, sizeof(name), "l2vmm-vcpu%d", vc->id);
+	pthread_setname_np(pthread_self(), name);
 
 	for (;;) {
 		if (ioctl(vc->fd, KVM_RUN, 0) < 0) {
@@ -1167,8 +1286,12 @@ static void *vcpu_thread(void *arg)
 		switch (vc->run->exit_reason) {
 		case KVM_EXIT_HLT:
 			vlog("vCPU %d halted", vc->id);
+			record_vcpu_state(vc);
 			__atomic_store_n(&vc->halted, 1, __ATOMIC_RELEASE);
-			return NULL;
+			/* The thread stays (the tool reads its pid and name) and
+			 * never touches the vCPU again. */
+			for (;;)
+				pause();
 		case KVM_EXIT_INTR:
 			continue; /* signal arrived; nothing to do */
 		default:
@@ -1206,8 +1329,6 @@ static void verify_pages(struct vm *vm)
 
 	for (int p = 0; p < vm->nr_pages; p++) {
 		struct tagged_page *tp = &vm->pages[p];
-		struct vcpu *vc = &vm->vcpus[tp->vcpu];
-		struct kvm_translation tr;
 		uint64_t val, ent;
 		ssize_t n;
 
@@ -1219,15 +1340,8 @@ static void verify_pages(struct vm *vm)
 			    (unsigned long long)tp->hva, (unsigned long long)tp->tag,
 			    (unsigned long long)val);
 
-		/* KVM's own view of the guest translation must agree */
-		memset(&tr, 0, sizeof(tr));
-		tr.linear_address = tp->gva;
-		IOCTLP(vc->fd, KVM_TRANSLATE, &tr);
-		if (!tr.valid || tr.physical_address != tp->gpa)
-			die("KVM_TRANSLATE(vcpu %d, gva 0x%llx) = 0x%llx valid %u, expected 0x%llx",
-			    tp->vcpu, (unsigned long long)tp->gva,
-			    (unsigned long long)tr.physical_address, tr.valid,
-			    (unsigned long long)tp->gpa);
+		/* (KVM_TRANSLATE of each page: in the vCPU's own thread,
+		 * translate_own_pages()) */
 
 		/* host PFN */
 		n = pread(pm_fd, &ent, sizeof(ent), (off_t)((tp->hva >> PAGE_SHIFT) * 8));
@@ -1339,7 +1453,19 @@ static void write_truth(struct vm *vm)
 	write_xruns(f, vm->guest_maps, vm->nr_guest_maps);
 	fprintf(f, "],\n \"host_runs\": [");
 	write_xruns(f, vm->host_runs, vm->nr_host_runs);
-	fprintf(f, "],\n \"pages\": [\n");
+	fprintf(f, "],\n \"vm_stats\": %s,\n \"vcpu_state\": [\n", vm->stats);
+	for (int v = 0; v < NR_VCPUS; v++) {
+		struct vcpu *vc = &vm->vcpus[v];
+
+		fprintf(f, "  {\"id\": %d, \"tid\": %d, \"comm\": \"l2vmm-vcpu%d\", \"cpu\": %d, "
+			"\"exit_reason\": %u, \"mp_state\": %u, \"cr0\": %llu, \"cr3\": %llu, "
+			"\"cr4\": %llu, \"efer\": %llu, \"rip\": %llu,\n   \"stats\": %s}%s\n",
+			vc->id, vc->tid, vc->id, vc->cpu, vc->exit_reason, vc->mp_state.mp_state,
+			(unsigned long long)vc->sregs.cr0, (unsigned long long)vc->sregs.cr3,
+			(unsigned long long)vc->sregs.cr4, (unsigned long long)vc->sregs.efer,
+			(unsigned long long)vc->regs.rip, vc->stats, v + 1 < NR_VCPUS ? "," : "");
+	}
+	fprintf(f, " ],\n \"pages\": [\n");
 	for (int p = 0; p < vm->nr_pages; p++) {
 		struct tagged_page *tp = &vm->pages[p];
 
@@ -1569,21 +1695,17 @@ int main(int argc, char **argv)
 		check_timeout("while waiting for the vCPUs to halt");
 		usleep(10000);
 	}
-	for (int v = 0; v < NR_VCPUS; v++)
-		pthread_join(vm.vcpus[v].thread, NULL);
 	for (int v = 0; v < NR_VCPUS; v++) {
-		struct kvm_sregs sregs;
-
-		IOCTLP(vm.vcpus[v].fd, KVM_GET_SREGS, &sregs);
-		if (sregs.cr3 != vm.cr3)
+		if (vm.vcpus[v].sregs.cr3 != vm.cr3)
 			die("vCPU %d halted with CR3 0x%llx, not 0x%llx", v,
-			    (unsigned long long)sregs.cr3, (unsigned long long)vm.cr3);
+			    (unsigned long long)vm.vcpus[v].sregs.cr3, (unsigned long long)vm.cr3);
 	}
 	vlog("guest done after %.2f s", elapsed());
 
 	verify_pages(&vm);
 	if (opt_prefault_mib)
 		prefault_slot(&vm);
+	vm.stats = read_stats_json(vm.vm_fd);
 	write_truth(&vm);
 	printf("L2VMM READY pid=%d truth=%s\n", (int)getpid(), opt_truth);
 	fflush(stdout);

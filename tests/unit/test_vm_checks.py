@@ -170,9 +170,39 @@ def _view(name, root_level):
         "mmu": "npt",
         "tdp_mmu": True,
         "stats_id": "kvm-100",
-        "vcpus": [{"id": 0, "root_hpa": ROOT, "root_level": root_level, "direct": True}],
+        "address": 0xFFFF_8880_0100_0000,
+        "stat": {"pages_4k": 1, "remote_tlb_flush": 3},
+        "vcpus": [
+            {
+                "id": 0,
+                "root_hpa": ROOT,
+                "root_level": root_level,
+                "direct": True,
+                "address": 0xFFFF_8880_0200_0000,
+                "mp_state": "RUNNABLE",
+                "cpu": 1,
+                "thread": {"pid": 120, "comm": "l2vmm-vcpu0"},
+                "exit_reason": 5,
+                "exit_reason_name": "HLT",
+                "cr0": 0x80050033,
+                "cr3": 0x5000,
+                "cr4": 0x20,
+                "efer": 0x500,
+                "rip": 0x1031,
+                "stat": {"exits": 72, "halt_exits": 1, "halt_poll_success_hist": [0, 1]},
+            }
+        ],
         "memslots": [
-            {"as_id": 0, "id": 1, "base_gfn": 0x40000, "npages": 0x200, "hva": 1 << 40, "flags": 0}
+            {
+                "as_id": 0,
+                "id": 1,
+                "base_gfn": 0x40000,
+                "npages": 0x200,
+                "hva": 1 << 40,
+                "flags": 0,
+                "flag_names": [],
+                "address": 0xFFFF_8880_0300_0000,
+            }
         ],
     }
     stats = {"vm": 100, "match": True, "differences": [], "notes": [], "tables": 2}
@@ -287,6 +317,23 @@ def make_cell(release="6.1.0-57-amd64"):
         "host_runs": [[0x5000, 0x95000, 0x1000], [ADDR, HPA, 0x1000]],
         "guest_paging": "64",
         "guest_2m": False,
+        "vm_stats": {"pages_4k": 1, "remote_tlb_flush": 2},
+        "vcpu_state": [
+            {
+                "id": 0,
+                "tid": 120,
+                "comm": "l2vmm-vcpu0",
+                "cpu": 1,
+                "exit_reason": 5,
+                "mp_state": 0,
+                "cr0": 0x80050033,
+                "cr3": 0x5000,
+                "cr4": 0x20,
+                "efer": 0x500,
+                "rip": 0x1031,
+                "stats": {"exits": 72, "halt_poll_success_hist": [0, 1]},
+            }
+        ],
     }
     refusals = {
         "not_a_vm": "kvmwalk.py: process 1 has no VM; VMs: pid 100 (2 vCPUs)",
@@ -498,6 +545,34 @@ def _fault_read_text(c):
     _vcpu(c)["read_text"]["stdout"] = "8 bytes at GVA 0x1000\n00001000: bd0a\n"
 
 
+def _list_vm(c, view="elf"):
+    return c["views"][view]["list"]["vms"][0]
+
+
+def _fault_state_cpu(c):
+    _list_vm(c)["vcpus"][0]["cpu"] = 0
+
+
+def _fault_state_thread(c):
+    _list_vm(c)["vcpus"][0]["thread"] = {"pid": 120, "comm": None}
+
+
+def _fault_state_counter(c):
+    _list_vm(c)["vcpus"][0]["stat"]["exits"] = 71
+
+
+def _fault_state_histogram(c):
+    _list_vm(c)["vcpus"][0]["stat"]["halt_poll_success_hist"] = [1, 0]
+
+
+def _fault_state_vm_counter_shrinks(c):
+    _list_vm(c)["stat"]["remote_tlb_flush"] = 1
+
+
+def _fault_state_cr3(c):
+    _list_vm(c)["vcpus"][0]["cr3"] = None
+
+
 def _fault_error_rc(c):
     c["errors"]["no_such_vcpu"]["rc"] = 1
 
@@ -539,6 +614,12 @@ FAULTS = {
     _fault_read_made_up: {("kdump", checks.READ)},
     _fault_read_gap: {("elf", checks.READ)},
     _fault_read_text: {("elf", checks.READ)},
+    _fault_state_cpu: {("elf", checks.VCPU_STATE)},
+    _fault_state_thread: {("elf", checks.VCPU_STATE)},
+    _fault_state_counter: {("elf", checks.VCPU_STATE)},
+    _fault_state_histogram: {("elf", checks.VCPU_STATE)},
+    _fault_state_vm_counter_shrinks: {("elf", checks.VCPU_STATE)},
+    _fault_state_cr3: {("elf", checks.VCPU_STATE)},
     _fault_map_hpa: {("elf", checks.MAP)},
     _fault_dump_leaf: {("elf", checks.DUMP)},
     _fault_dump_count: {("elf", checks.DUMP)},

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Literal, NamedTuple, Optional, TypedDict, cast
+from typing import Any, Dict, Iterator, List, Literal, NamedTuple, Optional, TypedDict, cast
 
 AddrKind = Literal["gpa", "gva"]
 
@@ -49,6 +49,25 @@ class Page(TypedDict, total=False):
     host_thp: bool
 
 
+class VcpuTruth(TypedDict):
+    """One vCPU as its own (pinned) thread saw it after the guest halted:
+    KVM_RUN's exit reason, KVM_GET_SREGS, KVM_GET_REGS, KVM_GET_MP_STATE and
+    KVM_GET_STATS_FD (None before 5.14)."""
+
+    id: int
+    tid: int
+    comm: str
+    cpu: int
+    exit_reason: int
+    mp_state: int
+    cr0: int
+    cr3: int
+    cr4: int
+    efer: int
+    rip: int
+    stats: Optional[Dict[str, Any]]
+
+
 class Truth(TypedDict, total=False):
     """One L2 workload's ground truth."""
 
@@ -59,6 +78,8 @@ class Truth(TypedDict, total=False):
     cr3: int
     first_cr3: int  # != cr3 when the guest switched CR3 (l2vmm --switch-cr3)
     guest_pt_pages: List[int]  # GPAs of the guest's own page-table pages
+    vm_stats: Optional[Dict[str, Any]]  # KVM_GET_STATS_FD of the VM (None before 5.14)
+    vcpu_state: List[VcpuTruth]  # what each vCPU's thread saw once the guest halted
     guest_maps: List[List[int]]  # [gva, gpa, len] runs of the guest's tables
     host_runs: List[List[int]]  # [gpa, hpa, len] runs of the host's pagemap
     guest_paging: str  # 64, pae, 32
@@ -231,11 +252,28 @@ class StatsRun(Run, total=False):
     records: List[StatsRecord]
 
 
+class ListThread(TypedDict):
+    pid: int
+    comm: Optional[str]
+
+
 class ListVcpu(TypedDict, total=False):
     id: int
     root_hpa: int
     root_level: int
     direct: bool
+    address: Optional[int]
+    mp_state: Optional[str]
+    cpu: Optional[int]
+    thread: Optional[ListThread]
+    exit_reason: Optional[int]
+    exit_reason_name: Optional[str]
+    cr0: Optional[int]
+    cr3: Optional[int]
+    cr4: Optional[int]
+    efer: Optional[int]
+    rip: Optional[int]
+    stat: Optional[Dict[str, Any]]
 
 
 class ListSlot(TypedDict, total=False):
@@ -245,6 +283,8 @@ class ListSlot(TypedDict, total=False):
     npages: int
     hva: int
     flags: int
+    flag_names: List[str]
+    address: Optional[int]
 
 
 class ListVm(TypedDict, total=False):
@@ -254,8 +294,10 @@ class ListVm(TypedDict, total=False):
     mmu: str
     tdp_mmu: bool
     stats_id: Optional[str]
+    address: Optional[int]
     vcpus: List[ListVcpu]
     memslots: List[ListSlot]
+    stat: Optional[Dict[str, Any]]
 
 
 class ListRun(Run, total=False):
@@ -410,6 +452,33 @@ def truth_hpa(truth: Truth, kind: AddrKind, addr: int) -> Optional[int]:
     """The HPA of guest address ``addr`` (a ``kind`` address) by the ground
     truth alone: the guest's GVA -> GPA runs for a GVA, then pagemap."""
     return host_hpa(truth, truth_gpa(truth, addr) if kind == "gva" else addr)
+
+
+class VcpuRuns(NamedTuple):
+    """What check_views.py ran for one vCPU of one workload in one view."""
+
+    view: str
+    name: str  # the workload
+    truth: Truth
+    vcpu: int
+    runs: VcpuRun
+    where: str  # "view workload vcpu N", for messages
+
+
+def each_vcpu_runs(result: CellResult, views: List[str]) -> Iterator[VcpuRuns]:
+    """Every view of ``views`` that has a result (walks.RESULT reports the
+    others), every workload it ran and every vCPU of it."""
+    for view in views:
+        v = result["views"].get(view)
+        if v is None or "error" in v:
+            continue
+        for name, truth in result["truth"].items():
+            wl = v["workloads"].get(name)
+            if wl is None:
+                continue
+            for vcpu in truth["vcpus"]:
+                runs = wl["vcpus"].get(str(vcpu), cast(VcpuRun, {}))
+                yield VcpuRuns(view, name, truth, vcpu, runs, f"{view} {name} vcpu {vcpu}")
 
 
 def switched_cr3(truth: Truth) -> bool:

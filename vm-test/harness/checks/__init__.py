@@ -7,6 +7,7 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 - gva.py: --gva of every tagged GVA, the guest's tables and KVM's (GVA);
 - read.py: --read across the start of every tagged page (READ);
 - tables.py: the whole-table views of each view, through vmlist.py (LIST),
+  vcpustate.py (VCPU_STATE: --list's vCPU state and counters),
   stats.py (STATS), annotate.py (ANNOTATE, MAP_ANNOTATE), roots.py
   (ROOT_ALL, ROOT_PREV) and maps.py (MAP, DUMP);
 - entry.py: the console script and %kvmwalk (CONSOLE, PLUGIN);
@@ -30,6 +31,7 @@ from .read import READ, check_reads
 from .roots import ROOT_ALL, ROOT_PREV
 from .stats import STATS
 from .tables import check_whole_tables
+from .vcpustate import VCPU_STATE
 from .vmlist import LIST
 from .walks import RESULT, WALK, check_walks
 
@@ -39,6 +41,7 @@ CHECKS = (
     GVA,
     READ,
     LIST,
+    VCPU_STATE,
     STATS,
     ANNOTATE,
     MAP_ANNOTATE,

@@ -21,6 +21,7 @@ from ..records import (
     Problem,
     TextRun,
     Truth,
+    each_vcpu_runs,
     host_hpa,
     pagemap_hpa,
 )
@@ -158,26 +159,16 @@ def check_gvas(result: CellResult) -> List[Problem]:
     """Every view, workload and vCPU: --gva of every tagged GVA from the
     guest's CR3, and, for a guest that switched CR3, from its first CR3."""
     problems: List[Problem] = []
-    for view in VIEWS:
-        v = result["views"].get(view)
-        if v is None or "error" in v:
-            continue  # walks.RESULT says so
-        for name, truth in result["truth"].items():
-            wl = v["workloads"].get(name)
-            if wl is None:
-                continue
-            for vcpu in truth["vcpus"]:
-                r = wl["vcpus"].get(str(vcpu), {})
-                where = f"{view} {name} vcpu {vcpu}"
-                problems += check_gva_run(result, view, where, r.get("gva"), truth, truth["cr3"])
-                problems += check_gva_text(result, view, where, r.get("gva_text"), truth)
-                if truth["first_cr3"] != truth["cr3"]:
-                    problems += check_gva_run(
-                        result,
-                        view,
-                        f"{where} --cr3 first_cr3",
-                        r.get("gva_first_cr3"),
-                        truth,
-                        truth["first_cr3"],
-                    )
+    for view, _, truth, _, r, where in each_vcpu_runs(result, VIEWS):
+        problems += check_gva_run(result, view, where, r.get("gva"), truth, truth["cr3"])
+        problems += check_gva_text(result, view, where, r.get("gva_text"), truth)
+        if truth["first_cr3"] != truth["cr3"]:
+            problems += check_gva_run(
+                result,
+                view,
+                f"{where} --cr3 first_cr3",
+                r.get("gva_first_cr3"),
+                truth,
+                truth["first_cr3"],
+            )
     return problems

@@ -14,6 +14,7 @@ from .annotate import check_annotated, check_map_annotated
 from .maps import check_map
 from .roots import check_all_roots, check_prev_root
 from .stats import STATS, check_stats
+from .vcpustate import check_vcpu_state
 from .vmlist import LIST, check_list
 
 
@@ -54,6 +55,7 @@ def check_whole_tables(result: CellResult) -> List[Problem]:
                 )
                 continue
             problems += check_list(result, view, name, where, vm, truth, wl)
+            problems += check_vcpu_state(view, where, vm, truth)
             for vcpu in truth["vcpus"]:
                 r = wl["vcpus"].get(str(vcpu), {})
                 at = f"{where} vcpu {vcpu}"
