@@ -28,8 +28,8 @@ see :mod:`drgn_kvmwalk.guest`).
 
 from __future__ import annotations
 
+import functools
 import struct
-from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .spte import (
@@ -142,12 +142,12 @@ class GuestRights(NamedTuple):
     execute: bool
 
 
-@dataclass(frozen=True)
-class GuestStep:
-    """One guest page-table entry on the path: its table, where, what it says."""
+class GuestStep(NamedTuple):
+    """One guest page-table entry on the path: its table, where, what it says.
+    (A NamedTuple: a walk makes one per level, and they are made fast.)"""
 
     level: int
-    index: int
+    index: int  # type: ignore[assignment]  # the entry's index (hides tuple.index)
     table_gpa: int
     table_hpa: Optional[int]  # None for PAE PDPTEs from KVM's PDPTR cache
     gpa: int  # the entry's GPA
@@ -246,8 +246,18 @@ def check_gva(mode: GuestMode, gva: int) -> None:
 
 
 def _flags(mode: GuestMode, level: int, pte: int, leaf: bool, pdpte: bool) -> List[str]:
+    # Only the low 13 bits and NX name flags: a table holds few distinct
+    # combinations, so each is spelt once (a new list each time: callers own it).
+    return list(_flag_names(mode, level, pte & _FLAG_BITS, leaf, pdpte))
+
+
+_FLAG_BITS = 0x1FFF | _NX
+
+
+@functools.lru_cache(maxsize=4096)
+def _flag_names(mode: GuestMode, level: int, pte: int, leaf: bool, pdpte: bool) -> Tuple[str, ...]:
     if not pte & _P:
-        return []
+        return ()
     if pdpte:  # PAE PDPTEs have P, PWT and PCD only
         names = [("P", _P), ("PWT", _PWT), ("PCD", _PCD)]
     else:
@@ -263,7 +273,7 @@ def _flags(mode: GuestMode, level: int, pte: int, leaf: bool, pdpte: bool) -> Li
     flags = [name for name, bit in names if pte & bit]
     if mode.entry_size == 8 and pte & _NX:
         flags.append("NX" if mode.nx else "bit63(reserved: EFER.NXE=0)")
-    return flags
+    return tuple(flags)
 
 
 def _table_base(mode: GuestMode, pte: int) -> int:

@@ -9,7 +9,7 @@ JSON.
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
 
 from drgn import FaultError, Object
 
@@ -25,7 +25,9 @@ from .mmu import (
     root_of_shadow_page,
 )
 from .sptefmt import spte_format
-from .vcpustate import StatValue, VcpuState, kvm_stat, vcpu_state
+
+if TYPE_CHECKING:  # --list only: a walk does not pay for importing them
+    from .vcpustate import StatValue, VcpuState
 from .walk import Root
 
 __all__ = [
@@ -68,6 +70,8 @@ def vm_summary(kvm: Object) -> VmSummary:
 
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
+    from .vcpustate import kvm_stat, vcpu_state
+
     prog = kvm.prog_
     vcpus = []
     for vcpu in for_each_vcpu(kvm):

@@ -13,7 +13,6 @@ Nothing here imports drgn: the drgn side supplies a :class:`PhysMem` and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 try:
@@ -81,6 +80,22 @@ class TableCache:
     def __init__(self, mem: PhysMem) -> None:
         self.mem = mem
         self._tables: Dict[int, Tuple[int, ...]] = {}
+        # Walks of many addresses meet the same SPTEs again: each (format,
+        # level, value) is decoded once.  SpteInfo records are not changed
+        # by their users.
+        # Keyed by the format's id (hashing the dataclass costs more than the
+        # decode saves); the formats are kept, so that an id stays theirs.
+        self._decoded: Dict[Tuple[int, int, int], SpteInfo] = {}
+        self._formats: Dict[int, SpteFormat] = {}
+
+    def decode(self, fmt: SpteFormat, spte: int, level: int) -> SpteInfo:
+        """:func:`~drgn_kvmwalk.spte.decode_spte`, once per distinct SPTE."""
+        key = (id(fmt), level, spte)
+        info = self._decoded.get(key)
+        if info is None:
+            self._formats[id(fmt)] = fmt
+            info = self._decoded[key] = decode_spte(fmt, spte, level)
+        return info
 
     def table(self, hpa: int) -> Tuple[int, ...]:
         hpa &= ~(PAGE_SIZE - 1)
@@ -113,12 +128,12 @@ class Root(NamedTuple):
     pae_root_hpa: Optional[int] = None
 
 
-@dataclass(frozen=True)
-class Step:
-    """One SPTE on the path: the table it is in, where, and what it says."""
+class Step(NamedTuple):
+    """One SPTE on the path: the table it is in, where, and what it says.
+    (A NamedTuple: a walk makes one per level, and they are made fast.)"""
 
     level: int
-    index: int
+    index: int  # type: ignore[assignment]  # the entry's index (hides tuple.index)
     table: int  # HPA of the table page
     sptep: int  # HPA of the SPTE
     spte: int
@@ -258,7 +273,7 @@ def walk_addr(mem: TableCache, fmt: SpteFormat, root: Root, addr: int) -> Walk:
         except PhysMemError as e:
             return stopped(f"table page at {e.address:#x} not accessible", level)
         spte = entries[index]
-        info = decode_spte(fmt, spte, level)
+        info = mem.decode(fmt, spte, level)
         steps.append(Step(level, index, table, table + 8 * index, spte, info))
         # Stop at a non-present SPTE even where the kernel's own loop did not
         # check (before commit 3e44dce4d0ae ("KVM: X86: Move PTE present check

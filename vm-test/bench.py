@@ -20,8 +20,9 @@
    absolute figures do by about 20% here); peak RSS above drgn's own once
    its symbols are loaded.
 4. ``--gvas`` GVAs the guest maps (its own GVA -> GPA runs, pages repeated
-   at other offsets) through one in-process ``cli.main`` with ``--gva`` each,
-   ``--runs`` times from a cold cache: walks/s from the median.
+   at other offsets) through one in-process ``cli.main`` with ``--gva`` each
+   (argument parsing and JSON included), and through ``VcpuGva.walk``,
+   ``--runs`` times each from a cold cache: walks/s from the medians.
 5. Whole processes, median of ``--runs``, the commands taken round-robin:
    drgn's own start-up with the same symbols (``drgn -c DUMP -s ... -e
    pass``), one ``--addr`` walk and one ``--gva`` walk through
@@ -112,7 +113,14 @@ def targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             "{:.2f}x",
         ),
         (
-            f"{result['gva']['gvas']:,} --gva >= 20,000 walks/s",
+            f"{result['gva']['gvas']:,} GVAs >= 20,000 walks/s (VcpuGva)",
+            result["gva"]["api_walks_per_s"],
+            20000.0,
+            True,
+            "{:,.0f}/s",
+        ),
+        (
+            f"{result['gva']['gvas']:,} GVAs >= 20,000 walks/s (cli.main)",
             result["gva"]["walks_per_s"],
             20000.0,
             True,
@@ -251,6 +259,7 @@ def main() -> int:
     gva_file.write_text("\n".join(hex(g) for g in bench_gvas(truth, args.gvas)) + "\n")
     r = inproc("gva", "--gvas", str(gva_file))
     r["walks_per_s"] = r["gvas"] / r["median"]
+    r["api_walks_per_s"] = r["gvas"] / statistics.median(r["api_seconds"])
     result["gva"] = r
     addr = hex(truth["pages"][0]["gpa"])
     script = str(TOP / "contrib" / "kvmwalk.py")
@@ -306,8 +315,9 @@ def main() -> int:
         )
     g = result["gva"]
     print(
-        f"--gva x{g['gvas']} in-process: median {g['median']:.3f} s, "
-        f"{g['walks_per_s']:,.0f} walks/s, peak {g['extra_peak_mib']:.1f} MiB over drgn"
+        f"--gva x{g['gvas']} in-process: cli.main median {g['median']:.3f} s, "
+        f"{g['walks_per_s']:,.0f} walks/s; VcpuGva.walk {g['api_walks_per_s']:,.0f} walks/s; "
+        f"peak {g['extra_peak_mib']:.1f} MiB over drgn"
     )
     print(f"{'whole process':<24} {'median s':>9} {'x drgn start-up':>16}")
     for name, r in result["process"].items():

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
+from drgn_kvmwalk.guest import VcpuGva  # noqa: E402
 from drgn_kvmwalk.kvm import find_vcpu, find_vm  # noqa: E402
 from drgn_kvmwalk.mmu import mmu_info  # noqa: E402
 
@@ -104,10 +105,22 @@ def gva_main(pid: str, gvas: List[str], runs: int, out: str) -> None:
     for _ in range(runs):
         seconds, chars = timed_run(prog_, argv)
         times.append(seconds)
+    # The same walks through the API, without the command line's parsing
+    # and rendering: a new VcpuGva each run (cold caches).
+    vcpu = find_vcpu(find_vm(prog_, int(pid)), 0)
+    addrs = [int(g, 0) for g in gvas]
+    api_times: List[float] = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        g = VcpuGva(vcpu)
+        for gva in addrs:
+            g.walk(gva)
+        api_times.append(time.perf_counter() - t0)
     result = {
         "view": "gva",
         "gvas": len(gvas),
         "seconds": times,
+        "api_seconds": api_times,
         "output_chars": chars,
         "rss_kib_before": base_rss,
         "rss_kib_after": peak_rss_kib(),

@@ -134,14 +134,29 @@ def read_run(prog: Program, truth: Truth, argv: List[str], kind: AddrKind) -> An
 
 def truth_hex(prog: Program, truth: Truth, kind: AddrKind, addr: int, length: int) -> str:
     """The bytes from guest address ``addr`` read at the HPAs of the ground
-    truth (not the tool's walk), as hex, "??" for a byte it cannot give."""
-    out = []
-    for a in range(addr, addr + length):
-        hpa = truth_hpa(truth, kind, a)
-        try:
-            out.append("??" if hpa is None else prog.read(hpa, 1, True).hex())
-        except FaultError:
+    truth (not the tool's walk), as hex, "??" for a byte it cannot give;
+    one read per run of bytes contiguous in one host page."""
+    hpas = [truth_hpa(truth, kind, a) for a in range(addr, addr + length)]
+    out: List[str] = []
+    i = 0
+    while i < length:
+        start = hpas[i]
+        j = i + 1
+        while (
+            start is not None
+            and j < length
+            and hpas[j] == start + (j - i)
+            and (start + (j - i)) & 0xFFF
+        ):
+            j += 1
+        if start is None:
             out.append("??")
+        else:
+            try:
+                out.append(prog.read(start, j - i, True).hex())
+            except FaultError:
+                out.append("??" * (j - i))
+        i = j
     return "".join(out)
 
 
