@@ -668,13 +668,13 @@ class VcpuMemory:
 
     def __init__(self, vcpu: Object, gva: bool = False, cr3: Optional[int] = None) -> None:
         self.prog = vcpu.prog_
-        self.mem = DrgnPhysMem(self.prog)
         self.gva: Optional[VcpuGva] = VcpuGva(vcpu, cr3) if gva else None
-        if self.gva is not None:
-            self.info, self.fmt = self.gva.info, self.gva.fmt
+        if self.gva is not None:  # its registers, root, format and SPTE pages
+            self.info, self.fmt, self.sptes = self.gva.info, self.gva.fmt, self.gva.sptes
         else:
             self.info, self.fmt = mmu_info(vcpu), spte_format(vcpu.kvm)
-        self.sptes = TableCache(self.mem)
+            self.sptes = TableCache(DrgnPhysMem(self.prog))
+        self.mem: PhysMem = self.sptes.mem
         self.space = "GVA" if gva or not self.info.root.direct else "GPA"
         live = bool(self.prog.flags & ProgramFlags.IS_LIVE)
         self.unreadable = (

@@ -637,8 +637,9 @@ def _memslot_flags(flags: int) -> str:
 
 
 def _vcpu_state_text(st: Optional[VcpuState]) -> List[str]:
-    """Two lines under a vCPU: where it is (run state, CPU, thread, last
-    exit) and the guest's registers; "?" for what cannot be read."""
+    """The lines under a vCPU: where it is (run state, CPU, thread, last
+    exit), the guest's registers and its non-zero counters; "?" for what
+    cannot be read."""
     if st is None:
         return []
     thread = "?"

@@ -25,10 +25,10 @@ from .mmu import (
     root_of_shadow_page,
 )
 from .sptefmt import spte_format
+from .walk import Root
 
 if TYPE_CHECKING:  # --list only: a walk does not pay for importing them
     from .vcpustate import StatValue, VcpuState
-from .walk import Root
 
 __all__ = [
     "LabelledRoot",
