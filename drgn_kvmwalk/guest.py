@@ -42,6 +42,7 @@ from .walk import PhysMem, PhysMemError, Root, TableCache, Walk, walk_addr
 
 __all__ = [
     "GuestRegs",
+    "GuestMemslots",
     "GvaWalk",
     "HostPageTables",
     "MP_STATE_NAMES",
@@ -371,6 +372,64 @@ class HostPageTables:
         raise AssertionError("unreachable")
 
 
+class GuestMemslots:
+    """A VM's guest physical memory as its memslots (address space 0) and the
+    VMM's page tables (``kvm->mm``) map it: what KVM's page-fault path and its
+    guest-table walker find, without the SPTEs.  The memslots are read once.
+
+    :param kvm: ``struct kvm *``
+    """
+
+    def __init__(self, kvm: Object, mem: Optional[PhysMem] = None) -> None:
+        self.kvm = kvm
+        self.mem = mem
+        self._slots: Optional[List[Memslot]] = None
+        self._host: Optional[HostPageTables] = None
+
+    @property
+    def slots(self) -> List[Memslot]:
+        """The memslots of address space 0, by GFN."""
+        if self._slots is None:
+            self._slots = sorted(
+                (s for s in for_each_memslot(self.kvm) if s.as_id == 0),
+                key=lambda s: s.base_gfn,
+            )
+        return self._slots
+
+    def forget(self) -> None:
+        """Read the VMM's page tables afresh from now on (a live host)."""
+        if self._host is not None:
+            self._host.tables = TableCache(self._host.tables.mem)
+
+    def memslot(self, gpa: int) -> Optional[Memslot]:
+        """The memslot of address space 0 holding ``gpa``."""
+        gfn = gpa >> 12
+        for slot in self.slots:
+            if slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                return slot
+        return None
+
+    def host_gpa(self, gpa: int) -> Tuple[Optional[int], Optional[int], Optional[str]]:
+        """(HPA, host page size, None), or (None, None, why not): ``gpa``
+        through its memslot and the VMM's page tables, as KVM's walker and
+        its page-fault path find guest memory."""
+        slot = self.memslot(gpa)
+        if slot is None:
+            return None, None, f"GPA {gpa:#x} is in no memslot"
+        if slot.flags & (1 << 2):  # KVM_MEM_GUEST_MEMFD (v6.8)
+            return None, None, f"GPA {gpa:#x} is in a guest_memfd memslot (no host mapping)"
+        hva = slot.hva + (gpa - (slot.base_gfn << 12))
+        if self._host is None:
+            self._host = HostPageTables(self.kvm.prog_, self.kvm.mm, self.mem)
+        try:
+            hpa, size = self._host.translate(hva)
+        except HostUnmapped as e:
+            return None, None, f"the VMM's HVA {hva:#x} (GPA {gpa:#x}): {e}"
+        except (PhysMemError, FaultError) as e:
+            return None, None, f"the VMM's page tables for HVA {hva:#x} cannot be read: {e}"
+        return hpa, size, None
+
+
 def _host_addr_mask(prog: Program) -> int:
     """PTE_PFN_MASK: ``physical_mask`` (no SME C-bit) without the page offset."""
     try:
@@ -489,8 +548,7 @@ class VcpuGva:
         mem = DrgnPhysMem(self.prog)
         self.sptes = TableCache(mem)
         self.tdp = self.info.kind == "tdp"
-        self._memslots: Optional[List[Memslot]] = None
-        self._host: Optional[HostPageTables] = None
+        self.memslots = GuestMemslots(vcpu.kvm, mem)
         self.tables = GuestTableCache(self._translate_table, mem)
         # PDPTEs: KVM's cache when current (only if the CR3 is the vCPU's).
         self.pdptes = None if self.cr3_given else self.regs.pdptes
@@ -513,34 +571,12 @@ class VcpuGva:
 
     def memslot(self, gpa: int) -> Optional[Memslot]:
         """The memslot of address space 0 holding ``gpa``."""
-        if self._memslots is None:
-            self._memslots = [s for s in for_each_memslot(self.vcpu.kvm) if s.as_id == 0]
-        gfn = gpa >> 12
-        for slot in self._memslots:
-            if slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
-                return slot
-        return None
+        return self.memslots.memslot(gpa)
 
     def host_gpa(self, gpa: int) -> Tuple[Optional[int], Optional[int], Optional[str]]:
-        """(HPA, host page size, None), or (None, None, why not): ``gpa``
-        through its memslot and the VMM's page tables, as KVM's walker and
-        its page-fault path find guest memory."""
-        slot = self.memslot(gpa)
-        if slot is None:
-            return None, None, f"GPA {gpa:#x} is in no memslot"
-        if slot.flags & (1 << 2):  # KVM_MEM_GUEST_MEMFD (v6.8)
-            return None, None, f"GPA {gpa:#x} is in a guest_memfd memslot (no host mapping)"
-        hva = slot.hva + (gpa - (slot.base_gfn << 12))
-        if self._host is None:
-            self._host = HostPageTables(self.prog, self.vcpu.kvm.mm)
-        try:
-            hpa, size = self._host.translate(hva)
-        except HostUnmapped as e:
-            return None, None, f"the VMM's HVA {hva:#x} (GPA {gpa:#x}): {e}"
-        except (PhysMemError, FaultError) as e:
-            return None, None, f"the VMM's page tables for HVA {hva:#x} cannot be read: {e}"
-        # The memslot bounds what one host page stands for.
-        return hpa, size, None
+        """``gpa`` through its memslot and the VMM's page tables (see
+        :meth:`GuestMemslots.host_gpa`)."""
+        return self.memslots.host_gpa(gpa)
 
     def walk(self, gva: int) -> GvaWalk:
         """GVA -> GPA (the guest's tables) -> HPA (the SPTEs, or the memslot

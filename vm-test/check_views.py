@@ -17,12 +17,13 @@ The comparison itself is the test's job (tests/vm), against pagemap truth.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,8 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from drgn import FaultError, Program  # noqa: E402
 from harness.checks.read import READ_BEFORE, READ_LENGTH  # noqa: E402
 from harness.records import truth_hpa  # noqa: E402
+from readme_api import readme_block  # noqa: E402
 
+from drgn_kvmwalk import find_vcpu, find_vm  # noqa: E402
 from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
+from drgn_kvmwalk.gprog import GuestPhysical, find_vmcoreinfo, guest_program  # noqa: E402
 
 if TYPE_CHECKING:  # the records are the harness's (vm-test/harness/records.py)
     from harness.records import AddrKind, Truth, VcpuRun, ViewResult, WorkloadRun
@@ -99,6 +103,8 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
         vcpu_run["read_text"] = text_run(
             prog, argv[:4] + ["--gva", "--read", hex(page0["gva"]), "--length", "8"]
         )
+        # The guest as a drgn Program (drgn_kvmwalk.gprog).
+        vcpu_run["guest_program"] = guest_program_run(prog, truth, vcpu)
         # The whole table under the vCPU's root, as leaves and as ranges.
         # In this order: harness.checks.maps.check_map allows, live, only an Accessed bit that
         # the host cleared after --dump and before --map.
@@ -109,6 +115,90 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
             prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate", "--json"]
         )
     return result
+
+
+def attempt(gprog: Program, addr: int, length: int, physical: bool) -> Any:
+    """``length`` bytes at ``addr`` of ``gprog``: {bytes (hex) or None,
+    error (the exception, as text) or None, address (a FaultError's)}."""
+    try:
+        return {"bytes": gprog.read(addr, length, physical).hex(), "error": None}
+    except FaultError as e:
+        return {"bytes": None, "error": f"FaultError: {e.message}", "address": e.address}
+    except Exception as e:  # noqa: BLE001 (recorded for the test)
+        return {"bytes": None, "error": f"{type(e).__name__}: {e}"}
+
+
+def guest_program_run(prog: Program, truth: Truth, vcpu_id: int) -> Any:
+    """Reads through drgn_kvmwalk.gprog's guest Programs of one vCPU: for
+    each of ``spte`` and ``memslot``, 16 bytes from 8 before each tagged
+    page and its 8-byte tag, at its GPA (physical) and its GVA (virtual),
+    with the truth's bytes beside them, and one GPA past every memslot;
+    then ``linux=True`` from the VM through the memslots, at the kernel
+    addresses of the made-up layout l2vmm planted (``made_up_linux``)."""
+    vcpu = find_vcpu(find_vm(prog, truth["pid"]), vcpu_id)
+    result: Dict[str, Any] = {}
+    for through in ("spte", "memslot"):
+        try:
+            gprog = guest_program(vcpu, through)
+        except Exception as e:  # noqa: BLE001 (recorded for the test)
+            result[through] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        reads = []
+        for page in truth["pages"]:
+            rec = {}
+            for key, kind, physical in (("phys", "gpa", True), ("virt", "gva", False)):
+                start = page[kind] - READ_BEFORE  # type: ignore[literal-required]
+                rec[key] = attempt(gprog, start, READ_LENGTH, physical)
+                rec[key]["truth_hex"] = truth_hex(prog, truth, kind, start, READ_LENGTH)  # type: ignore[arg-type]
+                rec[key + "_tag"] = attempt(gprog, start + READ_BEFORE, 8, physical)
+            reads.append(rec)
+        end = max(m["gpa"] + m["size"] for m in truth["memslots"])
+        result[through] = {
+            "error": None,
+            "reads": reads,
+            "outside": dict(attempt(gprog, end, 8, True), gpa=end),
+        }
+    made_up = truth.get("made_up_linux")
+    if made_up and vcpu_id == truth["vcpus"][0]:
+        t0 = time.monotonic()
+        linux: Dict[str, Any] = {"error": None}
+        try:
+            lprog = guest_program(vcpu.kvm, "memslot", linux=True)
+            linux["seconds"] = time.monotonic() - t0
+            linux["flags"] = str(lprog.flags)
+            linux["reads"] = [attempt(lprog, kva, 8, False) for kva, _, _ in made_up["reads"]]
+            text = find_vmcoreinfo(GuestPhysical(vcpu.kvm, "memslot"))
+            linux["vmcoreinfo"] = text.decode(errors="replace")
+        except Exception as e:  # noqa: BLE001 (recorded for the test)
+            linux["error"] = f"{type(e).__name__}: {e}"
+        result["linux"] = linux
+    return result
+
+
+README_GUEST = "<!-- guest-program -->"
+
+
+def readme_guest_run(prog: Program, truth: Truth) -> Any:
+    """README's guest-Program block, as it stands there, with ``prog``,
+    ``pid``, and ``gpa`` and ``gva`` of the first tagged page set; what it
+    printed, or the error it raised."""
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
+    code = readme_block(readme, README_GUEST)
+    page = truth["pages"][0]
+    scope: Dict[str, Any] = {
+        "prog": prog,
+        "pid": truth["pid"],
+        "gpa": page["gpa"],
+        "gva": page["gva"],
+    }
+    out = io.StringIO()
+    error = None
+    with contextlib.redirect_stdout(out):
+        try:
+            exec(compile(code, "README.md (guest-program block)", "exec"), scope)
+        except Exception as e:  # noqa: BLE001 (recorded for the test)
+            error = f"{type(e).__name__}: {e}"
+    return {"code": code, "stdout": out.getvalue(), "error": error}
 
 
 def with_tags(prog: Program, run: Any) -> Any:
@@ -238,10 +328,12 @@ def main() -> None:
         "vms": json.loads(out.getvalue())["vms"] if rc == 0 else None,
     }
     result["stats"] = whole_table(prog, ["--stats", "--json"])
-    for spec in args.truth:
+    for i, spec in enumerate(args.truth):
         name, _, path = spec.partition("=")
         with open(path) as f:
             truth = json.load(f)
+        if i == 0:
+            result["readme_guest"] = readme_guest_run(prog, truth)
         result["workloads"][name] = run(
             prog,
             truth,

@@ -63,6 +63,19 @@
 #define PTPOOL_GPA        0x100000ULL /* guest page-table pages, bump-allocated */
 #define PTPOOL_END        0x200000ULL
 
+/* a made-up Linux kernel layout in slot 0, for drgn_kvmwalk.gprog's
+ * linux=True: a VMCOREINFO ELF note and 4-level kernel page tables
+ * (swapper_pg_dir) that map two kernel addresses to tagged pages */
+#define FAKE_NOTE_GPA     0x40000ULL
+#define FAKE_PGD_GPA      0x41000ULL
+#define FAKE_PUD_GPA      0x42000ULL
+#define FAKE_PMD_GPA      0x43000ULL
+#define FAKE_PT_GPA       0x44000ULL
+#define START_KERNEL_MAP  0xffffffff80000000ULL /* __START_KERNEL_map */
+#define FAKE_KVA_4K       0xffffffff81000000ULL
+#define FAKE_KVA_2M       0xffffffff81200000ULL
+#define FAKE_OSRELEASE    "l2vmm-made-up-linux"
+
 /* slot 1: GPA 1 GiB, 4 MiB (anon) or 1 GiB (hugetlb1g): data pages */
 #define SLOT1_GPA         0x40000000ULL
 #define SLOT1_SIZE        (4 * MIB)
@@ -321,6 +334,7 @@ struct vm {
 	int nr_guest_maps;
 	struct xrun host_runs[MAX_XRUNS];   /* GPA -> HPA of present host pages */
 	int nr_host_runs;
+	uint64_t fake_kva[2], fake_gpa[2], fake_tag[2]; /* plant_linux_layout() */
 };
 
 /* options */
@@ -986,6 +1000,52 @@ static void add_xrun(struct xrun *runs, int *n, uint64_t from, uint64_t to, uint
 	runs[(*n)++] = (struct xrun){from, to, len};
 }
 
+/*
+ * What a Linux guest kernel leaves in its memory for drgn: the VMCOREINFO
+ * note (as crash_save_vmcoreinfo_init() writes it: namesz 11, type 0, the
+ * text) and the kernel's page tables from swapper_pg_dir, with phys_base 0
+ * (so swapper_pg_dir's address is __START_KERNEL_map + its GPA).  Two
+ * kernel addresses are mapped: one 4K page onto the first tagged page, and
+ * one 2M page onto the block holding the last tagged page.  The guest never
+ * touches these pages; drgn_kvmwalk reads them through the memslots.
+ */
+static void plant_linux_layout(struct vm *vm)
+{
+	const struct tagged_page *first = &vm->pages[0], *last = &vm->pages[vm->nr_pages - 1];
+	uint8_t *note = gpa_to_hva(vm, FAKE_NOTE_GPA);
+	uint32_t hdr[3];
+	char text[512];
+	int n;
+
+	n = snprintf(text, sizeof(text),
+		     "OSRELEASE=%s\nPAGESIZE=4096\nSYMBOL(swapper_pg_dir)=%llx\n"
+		     "NUMBER(phys_base)=0\nKERNELOFFSET=0\nNUMBER(pgtable_l5_enabled)=0\n",
+		     FAKE_OSRELEASE, (unsigned long long)(START_KERNEL_MAP + FAKE_PGD_GPA));
+	if (n <= 0 || n >= (int)sizeof(text))
+		die("internal: vmcoreinfo text too long");
+	memset(note, 0, PAGE_SIZE);
+	hdr[0] = 11; /* strlen("VMCOREINFO") + 1 */
+	hdr[1] = (uint32_t)n;
+	hdr[2] = 0;
+	memcpy(note, hdr, sizeof(hdr));
+	memcpy(note + 12, "VMCOREINFO", 11);
+	memcpy(note + 24, text, (size_t)n);
+	for (uint64_t t = FAKE_PGD_GPA; t <= FAKE_PT_GPA; t += PAGE_SIZE)
+		memset(gpa_to_hva(vm, t), 0, PAGE_SIZE);
+	wr64(vm, FAKE_PGD_GPA + 8 * ((FAKE_KVA_4K >> 39) & 511), FAKE_PUD_GPA | 3);
+	wr64(vm, FAKE_PUD_GPA + 8 * ((FAKE_KVA_4K >> 30) & 511), FAKE_PMD_GPA | 3);
+	wr64(vm, FAKE_PMD_GPA + 8 * ((FAKE_KVA_4K >> 21) & 511), FAKE_PT_GPA | 3);
+	wr64(vm, FAKE_PT_GPA + 8 * ((FAKE_KVA_4K >> 12) & 511), first->gpa | 3);
+	wr64(vm, FAKE_PMD_GPA + 8 * ((FAKE_KVA_2M >> 21) & 511),
+	     (last->gpa & ~(HUGE_2M - 1)) | 0x83); /* present, writable, PS */
+	vm->fake_kva[0] = FAKE_KVA_4K;
+	vm->fake_gpa[0] = first->gpa;
+	vm->fake_tag[0] = first->tag;
+	vm->fake_kva[1] = FAKE_KVA_2M + (last->gpa & (HUGE_2M - 1));
+	vm->fake_gpa[1] = last->gpa;
+	vm->fake_tag[1] = last->tag;
+}
+
 static void build_guest(struct vm *vm)
 {
 	int npages = NR_VCPUS * (opt_pages + LOWTAGS_PER_VCPU);
@@ -1074,6 +1134,7 @@ static void build_guest(struct vm *vm)
 		vm->first_cr3 = pt_alloc(vm);
 		memcpy(gpa_to_hva(vm, vm->first_cr3), gpa_to_hva(vm, vm->cr3), PAGE_SIZE);
 	}
+	plant_linux_layout(vm);
 	vlog("guest: cr3 0x%llx (first 0x%llx), %d page-table pages, %d tagged pages",
 	     (unsigned long long)vm->cr3, (unsigned long long)vm->first_cr3, vm->nr_pt_pages,
 	     vm->nr_pages);
@@ -1465,7 +1526,13 @@ static void write_truth(struct vm *vm)
 			(unsigned long long)vc->sregs.cr4, (unsigned long long)vc->sregs.efer,
 			(unsigned long long)vc->regs.rip, vc->stats, v + 1 < NR_VCPUS ? "," : "");
 	}
-	fprintf(f, " ],\n \"pages\": [\n");
+	fprintf(f, " ],\n \"made_up_linux\": {\"note_gpa\": %llu, \"osrelease\": \"%s\", "
+		"\"reads\": [[%llu, %llu, %llu], [%llu, %llu, %llu]]},\n",
+		(unsigned long long)FAKE_NOTE_GPA, FAKE_OSRELEASE,
+		(unsigned long long)vm->fake_kva[0], (unsigned long long)vm->fake_gpa[0],
+		(unsigned long long)vm->fake_tag[0], (unsigned long long)vm->fake_kva[1],
+		(unsigned long long)vm->fake_gpa[1], (unsigned long long)vm->fake_tag[1]);
+	fprintf(f, " \"pages\": [\n");
 	for (int p = 0; p < vm->nr_pages; p++) {
 		struct tagged_page *tp = &vm->pages[p];
 

@@ -27,11 +27,12 @@ prog: "drgn.Program"  # set by drgn when it runs this script
 MARKER = "<!-- python-api -->"
 
 
-def readme_block(path: str) -> str:
+def readme_block(path: str, marker: str = MARKER) -> str:
+    """The ```python block after ``marker`` in the file ``path``."""
     text = open(path).read()
-    m = re.search(re.escape(MARKER) + r"\s*```python\n(.*?)```", text, re.S)
+    m = re.search(re.escape(marker) + r"\s*```python\n(.*?)```", text, re.S)
     if m is None:
-        raise SystemExit(f"{path}: no ```python block after {MARKER}")
+        raise SystemExit(f"{path}: no ```python block after {marker}")
     return m.group(1)
 
 

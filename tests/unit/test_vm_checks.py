@@ -133,6 +133,7 @@ def _run(records):
 
 
 def _view(name, root_level):
+    tag = TAG.to_bytes(8, "little").hex()
     rng = {"start": ADDR, "end": ADDR + 0x1000, "hpa": HPA, "level": 1, "flags": AD}
     vcpu = {
         "rc": 0,
@@ -155,6 +156,7 @@ def _view(name, root_level):
         },
         "read": _run([_read_record(ADDR, "gpa", in_dump=name != "kdump")]),
         "read_gva": _run([_read_record(0x1000, "gva", in_dump=name != "kdump")]),
+        "guest_program": _gprog_run(in_dump=name != "kdump"),
         "read_text": {
             "rc": 0,
             "stderr": "",
@@ -211,6 +213,9 @@ def _view(name, root_level):
         "list": {"rc": 0, "stderr": "", "vms": [vm]},
         "stats": _run([dict(stats, leaves={"4K": 1, "2M": 0, "1G": 0})]),
         "workloads": {"base": {"view": name, "addr_kind": "gpa", "vcpus": {"0": vcpu}}},
+        "readme_guest": {"code": "", "stdout": f"{tag}\n{tag}\n", "error": None}
+        if name != "kdump"
+        else {"code": "", "stdout": "", "error": f"FaultError: GPA {ADDR:#x}: not in the dump"},
     }
 
 
@@ -276,6 +281,42 @@ def _read_record(addr, kind, in_dump=True):
     }
 
 
+KVA = 0xFFFF_FFFF_8100_0000  # the made-up Linux layout's kernel address of the page
+
+
+def _attempt(addr, length, data=None):
+    """check_views.attempt()'s record: the bytes, or a FaultError at addr."""
+    if data is not None:
+        return {"bytes": data, "error": None}
+    return {"bytes": None, "error": f"FaultError: GPA {addr:#x}: no SPTE", "address": addr}
+
+
+def _gprog_run(in_dump=True):
+    """check_views.guest_program_run() of the page: the 8 bytes before it
+    are in no host page the truth knows, so the 16-byte reads fault there."""
+    tag = TAG.to_bytes(8, "little").hex()
+    truth_hex = "??" * 8 + (tag if in_dump else "??" * 8)
+    rec = {}
+    for key, addr in (("phys", ADDR), ("virt", 0x1000)):
+        rec[key] = dict(_attempt(addr - 8, 16), truth_hex=truth_hex)
+        rec[key + "_tag"] = _attempt(addr, 8, tag if in_dump else None)
+    run = {
+        "error": None,
+        "reads": [rec],
+        "outside": dict(_attempt(0x4020_0000, 8), gpa=0x4020_0000),
+    }
+    linux = {
+        "error": None,
+        "seconds": 0.1,
+        "flags": "ProgramFlags.IS_LINUX_KERNEL",
+        "reads": [_attempt(KVA, 8, tag)],
+        "vmcoreinfo": "OSRELEASE=l2vmm-made-up-linux\nPAGESIZE=4096\n",
+    }
+    if not in_dump:
+        linux = {"error": "LookupError: no vmcoreinfo note in the guest's memory (...)"}
+    return {"spte": copy.deepcopy(run), "memslot": copy.deepcopy(run), "linux": linux}
+
+
 def _proc(stdout="", stderr="", rc=0):
     return {"cmd": "", "rc": rc, "stdout": stdout, "stderr": stderr, "seconds": 0.1}
 
@@ -317,6 +358,11 @@ def make_cell(release="6.1.0-57-amd64"):
         "host_runs": [[0x5000, 0x95000, 0x1000], [ADDR, HPA, 0x1000]],
         "guest_paging": "64",
         "guest_2m": False,
+        "made_up_linux": {
+            "note_gpa": 0x40000,
+            "osrelease": "l2vmm-made-up-linux",
+            "reads": [[KVA, ADDR, TAG]],
+        },
         "vm_stats": {"pages_4k": 1, "remote_tlb_flush": 2},
         "vcpu_state": [
             {
@@ -545,6 +591,50 @@ def _fault_read_text(c):
     _vcpu(c)["read_text"]["stdout"] = "8 bytes at GVA 0x1000\n00001000: bd0a\n"
 
 
+def _gprog(c, view="elf", through="memslot"):
+    return _vcpu(c, view)["guest_program"][through]
+
+
+def _fault_gprog_byte(c):
+    rec = _gprog(c)["reads"][0]["phys_tag"]
+    rec["bytes"] = "bd" + rec["bytes"][2:]
+
+
+def _fault_gprog_made_up(c):  # bytes where the dump has none
+    _gprog(c, "kdump", "spte")["reads"][0]["virt_tag"] = _attempt(0x1000, 8, "bc0a" + "00" * 6)
+
+
+def _fault_gprog_fills_the_gap(c):  # bytes where the truth has "??"
+    _gprog(c)["reads"][0]["virt"].update(bytes="00" * 8 + TAG.to_bytes(8, "little").hex())
+
+
+def _fault_gprog_memslot_refuses(c):  # the memslots fail where the truth has bytes
+    rec = _gprog(c)["reads"][0]["phys"]
+    rec["truth_hex"] = "00" * 8 + rec["truth_hex"][16:]
+
+
+def _fault_gprog_outside(c):
+    _gprog(c, through="spte")["outside"].update(bytes="00" * 8, error=None)
+
+
+def _fault_gprog_not_made(c):
+    _vcpu(c)["guest_program"]["spte"] = {
+        "error": "ValueError: the vCPU's root is a shadow-paging root"
+    }
+
+
+def _fault_gprog_linux(c):
+    _vcpu(c)["guest_program"]["linux"]["reads"][0]["bytes"] = "00" * 8
+
+
+def _fault_gprog_wrong_fault(c):
+    _gprog(c)["reads"][0]["phys"]["address"] = ADDR + 0x1000
+
+
+def _fault_readme_guest(c):
+    c["views"]["qmp"]["readme_guest"]["stdout"] = "00\n"
+
+
 def _list_vm(c, view="elf"):
     return c["views"][view]["list"]["vms"][0]
 
@@ -614,6 +704,15 @@ FAULTS = {
     _fault_read_made_up: {("kdump", checks.READ)},
     _fault_read_gap: {("elf", checks.READ)},
     _fault_read_text: {("elf", checks.READ)},
+    _fault_gprog_byte: {("elf", checks.GUEST_PROGRAM)},
+    _fault_gprog_made_up: {("kdump", checks.GUEST_PROGRAM)},
+    _fault_gprog_fills_the_gap: {("elf", checks.GUEST_PROGRAM)},
+    _fault_gprog_memslot_refuses: {("elf", checks.GUEST_PROGRAM)},
+    _fault_gprog_outside: {("elf", checks.GUEST_PROGRAM)},
+    _fault_gprog_not_made: {("elf", checks.GUEST_PROGRAM)},
+    _fault_gprog_linux: {("elf", checks.GUEST_PROGRAM)},
+    _fault_gprog_wrong_fault: {("elf", checks.GUEST_PROGRAM)},
+    _fault_readme_guest: {("qmp", checks.README_GUEST)},
     _fault_state_cpu: {("elf", checks.VCPU_STATE)},
     _fault_state_thread: {("elf", checks.VCPU_STATE)},
     _fault_state_counter: {("elf", checks.VCPU_STATE)},

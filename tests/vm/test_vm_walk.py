@@ -179,6 +179,31 @@ def test_gva_matches_ground_truth(cell_result, view):
 
 
 @pytest.mark.parametrize("view", VIEWS)
+def test_guest_program_reads_what_the_guest_wrote(cell_result, view):
+    """drgn_kvmwalk.gprog: a drgn Program of the guest through the SPTEs
+    (TDP; refused under shadow paging) and through the memslots, at every
+    tagged page's GPA and GVA of both vCPUs: each byte the one at the HPA
+    the ground truth gives, the tag where the guest wrote it, nothing where
+    the truth has nothing; linux=True at the kernel addresses of the Linux
+    layout the VMM planted; and README's block, as it stands there."""
+    problems = _problems(cell_result, view, checks.GUEST_PROGRAM, checks.README_GUEST)
+    assert not problems, problems
+    in_view = view != "kdump" or cell_result["dump_level"] & 8 == 0  # guest memory in view
+    for truth in cell_result["truth"].values():
+        assert "made_up_linux" in truth
+    v = cell_result["views"][view]
+    runs = [r["guest_program"] for wl in v["workloads"].values() for r in wl["vcpus"].values()]
+    throughs = ["memslot"] + (["spte"] if cell_result["addr_kind"] == "gpa" else [])
+    tags = [rec["phys_tag"]["bytes"] for g in runs for t in throughs for rec in g[t]["reads"]]
+    assert tags and (all(tags) if in_view else True)
+    linux = [g["linux"] for g in runs if "linux" in g]
+    assert len(linux) == len(v["workloads"])
+    if in_view:
+        assert all(lx["error"] is None for lx in linux)
+        assert v["readme_guest"]["error"] is None
+
+
+@pytest.mark.parametrize("view", VIEWS)
 def test_list_shows_each_vcpu_as_the_vmm_saw_it(cell_result, view):
     """--list per vCPU: run state, the CPU its (pinned) thread ran on, the
     thread, the last exit (KVM_EXIT_HLT), CR0/CR3/CR4/EFER/RIP as

@@ -84,6 +84,9 @@ class Truth(TypedDict, total=False):
     host_runs: List[List[int]]  # [gpa, hpa, len] runs of the host's pagemap
     guest_paging: str  # 64, pae, 32
     guest_2m: bool
+    # What l2vmm planted of a Linux kernel: {note_gpa, osrelease, reads:
+    # [[kernel address, GPA, tag], ...]} (drgn_kvmwalk.gprog's linux=True)
+    made_up_linux: Dict[str, Any]
 
 
 # -- What kvmwalk answered (vm-test/check_views.py) -------------------------
@@ -320,6 +323,7 @@ class VcpuRun(TypedDict, total=False):
     read: ReadRun  # --read across the start of every tagged page (--addr's addresses)
     read_gva: ReadRun  # the same with --gva: through the guest's tables
     read_text: TextRun  # --gva --read of the first tagged page, as text
+    guest_program: Dict[str, Any]  # drgn_kvmwalk.gprog's Programs (checks/gprog.py)
     dump: DumpRun
     map: MapRun
     map_annotated: MapRun
@@ -348,6 +352,7 @@ class ViewResult(TypedDict, total=False):
     list: ListRun
     stats: StatsRun
     workloads: Dict[str, WorkloadRun]
+    readme_guest: Dict[str, Any]  # README's guest-Program block: stdout, error
     error: ProcRun
 
 

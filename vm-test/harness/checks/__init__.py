@@ -6,6 +6,8 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 - walks.py: --addr of every tagged page (RESULT, WALK);
 - gva.py: --gva of every tagged GVA, the guest's tables and KVM's (GVA);
 - read.py: --read across the start of every tagged page (READ);
+- gprog.py: the guest as a drgn Program, and README's block for it
+  (GUEST_PROGRAM, README_GUEST);
 - tables.py: the whole-table views of each view, through vmlist.py (LIST),
   vcpustate.py (VCPU_STATE: --list's vCPU state and counters),
   stats.py (STATS), annotate.py (ANNOTATE, MAP_ANNOTATE), roots.py
@@ -24,6 +26,7 @@ from ..records import CellResult, Problem
 from .annotate import ANNOTATE, MAP_ANNOTATE
 from .entry import CONSOLE, PLUGIN, check_entry_points
 from .errors import ERRORS, check_errors
+from .gprog import GUEST_PROGRAM, README_GUEST, check_guest_programs
 from .gva import GVA, check_gvas
 from .kdump import KDUMP_ONE_WALK, KDUMP_READER, check_kdump_views
 from .maps import DUMP, MAP
@@ -40,6 +43,8 @@ CHECKS = (
     WALK,
     GVA,
     READ,
+    GUEST_PROGRAM,
+    README_GUEST,
     LIST,
     VCPU_STATE,
     STATS,
@@ -63,6 +68,7 @@ def check_cell(result: CellResult) -> List[Problem]:
         check_walks(result)
         + check_gvas(result)
         + check_reads(result)
+        + check_guest_programs(result)
         + check_whole_tables(result)
         + check_entry_points(result)
         + check_kdump_views(result)
