@@ -335,6 +335,55 @@ def main(
     return run(prog, args, prog_name=prog_name, out=out, err=err)
 
 
+# The options given thousands of times (one per address, from xargs or a
+# script).  argparse's time is quadratic in the number of options (for each
+# one it scans the positions of all the others: CPython 3.11's
+# _parse_known_args), so their "OPT X" and "OPT=X" are taken out first.
+_REPEATED = {"--addr": "addr", "--gva": "gva", "--read": "read"}
+
+
+def _take_repeated(argv: Sequence[str]) -> Tuple[List[str], Dict[str, List[int]]]:
+    """(what argparse gets, the addresses of each option in :data:`_REPEATED`
+    in their order).  Anything unusual (an abbreviation, a value that looks
+    like an option, after ``--``) is left to argparse, which then words the
+    error or takes the option as it always does; with an abbreviation of
+    one of them, all of argv is (so that the order stays as given).
+
+    :raises UsageError: an address that :func:`parse_addr` refuses
+    """
+    for a in argv:
+        if a == "--":
+            break
+        name = a.partition("=")[0]
+        if (
+            len(name) > 2
+            and name not in _REPEATED
+            and any(opt.startswith(name) for opt in _REPEATED)
+        ):
+            return list(argv), {}
+    rest: List[str] = []
+    taken: Dict[str, List[int]] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        name, eq, value = a.partition("=")
+        if name in _REPEATED and (eq or (i + 1 < len(argv) and not argv[i + 1].startswith("-"))):
+            if not eq:
+                value = argv[i + 1]
+            try:
+                taken.setdefault(_REPEATED[name], []).append(parse_addr(value))
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"argument {name}: {e}") from None
+            i += 1 if eq else 2
+            continue
+        rest.append(a)
+        i += 1
+    return rest, taken
+
+
 def parse_args(
     parser: argparse.ArgumentParser, argv: Sequence[str], prog_name: str
 ) -> argparse.Namespace:
@@ -342,7 +391,10 @@ def parse_args(
 
     :raises UsageError: with the message for the user
     """
-    args = parser.parse_args(argv)
+    rest, taken = _take_repeated(argv)
+    args = parser.parse_args(rest)
+    for dest, values in taken.items():
+        setattr(args, dest, (getattr(args, dest) or []) + values)
     actions = [
         opt
         for opt, on in (

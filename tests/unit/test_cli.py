@@ -7,7 +7,7 @@ import struct
 import drgn
 import pytest
 
-from drgn_kvmwalk.cli import EXIT_USAGE, main, parse_addr
+from drgn_kvmwalk.cli import EXIT_USAGE, UsageError, main, parse_addr, parse_args
 from drgn_kvmwalk.mmu import DrgnPhysMem
 from drgn_kvmwalk.spte import x86_format
 from drgn_kvmwalk.walk import PhysMemError, Root, TableCache, walk_addr
@@ -132,3 +132,46 @@ def test_walk_through_drgn_physical_memory():
     with pytest.raises(PhysMemError):
         DrgnPhysMem(prog).read(0xDEAD_0000, 8)
     assert struct.unpack("<Q", DrgnPhysMem(prog).read(t.root, 8))[0] & X86_TABLE == X86_TABLE
+
+
+# -- Many addresses: taken out before argparse, with the same result --------
+
+SAME_AS_ARGPARSE = [
+    ["--vcpu", "0", "--addr", "0x1000", "--addr=4096", "--addr", "0x3000"],
+    ["--vcpu", "0", "--gva", "0x7f0000000000", "--gva=0x1000", "--json"],
+    ["--vcpu", "0", "--gva", "--read", "0x1000", "--read=0x2000", "--length", "16"],
+    ["--vcpu", "0", "--read", "0x1000", "--gva"],
+    ["--vcpu", "0", "--add", "0x1000", "--addr", "0x2000"],  # an abbreviation: all to argparse
+    ["--vcpu", "0", "--addr", "0x1000", "--", "x"],
+]
+
+
+@pytest.mark.parametrize("argv", SAME_AS_ARGPARSE)
+def test_repeated_options_parse_as_argparse_does(argv):
+    from drgn_kvmwalk.cli import _take_repeated, build_parser
+
+    parser = build_parser("kvmwalk")
+    try:
+        want = vars(parser.parse_args(argv))
+    except UsageError as e:
+        want = str(e)
+    rest, taken = _take_repeated(argv)
+    try:
+        got = vars(parser.parse_args(rest))
+        for dest, values in taken.items():
+            got[dest] = (got[dest] or []) + values
+    except UsageError as e:
+        got = str(e)
+    assert got == want
+
+
+@pytest.mark.parametrize("bad", ["0xZZ", "-1", str(1 << 64)])
+def test_a_bad_repeated_address_is_worded_as_argparse_words_it(bad):
+    from drgn_kvmwalk.cli import build_parser
+
+    parser = build_parser("kvmwalk")
+    with pytest.raises(UsageError) as plain:
+        parser.parse_args(["--addr", bad])
+    with pytest.raises(UsageError) as ours:
+        parse_args(parser, ["--vcpu", "0", "--addr", "0x1000", "--addr", bad], "kvmwalk")
+    assert str(ours.value) == str(plain.value)
