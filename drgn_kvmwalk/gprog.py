@@ -46,6 +46,7 @@ from drgn import (
     TypeKind,
 )
 
+from .errors import KvmWalkError
 from .guest import GuestMemslots, NoGuestCr3, vcpu_guest_regs
 from .gwalk import GuestAddressError, GuestTableCache, GuestTableError, guest_walk
 from .kvm import Memslot
@@ -105,9 +106,26 @@ class GuestPhysical:
         self._sptes = TableCache(self.mem)
 
     def _fresh(self) -> None:
-        """Forget the table pages read of KVM's and the host's tables."""
+        """Forget the table pages read of KVM's and the host's tables, and
+        take the vCPU's root as it is now (a live host).
+
+        :raises NoRoot: the vCPU has no valid root now
+        """
         self._sptes = TableCache(self.mem)
         self.memslots.forget()
+        if self.through == "spte" and self.vcpu is not None:
+            self.info = mmu_info(self.vcpu)
+
+    def refresh(self, address: int) -> None:
+        """:meth:`_fresh` on a live host, before a read at ``address``.
+
+        :raises FaultError: the vCPU has no valid root now
+        """
+        if self.live:
+            try:
+                self._fresh()
+            except KvmWalkError as e:
+                raise FaultError(f"{e}", address) from None
 
     def hpa(self, gpa: int) -> Tuple[int, int]:
         """(HPA of ``gpa``, bytes from it that are contiguous in host memory).
@@ -167,8 +185,7 @@ class GuestPhysical:
         """The ``read_fn`` of a physical segment."""
 
         def read_fn(address: int, count: int, offset: int, physical: bool) -> bytes:
-            if self.live:
-                self._fresh()
+            self.refresh(address)
             return self.read(address, count)
 
         return read_fn
@@ -198,7 +215,7 @@ class _GuestVirtual:
 
     def read_fn(self, address: int, count: int, offset: int, physical: bool) -> bytes:
         if self.phys.live:
-            self.phys._fresh()
+            self.phys.refresh(address)
             self._fresh()
         out = []
         addr, end = address, address + count

@@ -133,3 +133,17 @@ def test_linux_kernel_addresses_through_the_guest_kernels_tables():
     # The text given instead, without its final newline.
     prog = program_of(g, linux=True, vmcoreinfo=vmcoreinfo(pgd).decode().rstrip("\n"))
     assert prog.read(kva4k, 8) == b"4K  tag!"
+
+
+def test_a_live_host_is_read_afresh_each_time():
+    """On a live host KVM's and the host's tables change under the reader:
+    each read starts from fresh table caches (and the vCPU's root now)."""
+    g = MadeUpGuest()
+    g.live = True
+    calls = []
+    g._fresh = lambda: calls.append(1)
+    g.put(0x1000, b"live one")
+    prog = program_of(g)
+    assert prog.read(0x1000, 8, True) == b"live one"
+    assert prog.read(0x1000, 8, True) == b"live one"
+    assert len(calls) == 2
