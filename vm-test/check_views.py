@@ -17,7 +17,6 @@ The comparison itself is the test's job (tests/vm), against pagemap truth.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -31,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from drgn import FaultError, Program  # noqa: E402
 from harness.checks.read import READ_BEFORE, READ_LENGTH  # noqa: E402
 from harness.records import truth_hpa  # noqa: E402
-from readme_api import readme_block  # noqa: E402
+from readme_api import readme_block, run_block  # noqa: E402
 
 from drgn_kvmwalk import find_vcpu, find_vm  # noqa: E402
 from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
@@ -191,14 +190,9 @@ def readme_guest_run(prog: Program, truth: Truth) -> Any:
         "gpa": page["gpa"],
         "gva": page["gva"],
     }
-    out = io.StringIO()
-    error = None
-    with contextlib.redirect_stdout(out):
-        try:
-            exec(compile(code, "README.md (guest-program block)", "exec"), scope)
-        except Exception as e:  # noqa: BLE001 (recorded for the test)
-            error = f"{type(e).__name__}: {e}"
-    return {"code": code, "stdout": out.getvalue(), "error": error}
+    stdout, exc, _ = run_block(code, scope, "README.md (guest-program block)")
+    error = None if exc is None else f"{type(exc).__name__}: {exc}"
+    return {"code": code, "stdout": stdout, "error": error}
 
 
 def with_tags(prog: Program, run: Any) -> Any:

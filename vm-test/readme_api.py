@@ -17,7 +17,7 @@ import io
 import json
 import re
 import traceback
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 if TYPE_CHECKING:
     import drgn
@@ -36,6 +36,22 @@ def readme_block(path: str, marker: str = MARKER) -> str:
     return m.group(1)
 
 
+def run_block(
+    code: str, scope: Dict[str, Any], name: str
+) -> Tuple[str, Optional[BaseException], Optional[str]]:
+    """Run ``code`` in ``scope``: (what it printed, the exception it raised
+    or None, that exception's traceback or None)."""
+    out = io.StringIO()
+    exc: Optional[BaseException] = None
+    tb = None
+    with contextlib.redirect_stdout(out):
+        try:
+            exec(compile(code, name, "exec"), scope)
+        except Exception as e:  # noqa: BLE001 (recorded for the test)
+            exc, tb = e, traceback.format_exc()
+    return out.getvalue(), exc, tb
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--readme", required=True)
@@ -45,17 +61,11 @@ def main() -> None:
     args = ap.parse_args()
     code = readme_block(args.readme)
     scope: Dict[str, Any] = {"prog": prog, "pid": args.pid, "addr": args.addr}  # noqa: F821 (drgn's prog)
-    out = io.StringIO()
-    error = None
-    with contextlib.redirect_stdout(out):
-        try:
-            exec(compile(code, f"{args.readme} (python-api block)", "exec"), scope)
-        except Exception:  # noqa: BLE001 (recorded for the test)
-            error = traceback.format_exc()
+    stdout, _, error = run_block(code, scope, f"{args.readme} (python-api block)")
     walk = scope.get("walk")
     result = {
         "code": code,
-        "stdout": out.getvalue(),
+        "stdout": stdout,
         "error": error,
         "hpa": getattr(walk, "hpa", None),
         "page_size": getattr(walk, "page_size", None),
