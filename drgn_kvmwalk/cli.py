@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_OK",
+    "EXIT_PROBLEMS",
     "EXIT_USAGE",
     "UsageError",
     "build_parser",
@@ -80,6 +81,7 @@ __all__ = [
 ]
 
 EXIT_OK = 0
+EXIT_PROBLEMS = 1  # --verify found a problem (as fsck says it)
 EXIT_USAGE = 2
 
 DESCRIPTION = """\
@@ -101,18 +103,24 @@ what to do (one of them):
   --list       the VMs, their vCPUs (root, level) and memslots
   --stats      leaf SPTEs per page size over all of a VM's tables, beside
                KVM's own counters
+  --verify     every leaf SPTE and table page of a VM (or of every VM)
+               against the memslots, the VMM's own page tables and KVM's
+               struct kvm_mmu_page books; one line per problem, then a summary
+  --hpa X      which VMs, roots, guest addresses and SPTEs map host physical
+               address X, and whether X is a KVM table page (repeatable)
 
 addresses: under TDP (Intel EPT, AMD NPT) the root translates guest physical
 addresses (GPA); under shadow paging it translates guest virtual addresses
 (GVA) of the guest's current page tables.
 
 JSON (--json): --addr, --gva, --read, --dump, --map and --stats print JSON
-Lines, one object per address, read, leaf, range or VM; --list prints one
-object {"vms": [...]}.
+Lines, one object per address, read, leaf, range or VM; --verify one object
+per problem, then one summary per VM; --hpa one object per mapping (an HPA
+nothing maps gets one with "vm": null); --list prints one object {"vms": [...]}.
 
 exit status: 0 the walk was done (an unmapped address is an answer; table pages
-that cannot be read are named on stderr); 2 bad arguments, or the target lacks
-the VM, vCPU, kvm module or debug info.
+that cannot be read are named on stderr); 1 --verify found a problem; 2 bad
+arguments, or the target lacks the VM, vCPU, kvm module or debug info.
 
 examples:
   drgn -k contrib/kvmwalk.py --vcpu 0 --addr 0x1000
@@ -120,7 +128,9 @@ examples:
   drgn --qemu /run/qmp.sock -s vmlinux -s kvm.ko contrib/kvmwalk.py --vcpu 0 --addr 4096
   drgn -k contrib/kvmwalk.py --list
   drgn -k contrib/kvmwalk.py --vcpu 0 --read 0x7f0000001000 --gva --length 64
-  drgn -k contrib/kvmwalk.py --vcpu 0 --map --range 0x0-0x100000000"""
+  drgn -k contrib/kvmwalk.py --vcpu 0 --map --range 0x0-0x100000000
+  drgn -c vmcore -s kvm.ko contrib/kvmwalk.py --verify --json
+  drgn -c vmcore -s kvm.ko contrib/kvmwalk.py --hpa 0x52f0000"""
 
 
 class UsageError(Exception):
@@ -284,6 +294,26 @@ def build_parser(prog_name: str) -> argparse.ArgumentParser:
         "(kvm->stat.pages_4k/2m/1g, or lpages); differences are flagged",
     )
     p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every present leaf SPTE of every root of the VM (--vm, or "
+        "every VM; with --vcpu only the roots --root names for it) against the "
+        "memslots (its GFN is in one), the VMM's page tables (same host page, "
+        "at least as large, writable where the SPTE is) and KVM's books (each "
+        "table page's struct kvm_mmu_page points back at it, at its level); "
+        "exit status 1 when a problem is found",
+    )
+    p.add_argument(
+        "--hpa",
+        metavar="X",
+        type=parse_addr,
+        action="append",
+        help="host physical address to trace back: every VM, root, guest "
+        "address and leaf SPTE that maps it (walking every root of every VM, "
+        "or of --vm), and its struct kvm_mmu_page when X is a KVM table page; "
+        "repeatable",
+    )
+    p.add_argument(
         "--list",
         action="store_true",
         help="list the VMs (pid, MMU kind), their vCPUs (current root and level) and memslots",
@@ -339,7 +369,7 @@ def main(
 # script).  argparse's time is quadratic in the number of options (for each
 # one it scans the positions of all the others: CPython 3.11's
 # _parse_known_args), so their "OPT X" and "OPT=X" are taken out first.
-_REPEATED = {"--addr": "addr", "--gva": "gva", "--read": "read"}
+_REPEATED = {"--addr": "addr", "--gva": "gva", "--read": "read", "--hpa": "hpa"}
 
 
 def _take_repeated(argv: Sequence[str]) -> Tuple[List[str], Dict[str, List[int]]]:
@@ -405,15 +435,19 @@ def parse_args(
             ("--map", args.map),
             ("--list", args.list),
             ("--stats", args.stats),
+            ("--verify", args.verify),
+            ("--hpa", args.hpa),
         )
         if on
     ]
     if len(actions) != 1:
         raise UsageError(
             (
-                "choose one of --addr, --gva, --read, --dump, --map, --list and --stats"
+                "choose one of --addr, --gva, --read, --dump, --map, --list, --stats, "
+                "--verify and --hpa"
                 if actions
-                else "missing --addr (or --gva, --read, --dump, --map, --list, --stats)"
+                else "missing --addr (or --gva, --read, --dump, --map, --list, --stats, "
+                "--verify, --hpa)"
             )
             + f" (see {prog_name} --help)"
         )
@@ -439,9 +473,13 @@ def parse_args(
         raise UsageError("--range goes with --dump or --map")
     if args.annotate and not (args.addr or args.dump or args.map):
         raise UsageError("--annotate goes with --addr, --dump or --map")
-    if args.root != "current" and not (args.addr or args.dump or args.map):
-        raise UsageError("--root goes with --addr, --dump or --map")
-    whole_vm = args.list or args.stats
+    if args.root != "current" and not (
+        args.addr or args.dump or args.map or (args.verify and args.vcpu is not None)
+    ):
+        raise UsageError("--root goes with --addr, --dump, --map, or --verify with --vcpu")
+    if args.verify:
+        return args  # every VM, or the roots --root names for --vcpu
+    whole_vm = args.list or args.stats or args.hpa
     if whole_vm and args.vcpu is not None:
         raise UsageError(f"{actions[0]} covers every vCPU; leave out --vcpu")
     if not whole_vm and args.vcpu is None:
@@ -459,6 +497,10 @@ def run(
             return _list(prog, args, out)
         if args.stats:
             return _stats(prog, args, out)
+        if args.verify:
+            return _verify(prog, args, out)
+        if args.hpa:
+            return _hpa(prog, args, out)
         if args.addr:
             return _walk(prog, args, out)
         if args.read:
@@ -831,5 +873,65 @@ def _stats(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
         out.write((json.dumps(stats_json(st)) if args.json else stats_text(st)) + "\n")
     if not vms and not args.json:
         out.write("no VMs\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _verify(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+    """--verify: every leaf SPTE and table page against the host and KVM's
+    books; exit status 1 when something disagrees."""
+    from .render import problem_json, problem_text, verify_summary_json, verify_summary_text
+    from .verify import Problem, verify_vm  # numpy: only for whole-table views
+
+    vms = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
+    roots_of: Dict[int, Optional[List[int]]] = {}
+    for kvm in vms:  # every vCPU and root is looked up before anything is printed
+        roots = None
+        if args.vcpu is not None:
+            roots = [lr.root.hpa for lr in select_roots(find_vcpu(kvm, args.vcpu), args.root)]
+        roots_of[kvm.value_()] = roots
+    found = False
+    for kvm in vms:
+        for rec in verify_vm(kvm, roots_of[kvm.value_()]):
+            if isinstance(rec, Problem):
+                found = True
+                line = json.dumps(problem_json(rec)) if args.json else problem_text(rec)
+            elif args.json:
+                line = json.dumps(verify_summary_json(rec))
+            else:
+                line = "\n".join(verify_summary_text(rec))
+            out.write(line + "\n")
+        out.flush()
+    if not vms and not args.json:
+        out.write("no VMs\n")
+    out.flush()
+    return EXIT_PROBLEMS if found else EXIT_OK
+
+
+def _hpa(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+    """--hpa: every mapping of each host physical address, in the order given."""
+    from .render import (
+        hpa_json,
+        hpa_none_json,
+        hpa_none_text,
+        hpa_table_json,
+        hpa_table_text,
+        hpa_text,
+    )
+    from .verify import HpaMapping, find_hpa  # numpy: only for whole-table views
+
+    kvms = [find_vm(prog, args.vm)] if args.vm is not None else None
+    found = list(find_hpa(prog, args.hpa, kvms))
+    lines: List[str] = []
+    for x in dict.fromkeys(args.hpa):
+        recs = [r for r in found if r.hpa == x]
+        if not recs:
+            lines.append(json.dumps(hpa_none_json(x)) if args.json else hpa_none_text(x))
+        for r in recs:
+            if isinstance(r, HpaMapping):
+                lines.append(json.dumps(hpa_json(r)) if args.json else hpa_text(r))
+            else:
+                lines.append(json.dumps(hpa_table_json(r)) if args.json else hpa_table_text(r))
+    out.write("\n".join(lines) + "\n")
     out.flush()
     return EXIT_OK

@@ -249,21 +249,28 @@ class _PageTables(NamedTuple):
 _Item = Union[LeafRun, Unreadable, _PageTables]
 
 
+# Called with (table HPA, level, canonical address its entry 0 translates,
+# its 512 entries) for every table page the walk reads, before its leaves.
+OnTable = Callable[[int, int, int, "np.ndarray[Any, Any]"], None]
+
+
 def iter_leaf_columns(
     mem: PhysMem,
     fmt: SpteFormat,
     root: Root,
     start: int = 0,
     end: Optional[int] = None,
+    on_table: Optional[OnTable] = None,
 ) -> Iterator[Union[LeafColumns, Unreadable]]:
     """The leaves of :func:`iter_leaves`, as :class:`LeafColumns` (the page
     tables under one page directory in one piece): for renderers that make
-    many lines at once.
+    many lines at once.  ``on_table``, when given, sees every table page
+    read (not ``pae_root``, which is no table page of KVM's).
 
     :raises AddressError: the range is outside what the root translates
     """
     lo, hi = _raw_range(root, start, end)
-    return _leaf_columns(_walk(mem, fmt, root, lo, hi), fmt, root)
+    return _leaf_columns(_walk(mem, fmt, root, lo, hi, on_table), fmt, root)
 
 
 def _leaf_columns(
@@ -347,10 +354,19 @@ def _raw_range(root: Root, start: int, end: Optional[int]) -> Tuple[int, int]:
     return lo, hi
 
 
-def _walk(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int) -> Iterator[_Item]:
+def _walk(
+    mem: PhysMem,
+    fmt: SpteFormat,
+    root: Root,
+    lo: int,
+    hi: int,
+    on_table: Optional[OnTable] = None,
+) -> Iterator[_Item]:
     level = root_start_level(root)
     if level != PT32E_ROOT_LEVEL:
-        yield from _leaves_in(mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi)
+        yield from _leaves_in(
+            mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi, on_table
+        )
         return
     if root.pae_root_hpa is None:
         return
@@ -365,7 +381,7 @@ def _walk(mem: PhysMem, fmt: SpteFormat, root: Root, lo: int, hi: int) -> Iterat
         if base + (1 << 30) <= lo or base >= hi:
             continue
         if entry & PT_PRESENT_MASK and entry != (1 << 64) - 1 and table:
-            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi)
+            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi, on_table)
 
 
 def _leaves_in(
@@ -377,6 +393,7 @@ def _leaves_in(
     base: int,
     lo: int,
     hi: int,
+    on_table: Optional[OnTable] = None,
 ) -> Iterator[_Item]:
     shift = level_shift(level)
     size = 1 << shift
@@ -387,6 +404,8 @@ def _leaves_in(
     except PhysMemError as e:
         yield Unreadable(level, table, canonical(root, base), size * ENTRIES_PER_TABLE, str(e))
         return
+    if on_table is not None:
+        on_table(table, level, canonical(root, base), entries)
     present, leaf = classify_table(fmt, entries, level)
     if first or last < ENTRIES_PER_TABLE:
         window = np.zeros(ENTRIES_PER_TABLE, dtype=bool)
@@ -402,7 +421,7 @@ def _leaves_in(
     children = np.flatnonzero(present & ~leaf)
     leaves = np.flatnonzero(leaf)
     if level == 2 and len(children) >= 2:
-        yield from _level2(mem, fmt, root, table, entries, children, leaves, base, lo, hi)
+        yield from _level2(mem, fmt, root, table, entries, children, leaves, base, lo, hi, on_table)
         return
     done = 0
     for child in children.tolist():
@@ -421,6 +440,7 @@ def _leaves_in(
             base + child * size,
             lo,
             hi,
+            on_table,
         )
     if leaves.size > done:
         index = leaves[done:]
@@ -438,6 +458,7 @@ def _level2(
     base: int,
     lo: int,
     hi: int,
+    on_table: Optional[OnTable] = None,
 ) -> Iterator[_Item]:
     """A level-2 table's page tables and leaves, in address order.  The page
     tables that lie wholly inside ``[lo, hi)`` and can be read are read first
@@ -462,6 +483,10 @@ def _level2(
     if data:
         pages = np.frombuffer(b"".join(data), dtype=_U64).reshape(len(data), ENTRIES_PER_TABLE)
         leaf = classify_table(fmt, pages, 1)[1]
+        if on_table is not None:
+            readable = [(c, t) for c, t, ok in zip(kids, tables, read) if ok]
+            for row, (child, hpa) in enumerate(readable):
+                on_table(hpa, 1, canonical(root, base + child * span), pages[row])
     before = np.searchsorted(leaves, children).tolist()  # leaves before each child
     done = row = k = 0
     while k < len(kids):
@@ -471,7 +496,9 @@ def _level2(
             yield LeafRun(2, table, cbase, index, entries[index])
             done = cut
         if not read[k]:
-            yield from _leaves_in(mem, fmt, root, tables[k], 1, base + kids[k] * span, lo, hi)
+            yield from _leaves_in(
+                mem, fmt, root, tables[k], 1, base + kids[k] * span, lo, hi, on_table
+            )
             k += 1
             continue
         j = k + 1

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .mmu import ShadowPage
     from .stats import VmStats
     from .vcpustate import VcpuState
+    from .verify import HpaMapping, HpaTable, VerifySummary
+    from .verify import Problem as VerifyProblem
     from .views import VmSummary
 
 __all__ = [
@@ -33,6 +35,16 @@ __all__ = [
     "dump_block",
     "dump_lines",
     "guest_regs_text",
+    "hpa_json",
+    "hpa_none_json",
+    "hpa_none_text",
+    "hpa_table_json",
+    "hpa_table_text",
+    "hpa_text",
+    "problem_json",
+    "problem_text",
+    "verify_summary_json",
+    "verify_summary_text",
     "gva_json",
     "gva_text",
     "steps_json",
@@ -797,3 +809,111 @@ def sp_text(sp: Optional[ShadowPage]) -> str:
         f"access {_access(sp.access)}, as {sp.as_id}{quadrant}, "
         f"root_count {sp.root_count}{extra}"
     )
+
+
+# -- --verify and --hpa -----------------------------------------------------------
+
+
+def _maybe_hex(value: Optional[int]) -> str:
+    return "-" if value is None else f"{value:#x}"
+
+
+def problem_json(p: VerifyProblem) -> Dict[str, Any]:
+    return {
+        "vm": p.vm,
+        "root": p.root,
+        "addr": p.addr,
+        "gfn": p.gfn,
+        "level": p.level,
+        "sptep": p.sptep,
+        "spte": p.spte,
+        "hpa": p.hpa,
+        "problem": p.problem,
+        "host_hpa": p.host_hpa,
+        "detail": p.detail,
+    }
+
+
+def problem_text(p: VerifyProblem) -> str:
+    where = f"root {_maybe_hex(p.root)} addr {_maybe_hex(p.addr)} gfn {_maybe_hex(p.gfn)}"
+    spte = f"sptep {_maybe_hex(p.sptep)} spte {_maybe_hex(p.spte)}"
+    host = f" host {p.host_hpa:#x}" if p.host_hpa is not None else ""
+    return (
+        f"VM pid {p.vm}: {p.problem}: {where} level {p.level} {spte} "
+        f"hpa {_maybe_hex(p.hpa)}{host}: {p.detail}"
+    )
+
+
+def verify_summary_json(s: VerifySummary) -> Dict[str, Any]:
+    return {
+        "vm": s.vm,
+        "checked": s.checked,
+        "problems": s.problems,
+        "exceptions": s.exceptions,
+        "tables": s.tables,
+        "mmio": s.mmio,
+        "unreadable": [
+            {"level": u.level, "table": u.table, "base": u.base, "error": u.error}
+            for u in s.unreadable
+        ],
+    }
+
+
+def verify_summary_text(s: VerifySummary) -> List[str]:
+    from .verify import EXCEPTIONS  # numpy: loaded already by whoever verified
+
+    verdict = "no problems" if not s.problems else f"{s.problems} PROBLEMS"
+    lines = [
+        f"VM pid {s.vm}: {s.checked} leaf SPTEs, {s.tables} table pages and "
+        f"{s.mmio} MMIO SPTEs checked: {verdict}"
+    ]
+    for name, n in sorted(s.exceptions.items()):
+        lines.append(f"  allowed: {n} {name} ({EXCEPTIONS[name]})")
+    for u in s.unreadable:
+        lines.append(
+            f"  level-{u.level} table page {u.table:#x} not accessible ({u.error}): "
+            "its leaves are not checked"
+        )
+    return lines
+
+
+def hpa_none_json(hpa: int) -> Dict[str, Any]:
+    """--hpa's answer for an HPA that no SPTE maps: the mapping's keys, null."""
+    keys = ("vm", "root", "addr", "gfn", "level", "sptep", "spte")
+    return {"hpa": hpa, **{key: None for key in keys}}
+
+
+def hpa_none_text(hpa: int) -> str:
+    return f"HPA {hpa:#x}: no SPTE of any VM maps it"
+
+
+def hpa_json(m: HpaMapping) -> Dict[str, Any]:
+    return {
+        "hpa": m.hpa,
+        "vm": m.vm,
+        "root": m.root,
+        "addr": m.addr,
+        "gfn": m.gfn,
+        "level": m.level,
+        "sptep": m.sptep,
+        "spte": m.spte,
+        "invalid": m.invalid,
+    }
+
+
+def hpa_text(m: HpaMapping) -> str:
+    invalid = " (invalid root)" if m.invalid else ""
+    return (
+        f"HPA {m.hpa:#x}: VM pid {m.vm} root {m.root:#x}{invalid} addr {m.addr:#x} "
+        f"gfn {_maybe_hex(m.gfn)}: level-{m.level} leaf, sptep {m.sptep:#x} spte {m.spte:#x}"
+    )
+
+
+def hpa_table_json(t: HpaTable) -> Dict[str, Any]:
+    return {"hpa": t.hpa, "vm": t.vm, "table": sp_json(t.sp), "roots": t.roots}
+
+
+def hpa_table_text(t: HpaTable) -> str:
+    vm = "no root reaches it" if t.vm is None else f"VM pid {t.vm}"
+    roots = ", ".join(f"{r:#x}" for r in t.roots) or "none"
+    return f"HPA {t.hpa:#x}: a KVM table page ({vm}; roots {roots}): {sp_text(t.sp)}"

@@ -113,7 +113,32 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
         vcpu_run["map_annotated"] = whole_table(
             prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate", "--json"]
         )
+    result["hpa"] = hpa_run(prog, truth, addr_kind, result["vcpus"])
     return result
+
+
+def hpa_run(prog: Program, truth: Truth, addr_kind: AddrKind, vcpus: Dict[str, VcpuRun]) -> Any:
+    """--hpa of every tagged page's HPA by the pagemap (at an offset inside
+    the page), and of the leaf table pages of the first vCPU's walks."""
+    asked: List[Dict[str, Any]] = []
+    for i, page in enumerate(truth["pages"]):
+        hpa = truth_hpa(truth, "gpa", page["gpa"])
+        if hpa is not None:
+            asked.append({"hpa": hpa + 8 * (i % 512), "page": i})
+    first = vcpus[str(truth["vcpus"][0])]
+    for w in first["walks"][:4]:
+        leaf = [s for s in w["steps"] if s["leaf"]]
+        if leaf:
+            asked.append(
+                {
+                    "hpa": leaf[0]["sptep"] & ~0xFFF,
+                    "table_level": leaf[0]["level"],
+                    "root": w["root_hpa"],
+                }
+            )
+    run = whole_table(prog, ["--json"] + [a for x in asked for a in ("--hpa", hex(x["hpa"]))])
+    run["asked"] = asked
+    return run
 
 
 def attempt(gprog: Program, addr: int, length: int, physical: bool) -> Any:
@@ -322,6 +347,7 @@ def main() -> None:
         "vms": json.loads(out.getvalue())["vms"] if rc == 0 else None,
     }
     result["stats"] = whole_table(prog, ["--stats", "--json"])
+    result["verify"] = whole_table(prog, ["--verify", "--json"])
     for i, spec in enumerate(args.truth):
         name, _, path = spec.partition("=")
         with open(path) as f:

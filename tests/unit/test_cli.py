@@ -32,12 +32,18 @@ def empty_prog():
     [
         (["--addr", "0x1000"], "missing --vcpu"),
         (["--vcpu", "0"], "missing --addr"),
-        ([], "missing --addr (or --gva, --read, --dump, --map, --list, --stats)"),
+        ([], "missing --addr (or --gva, --read, --dump, --map, --list, --stats, --verify, --hpa)"),
         (["--dump"], "missing --vcpu"),
         (
             ["--vcpu", "0", "--addr", "0", "--dump"],
-            "choose one of --addr, --gva, --read, --dump, --map, --list and --stats",
+            "choose one of --addr, --gva, --read, --dump, --map, --list, --stats, "
+            "--verify and --hpa",
         ),
+        (["--verify", "--hpa", "0x1000"], "choose one of"),
+        (["--hpa", "0x1000", "--vcpu", "0"], "covers every vCPU; leave out --vcpu"),
+        (["--verify", "--root", "all"], "--root goes with --addr, --dump, --map, or --verify"),
+        (["--hpa", "0x1000", "--root", "prev"], "--root goes with"),
+        (["--hpa", "zz"], "invalid address 'zz'"),
         (["--vcpu", "0", "--read", "0", "--addr", "0"], "choose one of"),
         (["--vcpu", "0", "--gva"], "--gva needs an address (or goes with --read)"),
         (["--vcpu", "0", "--read", "0", "--gva", "0x10"], "--gva takes no address"),
@@ -98,6 +104,9 @@ def test_help_explains_every_option(empty_prog, capsys):
         "--read X",
         "--length N",
         "--gva [X]",
+        "--verify",
+        "--hpa X",
+        "1 --verify found a problem",
     ):
         assert opt in text
 
@@ -143,6 +152,8 @@ SAME_AS_ARGPARSE = [
     ["--vcpu", "0", "--read", "0x1000", "--gva"],
     ["--vcpu", "0", "--add", "0x1000", "--addr", "0x2000"],  # an abbreviation: all to argparse
     ["--vcpu", "0", "--addr", "0x1000", "--", "x"],
+    ["--hpa", "0x1000", "--hpa=0x2000", "--json"],
+    ["--verify", "--vcpu", "1", "--root", "all"],
 ]
 
 

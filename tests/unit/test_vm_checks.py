@@ -208,11 +208,21 @@ def _view(name, root_level):
         ],
     }
     stats = {"vm": 100, "match": True, "differences": [], "notes": [], "tables": 2}
+    kvm_counts = {"pages_4k": 1, "pages_2m": 0, "pages_1g": 0}
+    summary = {"vm": 100, "checked": 1, "problems": 0, "exceptions": {}, "tables": 2}
+    hpa = _run(
+        [
+            {"hpa": HPA, "vm": 100, "root": ROOT, "addr": ADDR, "gfn": ADDR >> 12, "level": 1},
+            {"hpa": 0x77000, "vm": 100, "table": _sp(1), "roots": [ROOT]},
+        ]
+    )
+    hpa["asked"] = [{"hpa": HPA, "page": 0}, {"hpa": 0x77000, "table_level": 1, "root": ROOT}]
     return {
         "view": name,
         "list": {"rc": 0, "stderr": "", "vms": [vm]},
-        "stats": _run([dict(stats, leaves={"4K": 1, "2M": 0, "1G": 0})]),
-        "workloads": {"base": {"view": name, "addr_kind": "gpa", "vcpus": {"0": vcpu}}},
+        "stats": _run([dict(stats, leaves={"4K": 1, "2M": 0, "1G": 0}, kvm=kvm_counts)]),
+        "verify": _run([dict(summary, mmio=0, unreadable=[])]),
+        "workloads": {"base": {"view": name, "addr_kind": "gpa", "vcpus": {"0": vcpu}, "hpa": hpa}},
         "readme_guest": {"code": "", "stdout": f"{tag}\n{tag}\n", "error": None}
         if name != "kdump"
         else {"code": "", "stdout": "", "error": f"FaultError: GPA {ADDR:#x}: not in the dump"},
@@ -663,6 +673,43 @@ def _fault_state_cr3(c):
     _list_vm(c)["vcpus"][0]["cr3"] = None
 
 
+def _fault_verify_problem(c):
+    problem = {"vm": 100, "problem": "pfn_mismatch", "addr": ADDR, "sptep": 0x77008}
+    c["views"]["elf"]["verify"]["records"].insert(0, problem)
+
+
+def _fault_verify_uncounted(c):
+    c["views"]["elf"]["verify"]["records"][0]["checked"] = 0  # fewer than --dump's
+
+
+def _fault_verify_more_than_kvm(c):
+    c["views"]["qmp"]["verify"]["records"][0]["checked"] = 2  # KVM counts 1
+
+
+def _fault_verify_exception(c):
+    c["views"]["elf"]["verify"]["records"][0]["exceptions"] = {"guest_memfd": 1}
+
+
+def _hpa_records(c, view="elf"):
+    return c["views"][view]["workloads"]["base"]["hpa"]["records"]
+
+
+def _fault_hpa_addr(c):
+    _hpa_records(c)[0]["addr"] += 0x1000
+
+
+def _fault_hpa_vm(c):
+    _hpa_records(c)[0]["vm"] = 101
+
+
+def _fault_hpa_none(c):
+    del _hpa_records(c)[0]
+
+
+def _fault_hpa_table(c):
+    _hpa_records(c)[1]["roots"] = []
+
+
 def _fault_error_rc(c):
     c["errors"]["no_such_vcpu"]["rc"] = 1
 
@@ -678,6 +725,14 @@ def _fault_error_unmapped(c):
 
 
 FAULTS = {
+    _fault_verify_problem: {("elf", checks.VERIFY)},
+    _fault_verify_uncounted: {("elf", checks.VERIFY)},
+    _fault_verify_more_than_kvm: {("qmp", checks.VERIFY)},
+    _fault_verify_exception: {("elf", checks.VERIFY)},
+    _fault_hpa_addr: {("elf", checks.HPA)},
+    _fault_hpa_vm: {("elf", checks.HPA)},
+    _fault_hpa_none: {("elf", checks.HPA)},
+    _fault_hpa_table: {("elf", checks.HPA)},
     # --root all's current root then differs from the walk too.
     _fault_walk_hpa: {("elf", checks.WALK), ("elf", checks.ROOT_ALL)},
     _fault_walk_tag: {("elf", checks.WALK)},

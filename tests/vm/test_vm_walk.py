@@ -302,6 +302,31 @@ def test_stats_equal_kvm_counters(cell_result, view):
 
 
 @pytest.mark.parametrize("view", VIEWS)
+def test_verify_finds_no_problem_in_healthy_vms(cell_result, view):
+    """--verify: every leaf SPTE of every VM against the memslots, the VMM's
+    page tables and KVM's books: no problem, exit 0, and every leaf counted
+    (in a dump, exactly KVM's own counters)."""
+    problems = _problems(cell_result, view, checks.VERIFY)
+    assert not problems, problems
+    summaries = [r for r in cell_result["views"][view]["verify"]["records"] if "checked" in r]
+    for truth in cell_result["truth"].values():
+        s = [r for r in summaries if r["vm"] == truth["pid"]]
+        assert s and s[0]["checked"] > 0 and s[0]["tables"] > 0, s
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_hpa_names_the_vm_and_guest_address(cell_result, view):
+    """--hpa of each tagged page's pagemap HPA: the workload's VM and exactly
+    its GPA (a GVA the guest maps to it under shadow paging), and the leaf
+    table pages of walks as KVM table pages."""
+    problems = _problems(cell_result, view, checks.HPA)
+    assert not problems, problems
+    for name, truth in cell_result["truth"].items():
+        run = cell_result["views"][view]["workloads"][name]["hpa"]
+        assert len([a for a in run["asked"] if "page" in a]) == len(truth["pages"]), name
+
+
+@pytest.mark.parametrize("view", VIEWS)
 def test_map_and_dump_match_ground_truth(cell_result, view):
     """--map covers every tagged page, and every range it prints translates as
     the guest's tables and the host's pagemap say; --dump holds the same

@@ -107,6 +107,9 @@ class Step(TypedDict, total=False):
     kind: str  # pae_root, table, leaf, ...
     level: int
     sp: Optional[ShadowPage]
+    sptep: int
+    spte: int
+    leaf: bool
 
 
 class Walk(TypedDict, total=False):
@@ -193,6 +196,7 @@ class StatsRecord(TypedDict, total=False):
     notes: List[str]
     tables: int
     leaves: Dict[str, int]
+    kvm: Dict[str, int]
 
 
 class Run(TypedDict, total=False):
@@ -253,6 +257,21 @@ class MapRun(Run, total=False):
 
 class StatsRun(Run, total=False):
     records: List[StatsRecord]
+
+
+class VerifyRun(Run, total=False):
+    """--verify --json: problem records, then one summary per VM (the ones
+    with "checked")."""
+
+    records: List[Dict[str, Any]]
+
+
+class HpaRun(Run, total=False):
+    """--hpa --json of every tagged page's pagemap HPA, and of the leaf
+    table pages of vCPU 0's walks: ``asked`` says what each HPA is."""
+
+    records: List[Dict[str, Any]]
+    asked: List[Dict[str, Any]]  # {"hpa", "page": index} or {"hpa", "table_level", "root"}
 
 
 class ListThread(TypedDict):
@@ -333,6 +352,7 @@ class WorkloadRun(TypedDict, total=False):
     view: str
     addr_kind: AddrKind
     vcpus: Dict[str, VcpuRun]  # keyed by the vCPU id as text (JSON)
+    hpa: HpaRun
 
 
 class ProcRun(TypedDict, total=False):
@@ -351,6 +371,7 @@ class ViewResult(TypedDict, total=False):
     view: str
     list: ListRun
     stats: StatsRun
+    verify: VerifyRun
     workloads: Dict[str, WorkloadRun]
     readme_guest: Dict[str, Any]  # README's guest-Program block: stdout, error
     error: ProcRun

@@ -15,6 +15,7 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 - entry.py: the console script and %kvmwalk (CONSOLE, PLUGIN);
 - kdump.py: kvmwalk's kdump reader and the libkdumpfile refusal
   (KDUMP_READER, KDUMP_ONE_WALK);
+- verify.py: --verify of every VM and --hpa of every tagged page (VERIFY, HPA);
 - errors.py: contrib/kvmwalk.py on wrong input (ERRORS).
 """
 
@@ -35,6 +36,7 @@ from .roots import ROOT_ALL, ROOT_PREV
 from .stats import STATS
 from .tables import check_whole_tables
 from .vcpustate import VCPU_STATE
+from .verify import HPA, VERIFY, check_verify
 from .vmlist import LIST
 from .walks import RESULT, WALK, check_walks
 
@@ -58,6 +60,8 @@ CHECKS = (
     PLUGIN,
     KDUMP_READER,
     KDUMP_ONE_WALK,
+    VERIFY,
+    HPA,
     ERRORS,
 )
 
@@ -72,6 +76,7 @@ def check_cell(result: CellResult) -> List[Problem]:
         + check_whole_tables(result)
         + check_entry_points(result)
         + check_kdump_views(result)
+        + check_verify(result)
         + check_errors(result)
     )
 
