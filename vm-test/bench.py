@@ -53,16 +53,18 @@ sys.path.insert(0, str(HERE))
 
 import cell  # noqa: E402
 import kernels  # noqa: E402
+from harness.records import truth_hpa  # noqa: E402
 from harness.workload import l2vmm_command  # noqa: E402
 from l1 import L1, agent_command  # noqa: E402
 
-VIEWS = ["stats", "map", "map-json", "dump", "dump-json"]
+VIEWS = ["stats", "map", "map-json", "dump", "dump-json", "verify"]
 VIEW_ARGS = {
     "stats": ["--stats"],
     "map": ["--vcpu", "0", "--map"],
     "map-json": ["--vcpu", "0", "--map", "--json"],
     "dump": ["--vcpu", "0", "--dump"],
     "dump-json": ["--vcpu", "0", "--dump", "--json"],
+    "verify": ["--verify"],
 }
 
 
@@ -92,7 +94,7 @@ def targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     inproc, proc = result["inproc"], result["process"]
     base = proc["drgn start-up"]["median"]
     walk = proc["--addr (drgn script)"]["median"] / base
-    peak = max(r["extra_peak_mib"] for r in inproc.values())
+    peak = max(r["extra_peak_mib"] for r in [*inproc.values(), result["hpa"]])
     rows = [
         ("--stats >= 0.7x the floor", inproc["stats"]["x_floor"], 0.7, True, "{:.2f}x"),
         ("--map >= 0.5x the floor", inproc["map"]["x_floor"], 0.5, True, "{:.2f}x"),
@@ -104,6 +106,14 @@ def targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             True,
             "{:.2f} M/s",
         ),
+        (
+            "--verify >= 5 M leaves/s",
+            inproc["verify"]["leaves_per_s"] / 1e6,
+            5.0,
+            True,
+            "{:.2f} M/s",
+        ),
+        ("--hpa of one page <= 0.5 s", result["hpa"]["median"], 0.5, False, "{:.3f} s"),
         ("one --addr walk <= 1.05x drgn start-up", walk, 1.05, False, "{:.2f}x"),
         (
             "one --gva walk <= 1.1x drgn start-up",
@@ -255,6 +265,8 @@ def main() -> int:
             x_floor=statistics.median(r["floor_seconds"]) / r["median"],
         )
         result["inproc"][view] = r
+    hpa = truth_hpa(truth, "gpa", truth["pages"][0]["gpa"])
+    result["hpa"] = inproc("hpa", "--hpa", hex(hpa if hpa is not None else 0))
     gva_file = work / "gvas.txt"
     gva_file.write_text("\n".join(hex(g) for g in bench_gvas(truth, args.gvas)) + "\n")
     r = inproc("gva", "--gvas", str(gva_file))
@@ -313,6 +325,11 @@ def main() -> int:
             f"{view:<14} {r['leaves']:>8} {r['median']:>9.4f} {r['leaves_per_s']:>12,.0f} "
             f"{r['floor_median']:>8.4f} {r['x_floor']:>8.2f} {r['extra_peak_mib']:>19.1f}"
         )
+    h = result["hpa"]
+    print(
+        f"--hpa of one page in-process: median {h['median']:.3f} s, "
+        f"peak {h['extra_peak_mib']:.1f} MiB over drgn"
+    )
     g = result["gva"]
     print(
         f"--gva x{g['gvas']} in-process: cli.main median {g['median']:.3f} s, "

@@ -2,7 +2,8 @@
 """drgn script: time one whole-table view of the benchmark VM, in-process.
 
     drgn -c DUMP -s vmlinux -s kvm.ko vm-test/bench_inproc.py --pid PID \\
-        --view stats|map|dump-json|gva [--gvas FILE] [--runs N] --out RESULT.json
+        --view stats|map|dump-json|verify|hpa|gva [--gvas FILE] [--hpa X] [--runs N] \\
+        --out RESULT.json
 
 Runs ``cli.main(prog, argv)`` ``--runs`` times with its output thrown away
 (a sink that only counts characters), and records each run's wall time, the
@@ -47,6 +48,8 @@ VIEWS = {
     "map-json": ["--vcpu", "0", "--map", "--json"],
     "dump": ["--vcpu", "0", "--dump"],
     "dump-json": ["--vcpu", "0", "--dump", "--json"],
+    "verify": ["--verify"],
+    "hpa": [],  # --hpa X, X from --hpa
 }
 
 
@@ -134,6 +137,7 @@ def main() -> None:
     ap.add_argument("--pid", required=True)
     ap.add_argument("--view", required=True, choices=sorted(VIEWS) + ["gva"])
     ap.add_argument("--gvas", help="--view gva: a file of GVAs, one per line")
+    ap.add_argument("--hpa", help="--view hpa: the host physical address to trace back")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", required=True)
     ap.add_argument("--profile", help="also write a cProfile of one more run here")
@@ -152,6 +156,8 @@ def main() -> None:
         sys.exit("--stats failed")
     stats = json.loads(stats_out.getvalue())
     argv = ["--vm", args.pid, *VIEWS[args.view]]
+    if args.view == "hpa":
+        argv += ["--hpa", args.hpa]
     times: List[float] = []
     floor_times: List[float] = []
     chars = 0

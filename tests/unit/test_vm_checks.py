@@ -417,6 +417,7 @@ def make_cell(release="6.1.0-57-amd64"):
         "errors": errs,
         "dump_level": 31,
         "libkdumpfile_reads": True,
+        "fault_dumps": _fault_dumps(),
         "kdump_reader": {
             "release": release,
             "held": 10,
@@ -424,6 +425,39 @@ def make_cell(release="6.1.0-57-amd64"):
             "tagged": 1,
             "mismatches": [],
         },
+    }
+
+
+def _verify_run(rc=0, problems=()):
+    summary = {"vm": 100, "checked": 1, "problems": len(problems), "exceptions": {}}
+    return {"rc": rc, "stderr": "", "records": [*problems, summary]}
+
+
+def _fault_dumps():
+    """What vm-test/fault_dumps.py records when each fault is found."""
+    want = {
+        "pfn": {"problem": "pfn_mismatch", "sptep": 0x77008},
+        "readonly_host": {"problem": "writable_over_readonly", "sptep": 0x77008},
+        "no_memslot": {"problem": "no_memslot", "sptep": 0x77008},
+        "backpointer": {"problem": "table_backpointer", "hpa": 0x77000},
+    }
+    faults = {
+        name: {
+            "pa": 0x1000,
+            "old": 1,
+            "new": 2,
+            "expected": w,
+            "verify": _verify_run(1, [dict(w, vm=100, sptep=w.get("sptep"), hpa=w.get("hpa"))]),
+        }
+        for name, w in want.items()
+    }
+    return {
+        "before": _verify_run(),
+        "after": _verify_run(),
+        "faults": faults,
+        "made": list(want),
+        "not_made": {},
+        "workload": "base",
     }
 
 
@@ -710,6 +744,25 @@ def _fault_hpa_table(c):
     _hpa_records(c)[1]["roots"] = []
 
 
+def _fault_dumps_missed(c):
+    f = c["fault_dumps"]["faults"]["pfn"]
+    f["verify"] = _verify_run(0)  # the fault was not found
+
+
+def _fault_dumps_wrong_place(c):
+    rec = c["fault_dumps"]["faults"]["backpointer"]["verify"]["records"][0]
+    rec["hpa"] = 0x78000
+
+
+def _fault_dumps_not_restored(c):
+    c["fault_dumps"]["after"] = _verify_run(1, [{"vm": 100, "problem": "pfn_mismatch"}])
+
+
+def _fault_dumps_one_not_made(c):
+    del c["fault_dumps"]["faults"]["readonly_host"]
+    c["fault_dumps"]["made"].remove("readonly_host")
+
+
 def _fault_error_rc(c):
     c["errors"]["no_such_vcpu"]["rc"] = 1
 
@@ -725,6 +778,10 @@ def _fault_error_unmapped(c):
 
 
 FAULTS = {
+    _fault_dumps_missed: {("elf", checks.VERIFY_FAULTS)},
+    _fault_dumps_wrong_place: {("elf", checks.VERIFY_FAULTS)},
+    _fault_dumps_not_restored: {("elf", checks.VERIFY_FAULTS)},
+    _fault_dumps_one_not_made: {("elf", checks.VERIFY_FAULTS)},
     _fault_verify_problem: {("elf", checks.VERIFY)},
     _fault_verify_uncounted: {("elf", checks.VERIFY)},
     _fault_verify_more_than_kvm: {("qmp", checks.VERIFY)},

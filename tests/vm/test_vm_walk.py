@@ -314,6 +314,15 @@ def test_verify_finds_no_problem_in_healthy_vms(cell_result, view):
         assert s and s[0]["checked"] > 0 and s[0]["tables"] > 0, s
 
 
+def test_verify_finds_faults_made_in_a_copy_of_the_dump(cell_result):
+    """A leaf SPTE pointed at another page, a writable SPTE over a host PTE
+    made read-only, a memslot shrunk under its leaves, a table page whose
+    struct page no longer names its kvm_mmu_page: each found at its address,
+    exit 1; the copy verifies clean before and after."""
+    problems = _problems(cell_result, "elf", checks.VERIFY_FAULTS)
+    assert not problems, problems
+
+
 @pytest.mark.parametrize("view", VIEWS)
 def test_hpa_names_the_vm_and_guest_address(cell_result, view):
     """--hpa of each tagged page's pagemap HPA: the workload's VM and exactly

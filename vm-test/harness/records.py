@@ -411,6 +411,9 @@ class CellResult(TypedDict, total=False):
     compress_seconds: float
     libkdumpfile_reads: bool
     kdump_reader: KdumpReaderResult
+    # vm-test/fault_dumps.py: --verify of a copy of the ELF dump, before,
+    # with each fault made on purpose, and after ({"error": ProcRun} if it failed)
+    fault_dumps: Dict[str, Any]
     seconds: float
     first_attempt_failure: str
 

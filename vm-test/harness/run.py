@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import kernels
 from l1 import L1, L1Error, agent_command, compress_dump
@@ -282,12 +282,40 @@ def run_cell(
         result["one_walk"][view] = run_command(one_walk_cmd(["-c", str(path)]), 600)
         result["console"][view] = run_command(console_cmd(["-c", str(path)]), 600)
         result["plugin"][view] = run_command(plugin_cmd(["-c", str(path)]), 600)
+    result["fault_dumps"] = fault_dumps(elf, workdir, console_syms, result, log)
     if not keep_dumps:
         for path in (elf, kdump):
             path.unlink(missing_ok=True)
     result["seconds"] = round(time.monotonic() - t_cell, 1)
     (workdir / "cell.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def fault_dumps(
+    elf: Path, workdir: Path, syms: List[str], result: CellResult, log: Callable[[str], None]
+) -> Dict[str, Any]:
+    """vm-test/fault_dumps.py on a copy of the ELF dump (sparse: it copies
+    in seconds), for the first workload's VM; the copy is removed after."""
+    name = "base" if "base" in result["truth"] else next(iter(result["truth"]))
+    truth = workdir / f"fault-truth-{name}.json"
+    truth.write_text(json.dumps(result["truth"][name]))
+    copy = workdir / "l1-faults.elf"
+    out = workdir / "faults.json"
+    t0 = time.monotonic()
+    try:
+        subprocess.run(["cp", "--sparse=always", str(elf), str(copy)], check=True)
+        cmd = [sys.executable, str(HERE / "fault_dumps.py"), "--core", str(copy), *syms]
+        cmd += ["--truth", str(truth), "--addr-kind", result["addr_kind"], "--out", str(out)]
+        r = run_command(cmd, 600)
+        if r["rc"] != 0:
+            return {"workload": name, "error": r}
+        got: Dict[str, Any] = json.loads(out.read_text())
+    finally:
+        copy.unlink(missing_ok=True)
+    got["workload"] = name
+    got["seconds"] = round(time.monotonic() - t0, 1)
+    log(f"[cell] faults made in a copy of the ELF dump: {got['made']} ({got['seconds']} s)")
+    return got
 
 
 def libkdumpfile_reads(release: str) -> bool:

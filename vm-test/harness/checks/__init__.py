@@ -15,7 +15,8 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 - entry.py: the console script and %kvmwalk (CONSOLE, PLUGIN);
 - kdump.py: kvmwalk's kdump reader and the libkdumpfile refusal
   (KDUMP_READER, KDUMP_ONE_WALK);
-- verify.py: --verify of every VM and --hpa of every tagged page (VERIFY, HPA);
+- verify.py: --verify of every VM and --hpa of every tagged page (VERIFY, HPA),
+  and --verify of faults made in a copy of the ELF dump (VERIFY_FAULTS);
 - errors.py: contrib/kvmwalk.py on wrong input (ERRORS).
 """
 
@@ -36,7 +37,7 @@ from .roots import ROOT_ALL, ROOT_PREV
 from .stats import STATS
 from .tables import check_whole_tables
 from .vcpustate import VCPU_STATE
-from .verify import HPA, VERIFY, check_verify
+from .verify import HPA, VERIFY, VERIFY_FAULTS, check_fault_dumps, check_verify
 from .vmlist import LIST
 from .walks import RESULT, WALK, check_walks
 
@@ -62,6 +63,7 @@ CHECKS = (
     KDUMP_ONE_WALK,
     VERIFY,
     HPA,
+    VERIFY_FAULTS,
     ERRORS,
 )
 
@@ -77,6 +79,7 @@ def check_cell(result: CellResult) -> List[Problem]:
         + check_entry_points(result)
         + check_kdump_views(result)
         + check_verify(result)
+        + check_fault_dumps(result)
         + check_errors(result)
     )
 

@@ -25,6 +25,10 @@ from ..records import CellResult, Problem, Truth, truth_gpa
 
 VERIFY = "verify"
 HPA = "hpa"
+VERIFY_FAULTS = "verify_faults"
+
+# The faults vm-test/fault_dumps.py makes in a copy of the ELF dump.
+FAULTS = ("pfn", "readonly_host", "no_memslot", "backpointer")
 
 ALLOWED_EXCEPTIONS = {"tdp_mmu_parent_level", "stale_mmio", "invalid_root"}
 
@@ -40,6 +44,40 @@ def check_verify(result: CellResult) -> List[Problem]:
         for name, truth in result["truth"].items():
             wl = v["workloads"].get(name) or {}
             problems += _check_hpa(view, f"{view} {name}", wl.get("hpa"), truth, kind)
+    return problems
+
+
+def check_fault_dumps(result: CellResult) -> List[Problem]:
+    """Each fault made in a copy of the ELF dump is found, named at the
+    SPTE (or table page) it was made at, with exit status 1; the copy
+    verifies clean before and after."""
+    problems: List[Problem] = []
+
+    def problem(message: str) -> None:
+        problems.append(Problem("elf", VERIFY_FAULTS, f"fault dumps: {message}"))
+
+    fd = result.get("fault_dumps")
+    if not fd or "error" in fd:
+        problem(f"not run: {fd}")
+        return problems
+    for state in ("before", "after"):
+        v = fd[state]
+        found = [r for r in v["records"] if "problem" in r]
+        if v["rc"] != 0 or found or v["stderr"]:
+            problem(f"{state} the faults: exit {v['rc']}, {found[:3]}, {v['stderr']}")
+    if sorted(fd["made"]) != sorted(FAULTS):
+        problem(f"made {fd['made']}, not {FAULTS}: {fd.get('not_made')}")
+    for name, f in fd["faults"].items():
+        v, want = f["verify"], f["expected"]
+        found = [r for r in v["records"] if "problem" in r]
+        key = "sptep" if "sptep" in want else "hpa"
+        named = [r for r in found if r["problem"] == want["problem"] and r[key] == want[key]]
+        others = [r for r in found if r["problem"] != want["problem"]]
+        if v["rc"] != 1 or not named or others or v["stderr"]:
+            problem(
+                f"{name} (at {f['pa']:#x}): want {want['problem']} at {key} {want[key]:#x}, "
+                f"exit 1; got exit {v['rc']}: {found[:3]} {v['stderr']}"
+            )
     return problems
 
 
