@@ -71,6 +71,35 @@ def drgn_code(prog: Program, args: argparse.Namespace) -> str:
             "    print(stats.pid, stats.leaves, stats.kvm, stats.differences)\n"
         )
         return code.get()
+    if args.verify:
+        code.add_from_import("drgn_kvmwalk", "find_vm", "for_each_vm")
+        code.add_from_import("drgn_kvmwalk.verify", "VerifySummary", "verify_vm")
+        vms = "for_each_vm(prog)" if args.vm is None else f"[find_vm(prog, {args.vm})]"
+        roots = "None"
+        if args.vcpu is not None:
+            code.add_from_import("drgn_kvmwalk", "find_vcpu", "select_roots")
+            roots = (
+                f"[lr.root.hpa for lr in select_roots(find_vcpu(kvm, {args.vcpu}), {args.root!r})]"
+            )
+        code.append(
+            f"for kvm in {vms}:\n"
+            f"    for record in verify_vm(kvm, {roots}):\n"
+            "        # each Problem as it is found, then one VerifySummary\n"
+            "        print(record)\n"
+        )
+        return code.get()
+    if args.hpa:
+        code.add_from_import("drgn_kvmwalk.verify", "find_hpa")
+        kvms = "None" if args.vm is None else f"[find_vm(prog, {args.vm})]"
+        if args.vm is not None:
+            code.add_from_import("drgn_kvmwalk", "find_vm")
+        hpas = ", ".join(hex(h) for h in args.hpa)
+        code.append(
+            f"for record in find_hpa(prog, [{hpas}], {kvms}):\n"
+            "    # an HpaMapping per leaf SPTE that maps it, an HpaTable for a table page\n"
+            "    print(record)\n"
+        )
+        return code.get()
     if args.read:
         gva = bool(args.gva)
         code.add_from_import("drgn_kvmwalk", "find_vm", "find_vcpu")
@@ -173,7 +202,7 @@ def _cmd_kvmwalk(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -
     """The command: the command line's ``run()``; a failure is drgn's
     :class:`~drgn.commands.CommandError` with the one line the command line
     would print, so that a script calling ``run_command()`` can tell."""
-    from .cli import EXIT_OK, UsageError, build_parser, parse_args, run
+    from .cli import EXIT_OK, EXIT_PROBLEMS, UsageError, build_parser, parse_args, run
 
     own = build_parser(name)
     own.add_argument(
@@ -200,6 +229,9 @@ def _cmd_kvmwalk(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -
     if rc == EXIT_OK:
         sys.stderr.write(err.getvalue())  # warnings: table pages not readable
         return
+    if rc == EXIT_PROBLEMS:  # --verify printed them
+        sys.stderr.write(err.getvalue())
+        raise CommandError(f"{name}: --verify found problems (exit status 1)")
     # run() ends a failure with one line; warnings before it still go to stderr.
     for line in lines[:-1]:
         print(line, file=sys.stderr)
@@ -220,7 +252,8 @@ def register() -> None:
         name="kvmwalk",
         description="walk KVM's page tables (SPTEs) of a VM's vCPU",
         usage="**kvmwalk** [--vm PID] (--vcpu N (--addr X... | --gva X... [--cr3 X] | "
-        "--read X... [--gva] [--length N] | --dump | --map) | --list | --stats) "
+        "--read X... [--gva] [--length N] | --dump | --map) | --list | --stats | "
+        "--verify [--vcpu N] | --hpa X...) "
         "[--range START-END] [--root current|prev|all] [--annotate] [--json] [--drgn]",
         long_description="Walk KVM's own page tables for a vCPU of a VM, as KVM's "
         "for_each_shadow_entry() does; or list the VMs, or dump or map every "
