@@ -819,19 +819,9 @@ def _maybe_hex(value: Optional[int]) -> str:
 
 
 def problem_json(p: VerifyProblem) -> Dict[str, Any]:
-    return {
-        "vm": p.vm,
-        "root": p.root,
-        "addr": p.addr,
-        "gfn": p.gfn,
-        "level": p.level,
-        "sptep": p.sptep,
-        "spte": p.spte,
-        "hpa": p.hpa,
-        "problem": p.problem,
-        "host_hpa": p.host_hpa,
-        "detail": p.detail,
-    }
+    """``{"vm", "root", "addr", "gfn", "level", "sptep", "spte", "hpa",
+    "problem", "host_hpa", "detail"}``: the record's own fields."""
+    return dict(p._asdict())
 
 
 def problem_text(p: VerifyProblem) -> str:
@@ -888,17 +878,9 @@ def hpa_none_text(hpa: int) -> str:
 
 
 def hpa_json(m: HpaMapping) -> Dict[str, Any]:
-    return {
-        "hpa": m.hpa,
-        "vm": m.vm,
-        "root": m.root,
-        "addr": m.addr,
-        "gfn": m.gfn,
-        "level": m.level,
-        "sptep": m.sptep,
-        "spte": m.spte,
-        "invalid": m.invalid,
-    }
+    """``{"hpa", "vm", "root", "addr", "gfn", "level", "sptep", "spte",
+    "invalid"}``: the record's own fields."""
+    return dict(m._asdict())
 
 
 def hpa_text(m: HpaMapping) -> str:

@@ -593,38 +593,20 @@ class _Checker:
                 invalid,
             )
         elif sp.level != level:
-            if sp.tdp_mmu and sp.level == level + 1 and parent is not None and not invalid:
-                self.parent_level.append(
-                    Problem(
-                        self.pid,
-                        root,
-                        base,
-                        sp.gfn,
-                        level,
-                        sptep,
-                        spte,
-                        table,
-                        "table_level",
-                        None,
-                        f"level-{level} table page {table:#x}: struct kvm_mmu_page "
-                        f"{sp.address:#x} has role.level {sp.level}, its parent's",
-                    )
-                )
-                return
-            self._problem(
-                root,
-                base,
-                sp.gfn,
-                level,
-                sptep,
-                spte,
-                table,
-                "table_level",
-                None,
-                f"level-{level} table page {table:#x}: struct kvm_mmu_page "
-                f"{sp.address:#x} has role.level {sp.level}",
-                invalid,
+            # Kept aside: see _tdp_mmu (TDP MMU pages with their parent's level).
+            parents_level = (
+                sp.tdp_mmu and sp.level == level + 1 and parent is not None and not invalid
             )
+            detail = (
+                f"level-{level} table page {table:#x}: struct kvm_mmu_page "
+                f"{sp.address:#x} has role.level {sp.level}"
+                + (", its parent's" if parents_level else "")
+            )
+            args = (root, base, sp.gfn, level, sptep, spte, table, "table_level", None, detail)
+            if parents_level:
+                self.parent_level.append(Problem(self.pid, *args))
+            else:
+                self._problem(*args, invalid)
 
     def take(self) -> List[Problem]:
         found, self.found = self.found, []
