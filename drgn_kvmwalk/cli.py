@@ -46,16 +46,26 @@ from .render import (
     gva_json,
     gva_text,
     header_text,
+    hpa_json,
+    hpa_none_json,
+    hpa_none_text,
+    hpa_table_json,
+    hpa_table_text,
+    hpa_text,
     list_json,
     list_text,
     map_block,
     map_header,
     map_line,
+    problem_json,
+    problem_text,
     read_json,
     read_text,
     stats_json,
     stats_text,
     unreadable_line,
+    verify_summary_json,
+    verify_summary_text,
     walk_json,
     walk_text,
 )
@@ -880,7 +890,6 @@ def _stats(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
 def _verify(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     """--verify: every leaf SPTE and table page against the host and KVM's
     books; exit status 1 when something disagrees."""
-    from .render import problem_json, problem_text, verify_summary_json, verify_summary_text
     from .verify import Problem, verify_vm  # numpy: only for whole-table views
 
     vms = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
@@ -910,14 +919,6 @@ def _verify(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
 
 def _hpa(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     """--hpa: every mapping of each host physical address, in the order given."""
-    from .render import (
-        hpa_json,
-        hpa_none_json,
-        hpa_none_text,
-        hpa_table_json,
-        hpa_table_text,
-        hpa_text,
-    )
     from .verify import HpaMapping, find_hpa  # numpy: only for whole-table views
 
     kvms = [find_vm(prog, args.vm)] if args.vm is not None else None

@@ -44,6 +44,7 @@ __all__ = [
     "GuestRegs",
     "GuestMemslots",
     "GvaWalk",
+    "HostEntry",
     "HostPageTables",
     "MP_STATE_NAMES",
     "NoGuestCr3",
@@ -350,26 +351,51 @@ class HostPageTables:
         self.levels = host_paging_levels(prog)
         self.addr_mask = _host_addr_mask(prog)
 
+    def entry(self, hva: int, lowest: int = 1) -> "HostEntry":
+        """The entry that ends the walk of ``hva``: a huge page's (level 2
+        or 3), the PTE (level 1), or with ``lowest=2`` the PMD entry of a
+        page table (level 2, no PS bit), with whether every level so far
+        allows writes.
+
+        :raises HostUnmapped: not mapped (not present, PROT_NONE, swapped)
+        :raises PhysMemError: a table page cannot be read
+        """
+        table = self.pgd
+        writable = True
+        for level in range(self.levels, 0, -1):
+            shift = 12 + 9 * (level - 1)
+            index = (hva >> shift) & 511
+            value = self.tables.table(table)[index]
+            if not value & 1:
+                what = (
+                    "PROT_NONE (NUMA hinting)" if value & (1 << 8) and level == 1 else "not present"
+                )
+                raise HostUnmapped(f"host page table entry at level {level} {what}")
+            writable = writable and bool(value & 2)
+            if level == lowest or (level in (2, 3) and value & (1 << 7)):
+                return HostEntry(table + 8 * index, value, level, writable)
+            table = value & self.addr_mask
+        raise AssertionError("unreachable")
+
     def translate(self, hva: int) -> Tuple[int, int]:
         """(HPA, page size) of ``hva``.
 
         :raises HostUnmapped: not mapped (not present, PROT_NONE, swapped)
         :raises PhysMemError: a table page cannot be read
         """
-        table = self.pgd
-        for level in range(self.levels, 0, -1):
-            shift = 12 + 9 * (level - 1)
-            entry = self.tables.table(table)[(hva >> shift) & 511]
-            if not entry & 1:
-                what = (
-                    "PROT_NONE (NUMA hinting)" if entry & (1 << 8) and level == 1 else "not present"
-                )
-                raise HostUnmapped(f"host page table entry at level {level} {what}")
-            if level == 1 or (level in (2, 3) and entry & (1 << 7)):
-                size = 1 << shift
-                return (entry & self.addr_mask & ~(size - 1)) | (hva & (size - 1)), size
-            table = entry & self.addr_mask
-        raise AssertionError("unreachable")
+        e = self.entry(hva)
+        size = 1 << (12 + 9 * (e.level - 1))
+        return (e.value & self.addr_mask & ~(size - 1)) | (hva & (size - 1)), size
+
+
+class HostEntry(NamedTuple):
+    """One entry of the VMM's page tables, as :meth:`HostPageTables.entry`
+    finds it."""
+
+    pa: int  # where the entry is (host physical)
+    value: int
+    level: int
+    writable: bool  # every level up to it has the R/W bit
 
 
 class GuestMemslots:

@@ -43,15 +43,27 @@ with numpy; leaves are checked in blocks, never one at a time.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+    cast,
+)
 
 import numpy as np
 from drgn import FaultError, Object, Program
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
 from .errors import NoRoot
-from .guest import HostPageTables
-from .kvm import Memslot, for_each_memslot, for_each_vcpu, vm_pid
+from .guest import HostPageTables, HostUnmapped
+from .kvm import Memslot, for_each_memslot, for_each_vcpu, for_each_vm, vm_pid
 from .leaves import Unreadable, classify_table, iter_leaf_columns
 from .mmu import (
     DrgnPhysMem,
@@ -195,18 +207,23 @@ class HostColumns:
         mask = self.host.addr_mask
         for a, b in zip(starts, ends):
             idx = order[a:b]
-            got = self._upper(int(sorted_hvas[a]))
-            if isinstance(got, int):
-                status[idx] = got
+            try:
+                e = self.host.entry(int(sorted_hvas[a]), lowest=2)
+            except HostUnmapped:
+                status[idx] = HOST_UNMAPPED
                 continue
-            entry, level, rw = got
+            except (PhysMemError, FaultError):
+                status[idx] = HOST_UNREADABLE
+                continue
+            entry, rw = e.value, e.writable
+            level = e.level if entry & PT_PAGE_SIZE_MASK else 1
             part = hvas[idx]
             if level > 1:  # a huge host page: 2M or 1G
                 span = level_size(level)
                 base = entry & mask & ~(span - 1)
                 hpa[idx] = np.uint64(base) + (part & np.uint64(span - 1))
                 size[idx] = span
-                writable[idx] = rw and bool(entry & PT_WRITABLE_MASK)
+                writable[idx] = rw
                 status[idx] = HOST_OK
                 continue
             table = entry & mask
@@ -227,27 +244,6 @@ class HostColumns:
             writable[idx] = present & rw & ((ptes & np.uint64(PT_WRITABLE_MASK)) != 0)
             status[idx] = np.where(present, HOST_OK, HOST_UNMAPPED)
         return hpa, size, writable, status
-
-    def _upper(self, hva: int) -> Union[int, Tuple[int, int, bool]]:
-        """The entry that ends the upper levels' walk of ``hva``: (entry,
-        level, writable so far) for a huge page (level 2 or 3) or the PMD
-        entry of a page table (level 1); a status when there is none."""
-        table = self.host.pgd
-        rw = True
-        for level in range(self.host.levels, 1, -1):
-            try:
-                entry = self.host.tables.table(table)[(hva >> level_shift(level)) & 511]
-            except (PhysMemError, FaultError):
-                return HOST_UNREADABLE
-            if not entry & 1:
-                return HOST_UNMAPPED
-            if level in (2, 3) and entry & PT_PAGE_SIZE_MASK:
-                return entry, level, rw
-            rw = rw and bool(entry & PT_WRITABLE_MASK)
-            if level == 2:
-                return entry, 1, rw
-            table = entry & self.host.addr_mask
-        raise AssertionError("unreachable")
 
 
 # -- Memslots, as arrays ------------------------------------------------------
@@ -726,30 +722,56 @@ def verify_vm(
     )
 
 
+def _sp_gfn_layout(prog: Program) -> Tuple[bool, Optional[str], int]:
+    """How ``kvm_mmu_page_get_gfn()`` finds an indirect page's GFNs on this
+    kernel, decided once per program: (role has ``passthrough``, the member
+    holding per-entry GFNs, the shift that takes a GFN out of it)."""
+    key = "drgn_kvmwalk.sp_gfn_layout"
+    got = prog.cache.get(key)
+    if got is None:
+        sp_type = prog.type("struct kvm_mmu_page")
+        role_type = sp_type.member("role").type
+        # "KVM: X86: Introduce role.passthrough for shadowing 5-level NPT for
+        # 4-level NPT L1 guest" (between v5.10 and v6.1): such a page maps
+        # sp->gfn alone.
+        passthrough = any(m.name == "passthrough" for m in _members(role_type))
+        # Since Linux kernel commit "KVM: x86/mmu: Cache the access bits of
+        # shadowed translations" (between v5.10 and v6.1), shadowed_translation
+        # holds gfn << PAGE_SHIFT | access; before, gfns held the GFNs.
+        member, shift = None, 0
+        for name, sh in (("shadowed_translation", 12), ("gfns", 0)):
+            if sp_type.has_member(name):
+                member, shift = name, sh
+                break
+        got = (passthrough, member, shift)
+        prog.cache[key] = got
+    return cast(Tuple[bool, Optional[str], int], got)
+
+
+def _members(t: Any) -> Iterator[Any]:
+    """The members of a struct or union type, those of its anonymous
+    members included (``union kvm_mmu_page_role`` keeps its bits in one)."""
+    for m in t.unqualified().members or ():
+        if m.name is None:
+            yield from _members(m.type)
+        else:
+            yield m
+
+
 def _sp_gfns(
     prog: Program, sp: Object, level: int, direct: bool, index: "np.ndarray[Any, Any]"
 ) -> "np.ndarray[Any, Any]":
     """``kvm_mmu_page_get_gfn()`` of the entries ``index`` of a legacy page."""
     base = np.uint64(int(sp.gfn))
     if not direct:
-        try:
-            # A role.passthrough page (v5.19+) maps sp->gfn alone.
-            if int(sp.role.passthrough):
-                return np.full(len(index), base, dtype=_U64)
-        except AttributeError:
-            pass
-        # Since Linux kernel commit "KVM: x86/mmu: Cache the access bits of
-        # shadowed translations" (between v5.10 and v6.1), shadowed_translation
-        # holds gfn << PAGE_SHIFT | access; before, gfns held the GFNs.
-        for name, shift in (("shadowed_translation", 12), ("gfns", 0)):
-            try:
-                table = int(sp.member_(name))
-            except LookupError:
-                continue
-            if table:
-                got = np.frombuffer(prog.read(table, PAGE_SIZE), dtype=_U64)
-                gfns: "np.ndarray[Any, Any]" = got[index] >> np.uint64(shift)
-                return gfns
+        passthrough, member, shift = _sp_gfn_layout(prog)
+        if passthrough and int(sp.role.passthrough):
+            return np.full(len(index), base, dtype=_U64)
+        table = int(sp.member_(member)) if member else 0
+        if table:
+            got = np.frombuffer(prog.read(table, PAGE_SIZE), dtype=_U64)
+            gfns: "np.ndarray[Any, Any]" = got[index] >> np.uint64(shift)
+            return gfns
     formula: "np.ndarray[Any, Any]" = base + (index.astype(_U64) << np.uint64(9 * (level - 1)))
     return formula
 
@@ -846,37 +868,27 @@ def _legacy(
             for i in np.flatnonzero(present & ~leaf).tolist():
                 child = int(entries[i]) & c.fmt.base_addr_mask
                 child_level = levels.get(child)
+                if child_level is None and to_shadow_page(prog, child) is not None:
+                    continue  # a shadow page of the VM's, not on the list
                 if child_level is None:
-                    if to_shadow_page(prog, child) is None:
-                        c._problem(
-                            root_hpa,
-                            None if base is None else base + i * level_size(level),
-                            None,
-                            level - 1,
-                            hpa + 8 * i,
-                            int(entries[i]),
-                            child,
-                            "table_backpointer",
-                            None,
-                            f"level-{level - 1} table page {child:#x} (entry {i} of "
-                            f"{hpa:#x}): {PROBLEMS['table_backpointer']}",
-                            invalid,
-                        )
+                    name, what = "table_backpointer", PROBLEMS["table_backpointer"]
                 elif child_level != level - 1:
-                    c._problem(
-                        root_hpa,
-                        None if base is None else base + i * level_size(level),
-                        None,
-                        level - 1,
-                        hpa + 8 * i,
-                        int(entries[i]),
-                        child,
-                        "table_level",
-                        None,
-                        f"level-{level - 1} table page {child:#x} (entry {i} of {hpa:#x}) "
-                        f"has role.level {child_level}",
-                        invalid,
-                    )
+                    name, what = "table_level", f"has role.level {child_level}"
+                else:
+                    continue
+                c._problem(
+                    root_hpa,
+                    None if base is None else base + i * level_size(level),
+                    None,
+                    level - 1,
+                    hpa + 8 * i,
+                    int(entries[i]),
+                    child,
+                    name,
+                    None,
+                    f"level-{level - 1} table page {child:#x} (entry {i} of {hpa:#x}): {what}",
+                    invalid,
+                )
         index = np.flatnonzero(leaf)
         if index.size:
             try:
@@ -973,8 +985,6 @@ def find_hpa(
     :param kvms: ``struct kvm *`` objects; every VM by default
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
-    from .kvm import for_each_vm
-
     targets = sorted(set(hpas))
     pages = {h & ~(PAGE_SIZE - 1) for h in targets}
     mem = DrgnPhysMem(prog)

@@ -26,7 +26,6 @@ what was changed and what --verify said.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import struct
@@ -36,14 +35,14 @@ from typing import Any, Dict, List, Tuple
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from check_views import whole_table  # noqa: E402
 from drgn import Program, offsetof  # noqa: E402
-from drgn.helpers.linux.mm import follow_phys, pfn_to_page, virt_to_phys  # noqa: E402
+from drgn.helpers.linux.mm import follow_phys, pfn_to_page  # noqa: E402
 from harness.records import truth_hpa  # noqa: E402
 
 from drgn_kvmwalk import find_vcpu, find_vm  # noqa: E402
-from drgn_kvmwalk.cli import main as kvmwalk_main  # noqa: E402
 from drgn_kvmwalk.console import load_kvm_debug_info, open_core  # noqa: E402
-from drgn_kvmwalk.guest import host_paging_levels  # noqa: E402
+from drgn_kvmwalk.guest import HostPageTables  # noqa: E402
 from drgn_kvmwalk.kvm import for_each_memslot  # noqa: E402
 from drgn_kvmwalk.mmu import vcpu_walk  # noqa: E402
 
@@ -86,28 +85,9 @@ class ElfFile:
             os.close(fd)
 
 
-def host_pte_pa(prog: Program, mm: Any, hva: int) -> int:
-    """Physical address of the VMM's entry that maps ``hva`` (a PTE, or the
-    PMD/PUD entry of a huge page)."""
-    table = int(virt_to_phys(prog, mm.pgd))
-    mask = ((1 << 52) - 1) & ~0xFFF
-    for level in range(host_paging_levels(prog), 0, -1):
-        pa = table + 8 * ((hva >> (12 + 9 * (level - 1))) & 511)
-        entry = prog.read_u64(pa, True)
-        if level == 1 or (level in (2, 3) and entry & (1 << 7)):
-            return pa
-        table = entry & mask
-    raise AssertionError("unreachable")
-
-
 def verify(prog: Program, pid: int) -> Dict[str, Any]:
-    out, err = io.StringIO(), io.StringIO()
-    rc = kvmwalk_main(prog, ["--verify", "--vm", str(pid), "--json"], out=out, err=err)
-    return {
-        "rc": rc,
-        "stderr": err.getvalue(),
-        "records": [json.loads(line) for line in out.getvalue().splitlines()],
-    }
+    run: Dict[str, Any] = whole_table(prog, ["--verify", "--vm", str(pid), "--json"])
+    return run
 
 
 def main() -> None:
@@ -154,8 +134,8 @@ def main() -> None:
                 {"problem": "pfn_mismatch", "sptep": leaf.sptep},
             )
         )
-    pte_pa = host_pte_pa(prog, kvm.mm, hva)
-    pte = prog.read_u64(pte_pa, True)
+    host_entry = HostPageTables(prog, kvm.mm).entry(hva)
+    pte_pa, pte = host_entry.pa, host_entry.value
     if leaf.spte & 2:
         faults.append(
             (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from drgn_kvmwalk.guest import HostPageTables
 from drgn_kvmwalk.kvm import Memslot
 from drgn_kvmwalk.spte import PAGE_SIZE, x86_format
 from drgn_kvmwalk.verify import (
@@ -39,6 +40,8 @@ NO_INVALIDATION = _Invalidation(0, None, None, True)
 
 class FakeHost:
     """What HostColumns needs of HostPageTables, without a kernel."""
+
+    entry = HostPageTables.entry
 
     def __init__(self, mem: FakeMem, pgd: int) -> None:
         self.pgd = pgd
