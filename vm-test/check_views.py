@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from drgn import FaultError, Program  # noqa: E402
+from harness.checks.hostchanges import changed_addrs, changed_hpas  # noqa: E402
 from harness.checks.read import READ_BEFORE, READ_LENGTH  # noqa: E402
 from harness.records import truth_hpa  # noqa: E402
 from readme_api import readme_block, run_block  # noqa: E402
@@ -114,7 +115,24 @@ def run(prog: Program, truth: Truth, view: str, addr_kind: AddrKind) -> Workload
             prog, ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--map", "--annotate", "--json"]
         )
     result["hpa"] = hpa_run(prog, truth, addr_kind, result["vcpus"])
+    if truth.get("host_changes"):
+        result["host_changes"] = host_changes_run(prog, truth, addr_kind)
     return result
+
+
+def host_changes_run(prog: Program, truth: Truth, addr_kind: AddrKind) -> Any:
+    """--addr, from each vCPU, of the pages l2vmm --host-changes changed
+    (harness.checks.hostchanges.changed_addrs), with the tag at each HPA;
+    and --hpa of those the host still has."""
+    addrs = [a for x in changed_addrs(truth, addr_kind) for a in ("--addr", hex(x.addr))]
+    walks = {}
+    for vcpu in truth["vcpus"]:
+        argv = ["--vm", str(truth["pid"]), "--vcpu", str(vcpu), "--json"]
+        walks[str(vcpu)] = with_tags(prog, whole_table(prog, argv + addrs))
+    asked = changed_hpas(truth)
+    hpa = whole_table(prog, ["--json"] + [a for x in asked for a in ("--hpa", hex(x["hpa"]))])
+    hpa["asked"] = asked
+    return {"walks": walks, "hpa": hpa}
 
 
 def hpa_run(prog: Program, truth: Truth, addr_kind: AddrKind, vcpus: Dict[str, VcpuRun]) -> Any:

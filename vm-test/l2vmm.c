@@ -85,6 +85,14 @@
 /* --prefault-mib: slot 2, for benchmarks: anon 4K pages at 4 GiB, written by
  * the VMM and then mapped into KVM's TDP tables with KVM_PRE_FAULT_MEMORY */
 #define SLOT2_GPA         0x100000000ULL
+/* --host-changes: slot 3 (moved from SLOT3_GPA to SLOT3_NEW_GPA) and slot 4
+ * (deleted), each with tagged pages of the last vCPU */
+#define SLOT3_GPA         0x80000000ULL
+#define SLOT3_NEW_GPA     0xc0000000ULL
+#define SLOT4_GPA         0x90000000ULL
+#define HC_SLOT_SIZE      (64 * 1024ULL)
+#define HC_SLOT3_PAGES    2
+#define HC_SLOT4_PAGES    1
 #define HUGE_1G           (1024 * MIB)
 
 /* data GVAs, 64-bit mode */
@@ -146,27 +154,33 @@
  * Loaded at CODE_GPA (identity mapped).  Inputs: RSI = GVA of the tag table
  * (array of {u64 gva; u64 tag;}), RCX = number of entries, RDI = 0, or the
  * CR3 to switch to after a first pass over the table (--switch-cr3): the
- * guest then loads it and writes every tag again under the new CR3.
+ * guest then loads it and writes every tag again under the new CR3.  An
+ * entry whose gva has bit 0 set is read, not written (--host-changes: a
+ * page the host made read-only).
  *
  *  0: 49 89 f0              mov  %rsi,%r8         ; keep the table
  *  3: 49 89 c9              mov  %rcx,%r9
  *  6: 48 85 c9        loop: test %rcx,%rcx
- *  9: 74 13                 jz   check           (-> 0x1e)
+ *  9: 74 1f                 jz   check           (-> 0x2a)
  *  b: 48 8b 06              mov  (%rsi),%rax      ; gva
  *  e: 48 8b 56 08           mov  0x8(%rsi),%rdx   ; tag
- * 12: 48 89 10              mov  %rdx,(%rax)      ; *gva = tag
- * 15: 48 83 c6 10           add  $0x10,%rsi
- * 19: 48 ff c9              dec  %rcx
- * 1c: eb e8                 jmp  loop            (-> 6)
- * 1e: 48 85 ff       check: test %rdi,%rdi
- * 21: 74 0d                 jz   done            (-> 0x30)
- * 23: 0f 22 df              mov  %rdi,%cr3
- * 26: 31 ff                 xor  %edi,%edi
- * 28: 4c 89 c6              mov  %r8,%rsi
- * 2b: 4c 89 c9              mov  %r9,%rcx
- * 2e: eb d6                 jmp  loop            (-> 6)
- * 30: f4              done: hlt
- * 31: eb fd                 jmp  done            (-> 0x30)
+ * 12: 48 0f ba f0 00        btr  $0,%rax          ; bit 0: read only
+ * 17: 72 05                 jc   read            (-> 0x1e)
+ * 19: 48 89 10              mov  %rdx,(%rax)      ; *gva = tag
+ * 1c: eb 03                 jmp  next            (-> 0x21)
+ * 1e: 48 8b 10        read: mov  (%rax),%rdx      ; a load through the tables
+ * 21: 48 83 c6 10     next: add  $0x10,%rsi
+ * 25: 48 ff c9              dec  %rcx
+ * 28: eb dc                 jmp  loop            (-> 6)
+ * 2a: 48 85 ff       check: test %rdi,%rdi
+ * 2d: 74 0d                 jz   done            (-> 0x3c)
+ * 2f: 0f 22 df              mov  %rdi,%cr3
+ * 32: 31 ff                 xor  %edi,%edi
+ * 34: 4c 89 c6              mov  %r8,%rsi
+ * 37: 4c 89 c9              mov  %r9,%rcx
+ * 3a: eb ca                 jmp  loop            (-> 6)
+ * 3c: f4              done: hlt
+ * 3d: eb fd                 jmp  done            (-> 0x3c)
  *
  * (Assembled with GNU as --64 and read back with objdump -d.)
  */
@@ -174,20 +188,24 @@ static const uint8_t guest_code[] = {
 	0x49, 0x89, 0xf0,
 	0x49, 0x89, 0xc9,
 	0x48, 0x85, 0xc9,
-	0x74, 0x13,
+	0x74, 0x1f,
 	0x48, 0x8b, 0x06,
 	0x48, 0x8b, 0x56, 0x08,
+	0x48, 0x0f, 0xba, 0xf0, 0x00,
+	0x72, 0x05,
 	0x48, 0x89, 0x10,
+	0xeb, 0x03,
+	0x48, 0x8b, 0x10,
 	0x48, 0x83, 0xc6, 0x10,
 	0x48, 0xff, 0xc9,
-	0xeb, 0xe8,
+	0xeb, 0xdc,
 	0x48, 0x85, 0xff,
 	0x74, 0x0d,
 	0x0f, 0x22, 0xdf,
 	0x31, 0xff,
 	0x4c, 0x89, 0xc6,
 	0x4c, 0x89, 0xc9,
-	0xeb, 0xd6,
+	0xeb, 0xca,
 	0xf4,
 	0xeb, 0xfd,
 };
@@ -240,6 +258,29 @@ struct memslot {
 	const char *backing;
 	bool thp;
 	bool bench;        /* --prefault-mib slot: not in host_runs */
+	bool deleted;      /* --host-changes deleted it (KVM has it no more) */
+};
+
+/*
+ * What --host-changes did to a tagged page after the guest wrote its tag
+ * (truth "host_changes"; see l2vmm-notes.md).
+ */
+enum host_change {
+	HC_NONE,
+	HC_DONTNEED,      /* madvise(MADV_DONTNEED) after the last run */
+	HC_READONLY,      /* mprotect(PROT_READ) after the last run */
+	HC_READONLY_READ, /* mprotect(PROT_READ) before the second run, which reads it */
+	HC_MOVED,         /* its memslot moved to another GPA before the second run */
+	HC_DELETED,       /* its memslot deleted before the second run */
+};
+
+static const char *const host_change_names[] = {
+	[HC_NONE] = "none",
+	[HC_DONTNEED] = "madv_dontneed",
+	[HC_READONLY] = "mprotect_readonly",
+	[HC_READONLY_READ] = "mprotect_readonly_read",
+	[HC_MOVED] = "memslot_moved",
+	[HC_DELETED] = "memslot_deleted",
 };
 
 struct tagged_page {
@@ -252,6 +293,9 @@ struct tagged_page {
 	uint64_t tag;
 	uint64_t pfn;
 	int host_thp;      /* -1 unknown, 0/1 from /proc/kpageflags */
+	enum host_change change;
+	uint64_t new_gpa;  /* HC_MOVED: its GPA after the move */
+	bool host_present; /* pagemap has it at the end */
 };
 
 /* a run of contiguous translations: [from, from + len) -> [to, to + len) */
@@ -301,7 +345,7 @@ struct vcpu {
 	pthread_t thread;
 	uint64_t table_gva;
 	uint64_t nr_entries;
-	volatile int halted;
+	volatile int halted;     /* how many times the guest halted */
 	/* what the vCPU's own thread saw once the guest halted (truth "state") */
 	int tid;
 	int cpu;                 /* the CPU the thread is pinned to */
@@ -316,7 +360,7 @@ struct vm {
 	int kvm_fd;
 	int vm_fd;
 	size_t run_size;
-	struct memslot slots[3];
+	struct memslot slots[5];
 	int nr_slots;
 	struct vcpu vcpus[NR_VCPUS];
 	const struct paging_mode *paging;
@@ -335,6 +379,7 @@ struct vm {
 	struct xrun host_runs[MAX_XRUNS];   /* GPA -> HPA of present host pages */
 	int nr_host_runs;
 	uint64_t fake_kva[2], fake_gpa[2], fake_tag[2]; /* plant_linux_layout() */
+	volatile int second_run;   /* --host-changes: the vCPUs may run again */
 };
 
 /* options */
@@ -349,6 +394,7 @@ static const char *opt_backing = "anon";
 static bool opt_guest_2m;
 static long opt_prefault_mib;
 static bool opt_switch_cr3;
+static bool opt_host_changes;
 
 static volatile sig_atomic_t stop_signal;
 static struct timespec start_ts;
@@ -423,7 +469,7 @@ static struct memslot *slot_for_gpa(struct vm *vm, uint64_t gpa)
 	for (int i = 0; i < vm->nr_slots; i++) {
 		struct memslot *ms = &vm->slots[i];
 
-		if (gpa >= ms->gpa && gpa < ms->gpa + ms->size)
+		if (!ms->deleted && gpa >= ms->gpa && gpa < ms->gpa + ms->size)
 			return ms;
 	}
 	return NULL;
@@ -913,11 +959,11 @@ static struct kvm_cpuid2 *get_supported_cpuid(struct vm *vm)
 	}
 }
 
+static void load_vcpu_state(struct vcpu *vc);
+
 static void setup_vcpu(struct vm *vm, int id, struct kvm_cpuid2 *cpuid)
 {
 	struct vcpu *vc = &vm->vcpus[id];
-	struct kvm_sregs sregs;
-	struct kvm_regs regs;
 
 	vc->vm = vm;
 	vc->id = id;
@@ -927,6 +973,16 @@ static void setup_vcpu(struct vm *vm, int id, struct kvm_cpuid2 *cpuid)
 		die("mmap of kvm_run for vCPU %d failed: %s", id, strerror(errno));
 
 	IOCTLP(vc->fd, KVM_SET_CPUID2, cpuid);
+	load_vcpu_state(vc);
+}
+
+/* The vCPU's registers at the start of a run over its tag table. */
+static void load_vcpu_state(struct vcpu *vc)
+{
+	struct vm *vm = vc->vm;
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+	int id = vc->id;
 
 	IOCTLP(vc->fd, KVM_GET_SREGS, &sregs);
 	vm->paging->setup_sregs(vm, &sregs);
@@ -1011,11 +1067,16 @@ static void add_xrun(struct xrun *runs, int *n, uint64_t from, uint64_t to, uint
  */
 static void plant_linux_layout(struct vm *vm)
 {
-	const struct tagged_page *first = &vm->pages[0], *last = &vm->pages[vm->nr_pages - 1];
+	const struct tagged_page *first = &vm->pages[0], *last = NULL;
 	uint8_t *note = gpa_to_hva(vm, FAKE_NOTE_GPA);
 	uint32_t hdr[3];
 	char text[512];
 	int n;
+
+	/* the last tagged page that --host-changes leaves alone */
+	for (int p = vm->nr_pages - 1; p >= 0 && !last; p--)
+		if (vm->pages[p].change == HC_NONE)
+			last = &vm->pages[p];
 
 	n = snprintf(text, sizeof(text),
 		     "OSRELEASE=%s\nPAGESIZE=4096\nSYMBOL(swapper_pg_dir)=%llx\n"
@@ -1048,7 +1109,7 @@ static void plant_linux_layout(struct vm *vm)
 
 static void build_guest(struct vm *vm)
 {
-	int npages = NR_VCPUS * (opt_pages + LOWTAGS_PER_VCPU);
+	int npages = NR_VCPUS * (opt_pages + LOWTAGS_PER_VCPU) + HC_SLOT3_PAGES + HC_SLOT4_PAGES;
 	int k = 0;
 
 	vm->pt_next = PTPOOL_GPA;
@@ -1100,6 +1161,32 @@ static void build_guest(struct vm *vm)
 			tp->gva = LOWTAG_GPA(v, j);
 			tp->gpa = LOWTAG_GPA(v, j);
 			tp->tag = MAKE_TAG(v, idx, 0);
+		}
+		/* --host-changes: the last vCPU's last three data pages, and
+		 * pages in the memslots that will be moved and deleted (GVAs
+		 * after its data pages) */
+		if (opt_host_changes && v == NR_VCPUS - 1) {
+			vm->pages[k - LOWTAGS_PER_VCPU - 1].change = HC_DONTNEED;
+			vm->pages[k - LOWTAGS_PER_VCPU - 2].change = HC_READONLY;
+			vm->pages[k - LOWTAGS_PER_VCPU - 3].change = HC_READONLY_READ;
+			for (int j = 0; j < HC_SLOT3_PAGES + HC_SLOT4_PAGES; j++, idx++, k++) {
+				struct tagged_page *tp = &vm->pages[k];
+				bool moved = j < HC_SLOT3_PAGES;
+
+				tp->vcpu = v;
+				tp->index = idx;
+				tp->slot = moved ? 3 : 4;
+				tp->gva = DATA_GVA(v, opt_pages + j);
+				tp->gpa = moved ? SLOT3_GPA + (uint64_t)j * PAGE_SIZE
+						: SLOT4_GPA + (uint64_t)(j - HC_SLOT3_PAGES) * PAGE_SIZE;
+				tp->tag = MAKE_TAG(v, idx, tp->slot);
+				tp->change = moved ? HC_MOVED : HC_DELETED;
+				if (moved)
+					tp->new_gpa = tp->gpa - SLOT3_GPA + SLOT3_NEW_GPA;
+				vm->paging->map(vm, tp->gva, tp->gpa);
+				add_xrun(vm->guest_maps, &vm->nr_guest_maps, tp->gva, tp->gpa,
+					 PAGE_SIZE);
+			}
 		}
 
 		vc->table_gva = TAGTAB_GPA(v); /* identity mapped */
@@ -1347,8 +1434,17 @@ static void *vcpu_thread(void *arg)
 		switch (vc->run->exit_reason) {
 		case KVM_EXIT_HLT:
 			vlog("vCPU %d halted", vc->id);
+			if (vc->stats)
+				free(vc->stats);
 			record_vcpu_state(vc);
-			__atomic_store_n(&vc->halted, 1, __ATOMIC_RELEASE);
+			if (__atomic_add_fetch(&vc->halted, 1, __ATOMIC_ACQ_REL) == 1 &&
+			    opt_host_changes) {
+				/* main() changes the memory, then lets it run again */
+				while (!__atomic_load_n(&vc->vm->second_run, __ATOMIC_ACQUIRE))
+					usleep(1000);
+				load_vcpu_state(vc);
+				continue;
+			}
 			/* The thread stays (the tool reads its pid and name) and
 			 * never touches the vCPU again. */
 			for (;;)
@@ -1431,14 +1527,138 @@ static void verify_pages(struct vm *vm)
 			if (vm->pages[a].pfn == vm->pages[b].pfn)
 				die("pages %d and %d share PFN 0x%llx", a, b,
 				    (unsigned long long)vm->pages[a].pfn);
+	for (int p = 0; p < vm->nr_pages; p++)
+		vm->pages[p].host_present = true;
 
-	/* Every present host page of every slot, GPA -> HPA, read in one go per
-	 * slot: the tool's whole-table views are checked against it. */
+	close(pm_fd);
+	if (kpf_fd >= 0)
+		close(kpf_fd);
+}
+
+/* The pagemap entry of one HVA. */
+static uint64_t pagemap_entry(int pm_fd, uint64_t hva)
+{
+	uint64_t ent;
+	ssize_t n = pread(pm_fd, &ent, sizeof(ent), (off_t)((hva >> PAGE_SHIFT) * 8));
+
+	if (n != (ssize_t)sizeof(ent))
+		die("read /proc/self/pagemap for hva 0x%llx failed: %s", (unsigned long long)hva,
+		    n < 0 ? strerror(errno) : "short read");
+	return ent;
+}
+
+/*
+ * --host-changes, with the vCPUs halted after their first run: move slot 3
+ * to SLOT3_NEW_GPA and delete slot 4 (KVM zaps their SPTEs; most kernels
+ * zap every root, kvm_mmu_zap_all_fast()), and make the HC_READONLY_READ
+ * page read-only, so that the second run's load maps it read-only.
+ */
+static void host_changes_before(struct vm *vm)
+{
+	for (int i = 0; i < vm->nr_slots; i++) {
+		struct memslot *ms = &vm->slots[i];
+		struct kvm_userspace_memory_region r;
+
+		if (ms->slot != 3 && ms->slot != 4)
+			continue;
+		memset(&r, 0, sizeof(r));
+		r.slot = (uint32_t)ms->as_id << 16 | (uint32_t)ms->slot;
+		r.flags = ms->flags;
+		r.userspace_addr = (uintptr_t)ms->hva;
+		r.guest_phys_addr = ms->slot == 3 ? SLOT3_NEW_GPA : ms->gpa;
+		r.memory_size = ms->slot == 3 ? ms->size : 0; /* 0: delete */
+		IOCTLP(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r);
+		vlog("memslot %d: %s", ms->slot, ms->slot == 3 ? "moved" : "deleted");
+		if (ms->slot == 3)
+			ms->gpa = SLOT3_NEW_GPA;
+		else
+			ms->deleted = true;
+	}
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+
+		if (tp->change == HC_READONLY_READ &&
+		    mprotect((void *)(uintptr_t)tp->hva, PAGE_SIZE, PROT_READ) < 0)
+			die("mprotect(PROT_READ) of hva 0x%llx failed: %s",
+			    (unsigned long long)tp->hva, strerror(errno));
+	}
+}
+
+/*
+ * --host-changes, the second run's tag tables: the pages of the moved and
+ * deleted memslots are left out (no memslot holds their old GPAs), the page
+ * made read-only is read (bit 0 of its gva), every other page written again.
+ */
+static void second_tag_tables(struct vm *vm)
+{
+	uint64_t n[NR_VCPUS] = {0};
+
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		uint64_t ent;
+
+		if (tp->change == HC_MOVED || tp->change == HC_DELETED)
+			continue;
+		ent = TAGTAB_GPA(tp->vcpu) + n[tp->vcpu]++ * 16;
+		wr64(vm, ent, tp->gva | (tp->change == HC_READONLY_READ ? 1 : 0));
+		wr64(vm, ent + 8, tp->tag);
+	}
+	for (int v = 0; v < NR_VCPUS; v++)
+		vm->vcpus[v].nr_entries = n[v];
+}
+
+/*
+ * --host-changes, after the last run: unmap the HC_DONTNEED page and make
+ * the HC_READONLY page read-only (the MMU notifiers must make KVM zap both),
+ * then check in pagemap that the first is gone and every other changed page
+ * is still the same host page.
+ */
+static void host_changes_after(struct vm *vm)
+{
+	int pm_fd;
+
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		void *hva = (void *)(uintptr_t)tp->hva;
+
+		if (tp->change == HC_DONTNEED && madvise(hva, PAGE_SIZE, MADV_DONTNEED) < 0)
+			die("madvise(MADV_DONTNEED) of hva %p failed: %s", hva, strerror(errno));
+		if (tp->change == HC_READONLY && mprotect(hva, PAGE_SIZE, PROT_READ) < 0)
+			die("mprotect(PROT_READ) of hva %p failed: %s", hva, strerror(errno));
+	}
+	pm_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pm_fd < 0)
+		die("open /proc/self/pagemap failed: %s", strerror(errno));
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		uint64_t ent = pagemap_entry(pm_fd, tp->hva);
+		uint64_t pfn = ent & ((1ULL << 55) - 1);
+
+		tp->host_present = (ent >> 63 & 1) && pfn;
+		if (tp->change == HC_NONE)
+			continue;
+		if (tp->change == HC_DONTNEED ? tp->host_present
+					      : !tp->host_present || pfn != tp->pfn)
+			die("pagemap after %s: hva 0x%llx entry 0x%016llx (pfn was 0x%llx)",
+			    host_change_names[tp->change], (unsigned long long)tp->hva,
+			    (unsigned long long)ent, (unsigned long long)tp->pfn);
+	}
+	close(pm_fd);
+}
+
+/* Every present host page of every slot, GPA -> HPA, read in one go per
+ * slot: the tool's whole-table views are checked against it. */
+static void record_host_runs(struct vm *vm)
+{
+	int pm_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+	if (pm_fd < 0)
+		die("open /proc/self/pagemap failed: %s", strerror(errno));
 	for (int i = 0; i < vm->nr_slots; i++) {
 		struct memslot *ms = &vm->slots[i];
 		uint64_t np = ms->size / PAGE_SIZE;
 
-		if (ms->bench)
+		if (ms->bench || ms->deleted)
 			continue;
 		uint64_t *ents = malloc(np * sizeof(*ents));
 		uint64_t off = ((uint64_t)(uintptr_t)ms->hva >> PAGE_SHIFT) * 8;
@@ -1458,10 +1678,7 @@ static void verify_pages(struct vm *vm)
 		}
 		free(ents);
 	}
-
 	close(pm_fd);
-	if (kpf_fd >= 0)
-		close(kpf_fd);
 }
 
 static void write_xruns(FILE *f, const struct xrun *runs, int n)
@@ -1497,15 +1714,18 @@ static void write_truth(struct vm *vm)
 	fprintf(f, " \"pages_per_vcpu\": %d, \"page_size\": %llu,\n", opt_pages,
 		(unsigned long long)PAGE_SIZE);
 	fprintf(f, " \"memslots\": [\n");
-	for (int i = 0; i < vm->nr_slots; i++) {
+	for (int i = 0, n = 0; i < vm->nr_slots; i++) {
 		struct memslot *ms = &vm->slots[i];
 
-		fprintf(f, "  {\"slot\": %d, \"as_id\": %d, \"gpa\": %llu, \"size\": %llu, "
-			"\"hva\": %llu, \"flags\": %u, \"backing\": \"%s\"}%s\n",
-			ms->slot, ms->as_id, (unsigned long long)ms->gpa,
+		if (ms->deleted)
+			continue;
+		fprintf(f, "%s  {\"slot\": %d, \"as_id\": %d, \"gpa\": %llu, \"size\": %llu, "
+			"\"hva\": %llu, \"flags\": %u, \"backing\": \"%s\"}",
+			n++ ? ",\n" : "", ms->slot, ms->as_id, (unsigned long long)ms->gpa,
 			(unsigned long long)ms->size, (unsigned long long)(uintptr_t)ms->hva,
-			ms->flags, ms->backing, i + 1 < vm->nr_slots ? "," : "");
+			ms->flags, ms->backing);
 	}
+	fprintf(f, "\n");
 	fprintf(f, " ],\n \"cr3\": %llu,\n \"first_cr3\": %llu,\n \"guest_pt_pages\": [",
 		(unsigned long long)vm->cr3, (unsigned long long)vm->first_cr3);
 	for (int i = 0; i < vm->nr_pt_pages; i++)
@@ -1532,19 +1752,36 @@ static void write_truth(struct vm *vm)
 		(unsigned long long)vm->fake_kva[0], (unsigned long long)vm->fake_gpa[0],
 		(unsigned long long)vm->fake_tag[0], (unsigned long long)vm->fake_kva[1],
 		(unsigned long long)vm->fake_gpa[1], (unsigned long long)vm->fake_tag[1]);
-	fprintf(f, " \"pages\": [\n");
-	for (int p = 0; p < vm->nr_pages; p++) {
-		struct tagged_page *tp = &vm->pages[p];
+	/* "pages": the tagged pages as the guest left them; "host_changes":
+	 * the ones --host-changes changed afterwards ("pfn": before the change) */
+	for (int changed = 0; changed < 2; changed++) {
+		fprintf(f, "%s", changed ? ",\n \"host_changes\": [\n" : " \"pages\": [\n");
+		for (int p = 0, n = 0; p < vm->nr_pages; p++) {
+			struct tagged_page *tp = &vm->pages[p];
 
-		fprintf(f, "  {\"vcpu\": %d, \"index\": %d, \"gva\": %llu, \"gpa\": %llu, "
-			"\"hva\": %llu, \"pfn\": %llu, \"tag\": %llu, \"slot\": %d, \"host_thp\": %s}%s\n",
-			tp->vcpu, tp->index, (unsigned long long)tp->gva,
-			(unsigned long long)tp->gpa, (unsigned long long)tp->hva,
-			(unsigned long long)tp->pfn, (unsigned long long)tp->tag, tp->slot,
-			tp->host_thp < 0 ? "null" : tp->host_thp ? "true" : "false",
-			p + 1 < vm->nr_pages ? "," : "");
+			if ((tp->change != HC_NONE) != changed)
+				continue;
+			fprintf(f, "%s  {\"vcpu\": %d, \"index\": %d, \"gva\": %llu, \"gpa\": %llu, "
+				"\"hva\": %llu, \"pfn\": %llu, \"tag\": %llu, \"slot\": %d, "
+				"\"host_thp\": %s",
+				n++ ? ",\n" : "", tp->vcpu, tp->index, (unsigned long long)tp->gva,
+				(unsigned long long)tp->gpa, (unsigned long long)tp->hva,
+				(unsigned long long)tp->pfn, (unsigned long long)tp->tag, tp->slot,
+				tp->host_thp < 0 ? "null" : tp->host_thp ? "true" : "false");
+			if (changed) {
+				fprintf(f, ", \"change\": \"%s\", \"host_present\": %s, \"new_gpa\": ",
+					host_change_names[tp->change],
+					tp->host_present ? "true" : "false");
+				if (tp->change == HC_MOVED)
+					fprintf(f, "%llu", (unsigned long long)tp->new_gpa);
+				else
+					fputs("null", f);
+			}
+			fprintf(f, "}");
+		}
+		fprintf(f, "\n ]");
 	}
-	fprintf(f, " ]}\n");
+	fprintf(f, "}\n");
 
 	if (fflush(f) != 0 || ferror(f))
 		die("write %s failed: %s", tmp, strerror(errno));
@@ -1581,6 +1818,12 @@ static void usage(FILE *f)
 		"                       (slot 1 = 1 GiB MAP_HUGETLB|MAP_HUGE_1GB page)\n"
 		"  --switch-cr3         (64 only) start on a copy of the top-level table, write\n"
 		"                       the tags, load the real CR3 and write them again\n"
+		"  --host-changes       (64, anon, 4K pages only) change the guest's memory on\n"
+		"                       the host after the guest wrote its tags: move one\n"
+		"                       memslot, delete another, make a page read-only and run\n"
+		"                       the guest again (it reads that page, writes the rest),\n"
+		"                       then MADV_DONTNEED one page and make another read-only;\n"
+		"                       the changed pages are listed in \"host_changes\"\n"
 		"  --prefault-mib N     add slot 2 (N MiB of 4K anon pages at GPA 4 GiB), write\n"
 		"                       every page, then map all of it into KVM's TDP tables\n"
 		"                       with KVM_PRE_FAULT_MEMORY (Linux 6.10+, TDP only): a\n"
@@ -1604,6 +1847,7 @@ static void parse_args(int argc, char **argv)
 		{ "guest-2m", no_argument, NULL, 'M' },
 		{ "prefault-mib", required_argument, NULL, 'P' },
 		{ "switch-cr3", no_argument, NULL, 'C' },
+		{ "host-changes", no_argument, NULL, 'X' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1642,6 +1886,7 @@ static void parse_args(int argc, char **argv)
 		case 'b': opt_backing = optarg; break;
 		case 'M': opt_guest_2m = true; break;
 		case 'C': opt_switch_cr3 = true; break;
+		case 'X': opt_host_changes = true; break;
 		case 'P':
 			errno = 0;
 			opt_prefault_mib = strtol(optarg, &end, 0);
@@ -1671,6 +1916,26 @@ static void parse_args(int argc, char **argv)
 		fprintf(stderr, "l2vmm: stop file '%s' already exists; remove it first\n",
 			opt_stop_file);
 		exit(EXIT_USAGE);
+	}
+}
+
+/* Wait until every vCPU has halted ``runs`` times. */
+static void wait_halted(struct vm *vm, int runs)
+{
+	for (;;) {
+		int done = 0;
+
+		for (int v = 0; v < NR_VCPUS; v++)
+			done += __atomic_load_n(&vm->vcpus[v].halted, __ATOMIC_ACQUIRE) >= runs;
+		if (done == NR_VCPUS)
+			return;
+		if (stop_signal) {
+			fprintf(stderr, "l2vmm: error: signal %d before the guest halted\n",
+				(int)stop_signal);
+			exit(EXIT_ERR);
+		}
+		check_timeout("while waiting for the vCPUs to halt");
+		usleep(10000);
 	}
 }
 
@@ -1714,6 +1979,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "l2vmm: --thp needs --backing anon\n");
 		exit(EXIT_USAGE);
 	}
+	if (opt_host_changes &&
+	    (vm.paging->code != guest_code || strcmp(vm.backing->name, "anon") || opt_thp ||
+	     opt_guest_2m || opt_pages < 3 ||
+	     opt_pages + HC_SLOT3_PAGES + HC_SLOT4_PAGES > MAX_PAGES_PER_VCPU)) {
+		fprintf(stderr, "l2vmm: --host-changes needs --guest-paging 64, --backing anon, "
+			"4K pages (no --thp, --guest-2m) and --pages 3..%d\n",
+			MAX_PAGES_PER_VCPU - HC_SLOT3_PAGES - HC_SLOT4_PAGES);
+		exit(EXIT_USAGE);
+	}
 
 	/* Signals: handled only by the main thread; vCPU threads block them. */
 	memset(&sa, 0, sizeof(sa));
@@ -1731,6 +2005,10 @@ int main(int argc, char **argv)
 	add_memslot(&vm, 1, SLOT1_GPA, vm.backing->slot1_size, true);
 	if (opt_prefault_mib)
 		add_prefault_slot(&vm);
+	if (opt_host_changes) {
+		add_memslot(&vm, 3, SLOT3_GPA, HC_SLOT_SIZE, false);
+		add_memslot(&vm, 4, SLOT4_GPA, HC_SLOT_SIZE, false);
+	}
 	build_guest(&vm);
 
 	cpuid = get_supported_cpuid(&vm);
@@ -1746,21 +2024,12 @@ int main(int argc, char **argv)
 	}
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
-	/* wait for both vCPUs to halt */
-	for (;;) {
-		int done = 0;
-
-		for (int v = 0; v < NR_VCPUS; v++)
-			done += __atomic_load_n(&vm.vcpus[v].halted, __ATOMIC_ACQUIRE);
-		if (done == NR_VCPUS)
-			break;
-		if (stop_signal) {
-			fprintf(stderr, "l2vmm: error: signal %d before the guest halted\n",
-				(int)stop_signal);
-			exit(EXIT_ERR);
-		}
-		check_timeout("while waiting for the vCPUs to halt");
-		usleep(10000);
+	wait_halted(&vm, 1);
+	if (opt_host_changes) {
+		host_changes_before(&vm);
+		second_tag_tables(&vm);
+		__atomic_store_n(&vm.second_run, 1, __ATOMIC_RELEASE);
+		wait_halted(&vm, 2);
 	}
 	for (int v = 0; v < NR_VCPUS; v++) {
 		if (vm.vcpus[v].sregs.cr3 != vm.cr3)
@@ -1770,6 +2039,9 @@ int main(int argc, char **argv)
 	vlog("guest done after %.2f s", elapsed());
 
 	verify_pages(&vm);
+	if (opt_host_changes)
+		host_changes_after(&vm);
+	record_host_runs(&vm);
 	if (opt_prefault_mib)
 		prefault_slot(&vm);
 	vm.stats = read_stats_json(vm.vm_fd);

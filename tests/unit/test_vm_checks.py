@@ -222,7 +222,15 @@ def _view(name, root_level):
         "list": {"rc": 0, "stderr": "", "vms": [vm]},
         "stats": _run([dict(stats, leaves={"4K": 1, "2M": 0, "1G": 0}, kvm=kvm_counts)]),
         "verify": _run([dict(summary, mmio=0, unreadable=[])]),
-        "workloads": {"base": {"view": name, "addr_kind": "gpa", "vcpus": {"0": vcpu}, "hpa": hpa}},
+        "workloads": {
+            "base": {
+                "view": name,
+                "addr_kind": "gpa",
+                "vcpus": {"0": vcpu},
+                "hpa": hpa,
+                "host_changes": _host_changes_run(in_dump=name != "kdump"),
+            }
+        },
         "readme_guest": {"code": "", "stdout": f"{tag}\n{tag}\n", "error": None}
         if name != "kdump"
         else {"code": "", "stdout": "", "error": f"FaultError: GPA {ADDR:#x}: not in the dump"},
@@ -289,6 +297,68 @@ def _read_record(addr, kind, in_dump=True):
         "pieces": [before, page],
         "truth_hex": "??" * 8 + (tag if in_dump else "??" * 8),
     }
+
+
+# l2vmm --host-changes: a page made read-only and read again, a page of a
+# moved memslot, a page unmapped (MADV_DONTNEED)
+RO_GPA, RO_PFN, RO_TAG = 0x4000_2000, 0x12346, 0xABD
+MOVED_GPA, MOVED_NEW_GPA, MOVED_PFN = 0x8000_0000, 0xC000_0000, 0x12347
+GONE_GPA, GONE_PFN = 0x4000_3000, 0x12348
+
+
+def _host_changes_truth():
+    def change(kind, gpa, pfn, tag, present, new_gpa=None):
+        return {
+            "vcpu": 0,
+            "slot": 1,
+            "gva": gpa - 0x4000_0000 + 0x10_0000,
+            "gpa": gpa,
+            "hva": (1 << 40) + gpa,
+            "pfn": pfn,
+            "tag": tag,
+            "host_thp": False,
+            "change": kind,
+            "new_gpa": new_gpa,
+            "host_present": present,
+        }
+
+    return [
+        change("mprotect_readonly_read", RO_GPA, RO_PFN, RO_TAG, True),
+        change("memslot_moved", MOVED_GPA, MOVED_PFN, 0xABE, True, MOVED_NEW_GPA),
+        change("madv_dontneed", GONE_GPA, GONE_PFN, 0xABF, False),
+    ]
+
+
+def _host_changes_run(in_dump=True):
+    """What check_views.py records for _host_changes_truth() when KVM zapped
+    all but the read-only page, which it mapped read-only."""
+
+    def unmapped(addr):
+        step = {"level": 1, "leaf": False, "present": False, "flags": []}
+        return {"addr": addr, "steps": [step], "hpa": None, "stop": "not present"}
+
+    ro_leaf = {"level": 1, "leaf": True, "present": True, "flags": ["P", "A", "mmu-present"]}
+    walks = [
+        {
+            "addr": RO_GPA,
+            "steps": [ro_leaf],
+            "hpa": RO_PFN << 12,
+            "stop": None,
+            "tag_at_hpa": RO_TAG if in_dump else None,
+        },
+        unmapped(MOVED_GPA),
+        unmapped(MOVED_NEW_GPA),
+        unmapped(GONE_GPA),
+    ]
+    ro_hpa, moved_hpa = RO_PFN << 12 | 8, MOVED_PFN << 12 | 16
+    hpa = _run(
+        [
+            {"hpa": ro_hpa, "vm": 100, "root": ROOT, "addr": RO_GPA + 8, "level": 1},
+            {"hpa": moved_hpa, "vm": None, "root": None, "addr": None, "level": None},
+        ]
+    )
+    hpa["asked"] = [{"hpa": ro_hpa, "change": 0}, {"hpa": moved_hpa, "change": 1}]
+    return {"walks": {"0": _run(walks)}, "hpa": hpa}
 
 
 KVA = 0xFFFF_FFFF_8100_0000  # the made-up Linux layout's kernel address of the page
@@ -361,6 +431,7 @@ def make_cell(release="6.1.0-57-amd64"):
                 "host_thp": False,
             }
         ],
+        "host_changes": _host_changes_truth(),
         "cr3": 0x5000,
         "first_cr3": 0x5000,
         "guest_pt_pages": [0x5000],
@@ -744,6 +815,35 @@ def _fault_hpa_table(c):
     _hpa_records(c)[1]["roots"] = []
 
 
+def _host_change_walks(c, view="elf"):
+    return c["views"][view]["workloads"]["base"]["host_changes"]["walks"]["0"]["records"]
+
+
+def _fault_host_change_stale(c):  # the moved memslot's old GPA still mapped
+    w = _host_change_walks(c)[1]
+    w["hpa"], w["steps"][0]["leaf"] = MOVED_PFN << 12, True
+
+
+def _fault_host_change_new_gpa(c):  # mapped at the new GPA the guest never touched
+    _host_change_walks(c, "qmp")[2]["hpa"] = MOVED_PFN << 12
+
+
+def _fault_host_change_writable(c):  # a writable SPTE over the read-only page
+    _host_change_walks(c)[0]["steps"][0]["flags"].append("W")
+
+
+def _fault_host_change_not_remapped(c):  # the page the guest read again is gone
+    _host_change_walks(c)[0].update(hpa=None, steps=[])
+
+
+def _fault_host_change_hpa(c):  # --hpa still finds the moved page
+    c["views"]["elf"]["workloads"]["base"]["host_changes"]["hpa"]["records"][1]["vm"] = 100
+
+
+def _fault_host_change_not_run(c):
+    del c["views"]["live"]["workloads"]["base"]["host_changes"]
+
+
 def _fault_dumps_missed(c):
     f = c["fault_dumps"]["faults"]["pfn"]
     f["verify"] = _verify_run(0)  # the fault was not found
@@ -790,6 +890,12 @@ FAULTS = {
     _fault_hpa_vm: {("elf", checks.HPA)},
     _fault_hpa_none: {("elf", checks.HPA)},
     _fault_hpa_table: {("elf", checks.HPA)},
+    _fault_host_change_stale: {("elf", checks.HOST_CHANGES)},
+    _fault_host_change_new_gpa: {("qmp", checks.HOST_CHANGES)},
+    _fault_host_change_writable: {("elf", checks.HOST_CHANGES)},
+    _fault_host_change_not_remapped: {("elf", checks.HOST_CHANGES)},
+    _fault_host_change_hpa: {("elf", checks.HOST_CHANGES)},
+    _fault_host_change_not_run: {("live", checks.HOST_CHANGES)},
     # --root all's current root then differs from the walk too.
     _fault_walk_hpa: {("elf", checks.WALK), ("elf", checks.ROOT_ALL)},
     _fault_walk_tag: {("elf", checks.WALK)},

@@ -336,6 +336,35 @@ def test_hpa_names_the_vm_and_guest_address(cell_result, view):
 
 
 @pytest.mark.parametrize("view", VIEWS)
+def test_kvm_followed_the_hosts_changes(cell_result, view):
+    """The base workload changed its memory on the host after the guest
+    wrote it (memslot moved and deleted, mprotect, MADV_DONTNEED): the walks
+    show those SPTEs zapped, or read-only where the guest read the page
+    again, and --hpa agrees; --verify (above) finds no problem."""
+    problems = _problems(cell_result, view, checks.HOST_CHANGES)
+    assert not problems, problems
+    changed = {
+        name: truth["host_changes"]
+        for name, truth in cell_result["truth"].items()
+        if truth.get("host_changes")
+    }
+    assert "base" in changed, list(changed)
+    kinds = sorted(c["change"] for c in changed["base"])
+    assert kinds == sorted(
+        [
+            "madv_dontneed",
+            "mprotect_readonly",
+            "mprotect_readonly_read",
+            "memslot_moved",
+            "memslot_moved",
+            "memslot_deleted",
+        ]
+    ), kinds
+    run = cell_result["views"][view]["workloads"]["base"]["host_changes"]
+    assert set(run["walks"]) == {str(v) for v in cell_result["truth"]["base"]["vcpus"]}
+
+
+@pytest.mark.parametrize("view", VIEWS)
 def test_map_and_dump_match_ground_truth(cell_result, view):
     """--map covers every tagged page, and every range it prints translates as
     the guest's tables and the host's pagemap say; --dump holds the same

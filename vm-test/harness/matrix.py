@@ -84,13 +84,16 @@ class Mode(NamedTuple):
         return level
 
 
+# The base workload of every mode also changes its memory on the host after
+# the guest wrote it (l2vmm --host-changes: memslot moved and deleted,
+# mprotect, MADV_DONTNEED), for checks/hostchanges.py.
 # Under TDP, three guests whose data pages the host backs with 4K pages, with
 # transparent huge pages, and with one 1 GiB hugetlbfs page: 4K, 2M and 1G
 # leaves.  L1 reserves that 1 GiB page at boot (a 2G L1 cannot find a free,
 # aligned GiB for it; 4G can).  For --gva they page in each of the guest's
 # modes: 4-level, PAE with 2 MiB guest pages, and 32-bit.
 _TDP_WORKLOADS = {
-    "base": Workload([]),
+    "base": Workload(["--host-changes"]),
     "thp": Workload(["--thp", "--guest-paging", "pae", "--guest-2m"]),
     "1g": Workload(["--backing", "hugetlb1g", "--guest-paging", "32"]),
 }
@@ -113,7 +116,7 @@ MODES: Dict[str, Mode] = {
         ["kvm_amd.npt=0"],
         [],
         {
-            "base": Workload(["--switch-cr3"]),
+            "base": Workload(["--switch-cr3", "--host-changes"]),
             "pae": Workload(["--guest-paging", "pae"], root_level=3),
             "32": Workload(["--guest-paging", "32"], root_level=3),
             "2m": Workload(["--guest-2m", "--thp"]),

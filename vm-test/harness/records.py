@@ -49,6 +49,19 @@ class Page(TypedDict, total=False):
     host_thp: bool
 
 
+class HostChange(Page, total=False):
+    """A tagged page that l2vmm --host-changes changed on the host after the
+    guest wrote its tag: ``change`` is madv_dontneed, mprotect_readonly,
+    mprotect_readonly_read (before the guest's second run, which read it),
+    memslot_moved (``new_gpa``: where its memslot went) or memslot_deleted;
+    ``pfn`` is pagemap's before the change, ``host_present`` whether pagemap
+    still has the page (then at that PFN)."""
+
+    change: str
+    new_gpa: Optional[int]
+    host_present: bool
+
+
 class VcpuTruth(TypedDict):
     """One vCPU as its own (pinned) thread saw it after the guest halted:
     KVM_RUN's exit reason, KVM_GET_SREGS, KVM_GET_REGS, KVM_GET_MP_STATE and
@@ -74,7 +87,8 @@ class Truth(TypedDict, total=False):
     pid: int
     vcpus: List[int]
     memslots: List[Memslot]
-    pages: List[Page]
+    pages: List[Page]  # the tagged pages as the guest left them
+    host_changes: List[HostChange]  # the ones the host changed afterwards (l2vmm --host-changes)
     cr3: int
     first_cr3: int  # != cr3 when the guest switched CR3 (l2vmm --switch-cr3)
     guest_pt_pages: List[int]  # GPAs of the guest's own page-table pages
@@ -353,6 +367,9 @@ class WorkloadRun(TypedDict, total=False):
     addr_kind: AddrKind
     vcpus: Dict[str, VcpuRun]  # keyed by the vCPU id as text (JSON)
     hpa: HpaRun
+    # --addr of each page l2vmm --host-changes changed, from each vCPU
+    # ({"walks": {vCPU id: WalkRun}, "hpa": HpaRun}; checks/hostchanges.py)
+    host_changes: Dict[str, Any]
 
 
 class ProcRun(TypedDict, total=False):

@@ -15,6 +15,8 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 - entry.py: the console script and %kvmwalk (CONSOLE, PLUGIN);
 - kdump.py: kvmwalk's kdump reader and the libkdumpfile refusal
   (KDUMP_READER, KDUMP_ONE_WALK);
+- hostchanges.py: what KVM did with the host's changes to guest memory
+  (HOST_CHANGES: l2vmm --host-changes);
 - verify.py: --verify of every VM and --hpa of every tagged page (VERIFY, HPA),
   and --verify of faults made in a copy of the ELF dump (VERIFY_FAULTS);
 - errors.py: contrib/kvmwalk.py on wrong input (ERRORS).
@@ -30,6 +32,7 @@ from .entry import CONSOLE, PLUGIN, check_entry_points
 from .errors import ERRORS, check_errors
 from .gprog import GUEST_PROGRAM, README_GUEST, check_guest_programs
 from .gva import GVA, check_gvas
+from .hostchanges import HOST_CHANGES, check_host_changes
 from .kdump import KDUMP_ONE_WALK, KDUMP_READER, check_kdump_views
 from .maps import DUMP, MAP
 from .read import READ, check_reads
@@ -63,6 +66,7 @@ CHECKS = (
     KDUMP_ONE_WALK,
     VERIFY,
     HPA,
+    HOST_CHANGES,
     VERIFY_FAULTS,
     ERRORS,
 )
@@ -79,6 +83,7 @@ def check_cell(result: CellResult) -> List[Problem]:
         + check_entry_points(result)
         + check_kdump_views(result)
         + check_verify(result)
+        + check_host_changes(result)
         + check_fault_dumps(result)
         + check_errors(result)
     )
