@@ -7,7 +7,10 @@ results (``build/vm/<suite>-<mode>/cell.json`` after vm-test/run-tests):
 Per cell and view: the tagged pages walked with --addr, the GVAs walked
 with --gva (and how many of them reached an HPA; in a dump without the
 guest's memory the guest's own tables are not there), the --read records,
-and the reads through the guest Programs.  The checks themselves are
+the reads through the guest Programs, the leaf SPTEs --verify checked (all
+VMs) and the problems it reported, the HPAs asked of --hpa, and the walks of
+the pages the host changed (l2vmm --host-changes); per cell, the faults
+made in a copy of the ELF dump and how many --verify found.  The checks themselves are
 harness/checks; this only counts what they were given.
 """
 
@@ -19,17 +22,33 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 TOP = Path(__file__).resolve().parent.parent
+COLUMNS = [
+    "walks",
+    "gvas",
+    "gvas_to_hpa",
+    "reads",
+    "program_reads",
+    "verified",
+    "problems",
+    "hpa_asked",
+    "changed_walks",
+]
 
 
 def counts(cell: Dict[str, Any]) -> Dict[str, Dict[str, int]]:
     out: Dict[str, Dict[str, int]] = {}
     for view, v in cell.get("views", {}).items():
-        c = out.setdefault(
-            view, {"walks": 0, "gvas": 0, "gvas_to_hpa": 0, "reads": 0, "program_reads": 0}
-        )
+        c = out.setdefault(view, dict.fromkeys(COLUMNS, 0))
         if "error" in v:
             continue
+        for rec in (v.get("verify") or {}).get("records", []):
+            c["verified"] += rec.get("checked", 0)
+            c["problems"] += "problem" in rec
         for wl in v["workloads"].values():
+            c["hpa_asked"] += len((wl.get("hpa") or {}).get("asked", []))
+            hc = wl.get("host_changes") or {}
+            for r in hc.get("walks", {}).values():
+                c["changed_walks"] += len(r.get("records", []))
             for r in wl["vcpus"].values():
                 c["walks"] += len(r.get("walks", []))
                 gva = (r.get("gva") or {}).get("records", [])
@@ -45,16 +64,31 @@ def counts(cell: Dict[str, Any]) -> Dict[str, Dict[str, int]]:
     return out
 
 
+def faults_found(cell: Dict[str, Any]) -> str:
+    """ "found/made" of vm-test/fault_dumps.py's faults: found = --verify
+    exited 1 naming the fault's problem."""
+    fd = cell.get("fault_dumps") or {}
+    faults = fd.get("faults") or {}
+    found = sum(
+        1
+        for f in faults.values()
+        if f["verify"]["rc"] == 1
+        and any(r.get("problem") == f["expected"]["problem"] for r in f["verify"]["records"])
+    )
+    return f"{found}/{len(faults)}"
+
+
 def main(argv: List[str]) -> None:
     dirs = [Path(a) for a in argv] or sorted((TOP / "build" / "vm").glob("*-*"))
-    cols = ["walks", "gvas", "gvas_to_hpa", "reads", "program_reads"]
-    print(f"{'cell':28} {'view':6} " + " ".join(f"{c:>13}" for c in cols))
+    print(f"{'cell':24} {'view':6} " + " ".join(f"{c:>13}" for c in COLUMNS))
     for d in dirs:
         path = d / "cell.json"
         if not path.exists():
             continue
-        for view, c in counts(json.loads(path.read_text())).items():
-            print(f"{d.name:28} {view:6} " + " ".join(f"{c[k]:>13}" for k in cols))
+        cell = json.loads(path.read_text())
+        for view, c in counts(cell).items():
+            print(f"{d.name:24} {view:6} " + " ".join(f"{c[k]:>13}" for k in COLUMNS))
+        print(f"{d.name:24} faults made in a copy of the ELF dump, found: {faults_found(cell)}")
 
 
 if __name__ == "__main__":
