@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterator, NamedTuple, Optional, Sequence, Tuple, cast
 
-from drgn import FaultError, Object, Program, Type
+from drgn import FaultError, Object, Program, Type, offsetof, sizeof
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
@@ -281,6 +281,86 @@ def _has_tdp_mmu_page(prog: Program) -> bool:
     return bool(found)
 
 
+class _PageLayout(NamedTuple):
+    """Where a PFN's ``page->private`` lies."""
+
+    vmemmap: int  # address of the struct page of PFN 0
+    page_size: int  # sizeof(struct page)
+    private: int  # offsetof(struct page, private)
+
+
+def _page_layout(prog: Program) -> _PageLayout:
+    key = "drgn_kvmwalk.page_layout"
+    layout = prog.cache.get(key)
+    if layout is None:
+        page = prog.type("struct page")
+        layout = _PageLayout(
+            int(pfn_to_page(prog, 0).value_()), sizeof(page), offsetof(page, "private")
+        )
+        prog.cache[key] = layout
+    return cast(_PageLayout, layout)
+
+
+class _SpLayout(NamedTuple):
+    """Where the members of ``struct kvm_mmu_page`` that :class:`ShadowPage`
+    holds lie, so that a table page's shadow page is two reads and no member
+    lookups (:func:`to_shadow_page` runs once per table page of a
+    whole-table view)."""
+
+    sp_pointer: Type  # struct kvm_mmu_page *
+    size: int  # sizeof(struct kvm_mmu_page)
+    spt: int
+    gfn: int
+    root_count: int  # an int (in a union with tdp_mmu_root_count since v5.11)
+    tdp_mmu: Optional[int]  # bool tdp_mmu_page (since v5.10: _has_tdp_mmu_page)
+    role: int  # of the 32-bit role word
+    bits: Tuple[Tuple[int, int], ...]  # (bit, width) in it: ROLE_FIELDS
+
+
+# The role bits ShadowPage keeps, in its order.
+_ROLE_FIELDS = ("level", "direct", "access", "smm", "guest_mode", "invalid", "quadrant")
+
+
+def _member_bits(t: Type, name: str, base: int = 0) -> Optional[Tuple[int, int]]:
+    """(bit offset, width) of member ``name`` of struct or union ``t``,
+    looked for in its anonymous members too."""
+    for m in t.members or ():
+        off = base + m.bit_offset
+        if m.name == name:
+            return off, m.bit_field_size or 8 * sizeof(m.type)
+        if m.name is None:
+            found = _member_bits(m.type.unaliased(), name, off)
+            if found is not None:
+                return found
+    return None
+
+
+def _sp_layout(prog: Program) -> _SpLayout:
+    key = "drgn_kvmwalk.sp_layout"
+    layout = prog.cache.get(key)
+    if layout is None:
+        sp_type = prog.type("struct kvm_mmu_page")
+        role_type = sp_type.member("role").type.unaliased()
+        bits = []
+        for name in _ROLE_FIELDS:
+            found = _member_bits(role_type, name)
+            if found is None:
+                raise UnknownLayout("union kvm_mmu_page_role", [name])
+            bits.append(found)
+        layout = _SpLayout(
+            prog.pointer_type(sp_type),
+            sizeof(sp_type),
+            offsetof(sp_type, "spt"),
+            offsetof(sp_type, "gfn"),
+            offsetof(sp_type, "root_count"),
+            offsetof(sp_type, "tdp_mmu_page") if _has_tdp_mmu_page(prog) else None,
+            offsetof(sp_type, "role"),
+            tuple(bits),
+        )
+        prog.cache[key] = layout
+    return cast(_SpLayout, layout)
+
+
 def to_shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
     """The ``struct kvm_mmu_page`` of the table page at ``table_hpa``: KVM keeps
     it in ``page->private`` of the table's page (``to_shadow_page()``).  None
@@ -290,41 +370,39 @@ def to_shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
 
     :raises LookupError: no ``struct kvm_mmu_page`` type (kvm.ko's debug info)
     """
-    page = pfn_to_page(prog, table_hpa >> 12)
+    pl = _page_layout(prog)
     try:
-        private = _int(page.private)
-    except FaultError:
-        return None
-    if not private:
-        return None
-    sp = Object(prog, "struct kvm_mmu_page *", private)
-    try:
-        spt = _int(sp.spt)
+        page = pl.vmemmap + (table_hpa >> 12) * pl.page_size
+        private = int.from_bytes(prog.read(page + pl.private, 8), "little")
+        if not private:
+            return None
+        lay = _sp_layout(prog)
+        raw = prog.read(private, lay.size)
     except FaultError:
         return None  # private is not a pointer to memory the target has
+    spt = int.from_bytes(raw[lay.spt : lay.spt + 8], "little")
     try:
         if int(virt_to_phys(prog, spt)) != table_hpa & ~0xFFF:
             return None
     except ValueError:
         return None  # spt is no direct-map address: not a shadow page
-    try:
-        role = sp.role.read_()
-        tdp_mmu = bool(sp.tdp_mmu_page) if _has_tdp_mmu_page(prog) else False
-        return ShadowPage(
-            sp,
-            int(role.level),
-            bool(role.direct),
-            int(role.access),
-            int(role.smm),
-            bool(role.guest_mode),
-            bool(role.invalid),
-            int(role.quadrant),
-            int(sp.gfn),
-            int(sp.root_count),
-            tdp_mmu,
-        )
-    except FaultError:
-        return None
+    word = int.from_bytes(raw[lay.role : lay.role + 4], "little")
+    level, direct, access, smm, guest_mode, invalid, quadrant = (
+        word >> bit & ((1 << width) - 1) for bit, width in lay.bits
+    )
+    return ShadowPage(
+        Object(prog, lay.sp_pointer, private),
+        level,
+        bool(direct),
+        access,
+        smm,
+        bool(guest_mode),
+        bool(invalid),
+        quadrant,
+        int.from_bytes(raw[lay.gfn : lay.gfn + 8], "little"),
+        int.from_bytes(raw[lay.root_count : lay.root_count + 4], "little", signed=True),
+        lay.tdp_mmu is not None and bool(raw[lay.tdp_mmu]),
+    )
 
 
 def _mmu_page_list(kvm: Object, name: str) -> Iterator[Object]:

@@ -198,52 +198,106 @@ class HostColumns:
         status = np.full(n, HOST_UNMAPPED, dtype=np.int8)
         if not n:
             return hpa, size, writable, status
-        order = np.argsort(hvas, kind="stable")
-        sorted_hvas = hvas[order]
-        pmd = sorted_hvas >> np.uint64(21)
-        cuts = np.flatnonzero(pmd[1:] != pmd[:-1]) + 1
-        starts = [0] + cuts.tolist()
-        ends = cuts.tolist() + [n]
-        mask = self.host.addr_mask
-        for a, b in zip(starts, ends):
-            idx = order[a:b]
-            try:
-                e = self.host.entry(int(sorted_hvas[a]), lowest=2)
-            except HostUnmapped:
-                status[idx] = HOST_UNMAPPED
-                continue
-            except (PhysMemError, FaultError):
-                status[idx] = HOST_UNREADABLE
-                continue
-            entry, rw = e.value, e.writable
-            level = e.level if entry & PT_PAGE_SIZE_MASK else 1
-            part = hvas[idx]
-            if level > 1:  # a huge host page: 2M or 1G
-                span = level_size(level)
-                base = entry & mask & ~(span - 1)
-                hpa[idx] = np.uint64(base) + (part & np.uint64(span - 1))
-                size[idx] = span
-                writable[idx] = rw
-                status[idx] = HOST_OK
-                continue
-            table = entry & mask
-            pt = self._pages.get(table)
-            if pt is None:
-                try:
-                    pt = np.frombuffer(self.host.tables.read(table, PAGE_SIZE), dtype=_U64)
-                except (PhysMemError, FaultError):
-                    status[idx] = HOST_UNREADABLE
-                    continue
-                self._pages[table] = pt
-            ptes = pt[(part >> np.uint64(12)) & np.uint64(511)]
-            present = (ptes & np.uint64(1)) != 0
-            hpa[idx] = np.where(
-                present, (ptes & np.uint64(mask)) | (part & np.uint64(0xFFF)), np.uint64(0)
-            )
-            size[idx] = np.where(present, np.uint64(PAGE_SIZE), np.uint64(0))
-            writable[idx] = present & rw & ((ptes & np.uint64(PT_WRITABLE_MASK)) != 0)
-            status[idx] = np.where(present, HOST_OK, HOST_UNMAPPED)
+        # Sorted by HVA (leaves of a TDP root already are): then the upper
+        # levels are walked once per GiB, each PMD table is indexed with
+        # numpy for all its HVAs, and each page table read once.
+        if n > 1 and not bool(np.all(hvas[1:] >= hvas[:-1])):
+            order: Optional["np.ndarray[Any, Any]"] = np.argsort(hvas, kind="stable")
+            s_hvas = hvas[order]
+        else:
+            order, s_hvas = None, hvas
+        s_hpa = np.zeros(n, dtype=_U64)
+        s_size = np.zeros(n, dtype=_U64)
+        s_w = np.zeros(n, dtype=bool)
+        s_status = np.full(n, HOST_UNMAPPED, dtype=np.int8)
+        gib = s_hvas >> np.uint64(30)
+        cuts = (np.flatnonzero(gib[1:] != gib[:-1]) + 1).tolist()
+        for a, b in zip([0] + cuts, cuts + [n]):
+            self._translate_gib(s_hvas[a:b], s_hpa[a:b], s_size[a:b], s_w[a:b], s_status[a:b])
+        if order is None:
+            return s_hpa, s_size, s_w, s_status
+        hpa[order], size[order], writable[order], status[order] = s_hpa, s_size, s_w, s_status
         return hpa, size, writable, status
+
+    def _translate_gib(
+        self,
+        hvas: "np.ndarray[Any, Any]",
+        hpa: "np.ndarray[Any, Any]",
+        size: "np.ndarray[Any, Any]",
+        writable: "np.ndarray[Any, Any]",
+        status: "np.ndarray[Any, Any]",
+    ) -> None:
+        """:meth:`translate` of sorted HVAs inside one GiB, into the views
+        given (status comes in HOST_UNMAPPED)."""
+        mask = np.uint64(self.host.addr_mask)
+        try:
+            e = self.host.entry(int(hvas[0]), lowest=3)
+        except HostUnmapped:
+            return
+        except (PhysMemError, FaultError):
+            status[:] = HOST_UNREADABLE
+            return
+        if e.value & PT_PAGE_SIZE_MASK:  # a 1G host page
+            span = level_size(e.level)
+            hpa[:] = np.uint64(e.value & self.host.addr_mask & ~(span - 1)) | (
+                hvas & np.uint64(span - 1)
+            )
+            size[:], writable[:], status[:] = span, e.writable, HOST_OK
+            return
+        try:
+            pmd = self._table(e.value & self.host.addr_mask)
+        except (PhysMemError, FaultError):
+            status[:] = HOST_UNREADABLE
+            return
+        # Per PMD entry (512 of them), then per HVA by its PMD index.
+        pmd_present = (pmd & np.uint64(1)) != 0
+        pmd_huge = pmd_present & ((pmd & np.uint64(PT_PAGE_SIZE_MASK)) != 0)
+        pmd_w = e.writable & ((pmd & np.uint64(PT_WRITABLE_MASK)) != 0)
+        pmd_index = ((hvas >> np.uint64(21)) & np.uint64(511)).astype(np.intp)
+        used = np.zeros(512, dtype=bool)
+        used[pmd_index] = True
+        huge = pmd_huge[pmd_index]
+        if huge.any():  # 2M host pages
+            two_m = np.uint64(level_size(2))
+            hpa[huge] = (pmd[pmd_index[huge]] & mask & ~(two_m - np.uint64(1))) | (
+                hvas[huge] & (two_m - np.uint64(1))
+            )
+            size[huge], writable[huge], status[huge] = two_m, pmd_w[pmd_index[huge]], HOST_OK
+        # The page tables, laid out by PMD index: entry i of the table of
+        # PMD entry j is entry j * 512 + i, bits 12-29 of the HVA.
+        tables = np.zeros((512, 512), dtype=_U64)
+        pt_ok = np.zeros(512, dtype=bool)
+        pt_unreadable = np.zeros(512, dtype=bool)
+        for j in np.flatnonzero(used & pmd_present & ~pmd_huge).tolist():
+            try:
+                tables[j] = self._table(int(pmd[j]) & self.host.addr_mask)
+            except (PhysMemError, FaultError):
+                pt_unreadable[j] = True
+                continue
+            pt_ok[j] = True
+        if not pt_ok.any() and not pt_unreadable.any():
+            return
+        ptes = tables.reshape(-1)[((hvas >> np.uint64(12)) & np.uint64(0x3FFFF)).astype(np.intp)]
+        # (whole-array np.where: boolean indexing costs more per element)
+        ok = pt_ok[pmd_index] & ((ptes & np.uint64(1)) != 0)
+        hpa[:] = np.where(ok, (ptes & mask) | (hvas & np.uint64(0xFFF)), hpa)
+        size[:] = np.where(ok, np.uint64(PAGE_SIZE), size)
+        writable[:] = np.where(
+            ok, pmd_w[pmd_index] & ((ptes & np.uint64(PT_WRITABLE_MASK)) != 0), writable
+        )
+        status[:] = np.where(
+            ok,
+            np.int8(HOST_OK),
+            np.where(pt_unreadable[pmd_index], np.int8(HOST_UNREADABLE), status),
+        )
+
+    def _table(self, pa: int) -> "np.ndarray[Any, Any]":
+        """The host table page at ``pa`` as 512 entries (kept)."""
+        page = self._pages.get(pa)
+        if page is None:
+            page = np.frombuffer(self.host.tables.read(pa, PAGE_SIZE), dtype=_U64)
+            self._pages[pa] = page
+        return page
 
 
 # -- Memslots, as arrays ------------------------------------------------------
@@ -433,7 +487,9 @@ class _Checker:
         if compare.any() and host is None:
             bad["host_unreadable"] = compare
         elif host is not None:
-            pos = np.flatnonzero(compare)
+            # every leaf, most often: no gathering and scattering
+            everyone = bool(compare.all())
+            pos: Any = slice(None) if everyone else np.flatnonzero(compare)
             h_hpa, h_size, h_w, h_status = host.translate(hvas[pos])
             ok = h_status == HOST_OK
             host_hpa[pos] = h_hpa
@@ -445,6 +501,9 @@ class _Checker:
                 ("writable_over_readonly", ok & writable[pos] & ~h_w),
                 ("host_writable_over_readonly", ok & host_writable[pos] & ~h_w & ~writable[pos]),
             ):
+                if everyone:
+                    bad[name] = mask
+                    continue
                 full = np.zeros(n, dtype=bool)
                 full[pos] = mask
                 bad[name] = full

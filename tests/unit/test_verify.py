@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from drgn_kvmwalk.guest import HostPageTables
+from drgn_kvmwalk.guest import HostPageTables, HostUnmapped
 from drgn_kvmwalk.kvm import Memslot
 from drgn_kvmwalk.spte import PAGE_SIZE, x86_format
 from drgn_kvmwalk.verify import (
     HOST_OK,
     HOST_UNMAPPED,
+    HOST_UNREADABLE,
     HostColumns,
     _Checker,
     _Invalidation,
@@ -116,6 +117,49 @@ def test_host_columns_translate_4k_huge_and_holes() -> None:
     assert int(hpa[0]) == Host.hpa(3) + 7
     assert int(hpa[2]) == Host.hpa(600) and int(size[2]) == 1 << 21
     assert writable.tolist() == [True, False, True, False]
+
+
+def _one_by_one(host: Host, hvas: "np.ndarray") -> list:
+    """HostPageTables.entry per HVA: what translate() must give for each."""
+    out = []
+    fake = host.columns.host
+    for hva in hvas.tolist():
+        try:
+            e = fake.entry(hva)
+        except HostUnmapped:
+            out.append((0, 0, False, HOST_UNMAPPED))
+            continue
+        span = 1 << (12 + 9 * (e.level - 1))
+        hpa = (e.value & fake.addr_mask & ~(span - 1)) | (hva & (span - 1))
+        out.append((hpa, span, e.writable and bool(e.value & 2), HOST_OK))
+    return out
+
+
+def test_host_columns_agree_with_one_walk_per_address() -> None:
+    """Sorted and unsorted, over 4K, 2M and 1G host pages, holes and another
+    GiB: each HVA as HostPageTables.entry finds it alone."""
+    host = Host()
+    gib = 1 << 30
+    host.tables.put(SLOT_HVA + 2 * gib, 3, 0x8000_0000 | HOST_LEAF_RO | (1 << 7))
+    rng = np.random.default_rng(7)
+    offsets = rng.integers(0, 2 * SLOT_PAGES * PAGE_SIZE, 400).astype(U64)
+    hvas = np.concatenate(
+        [U64(SLOT_HVA) + offsets, U64(SLOT_HVA + 2 * gib) + offsets, U64(SLOT_HVA + gib) + offsets]
+    )
+    for order in (np.sort(hvas), hvas):
+        hpa, size, writable, status = host.columns.translate(order)
+        got = list(zip(hpa.tolist(), size.tolist(), writable.tolist(), status.tolist()))
+        assert got == _one_by_one(host, order)
+    assert HOST_OK in status.tolist() and HOST_UNMAPPED in status.tolist()
+
+
+def test_host_columns_unreadable_page_table() -> None:
+    host = Host()
+    hvas = np.array([SLOT_HVA + 3 * PAGE_SIZE, SLOT_HVA + 600 * PAGE_SIZE], dtype=U64)
+    pt = host.columns.host.entry(int(hvas[0]), lowest=2).value & ~0xFFF & ((1 << 52) - 1)
+    del host.mem.pages[pt]
+    _, _, _, status = host.columns.translate(hvas)
+    assert status.tolist() == [HOST_UNREADABLE, HOST_OK]
 
 
 def test_healthy_leaves_have_no_problems() -> None:
