@@ -16,7 +16,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Literal, NamedTuple, Optional, TypedDict, cast
+from typing import (
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Literal,
+    NamedTuple,
+    Optional,
+    Tuple,
+    TypedDict,
+    cast,
+)
 
 AddrKind = Literal["gpa", "gva"]
 
@@ -511,13 +522,19 @@ class VcpuRuns(NamedTuple):
     where: str  # "view workload vcpu N", for messages
 
 
+def each_view(result: CellResult, views: List[str]) -> Iterator[Tuple[str, ViewResult]]:
+    """Every view of ``views`` that has a result, with it (walks.RESULT
+    reports the others)."""
+    for view in views:
+        v = result["views"].get(view)
+        if v is not None and "error" not in v:
+            yield view, v
+
+
 def each_vcpu_runs(result: CellResult, views: List[str]) -> Iterator[VcpuRuns]:
     """Every view of ``views`` that has a result (walks.RESULT reports the
     others), every workload it ran and every vCPU of it."""
-    for view in views:
-        v = result["views"].get(view)
-        if v is None or "error" in v:
-            continue
+    for view, v in each_view(result, views):
         for name, truth in result["truth"].items():
             wl = v["workloads"].get(name)
             if wl is None:

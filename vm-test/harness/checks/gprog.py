@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ..matrix import VIEWS
-from ..records import CellResult, Problem, Truth, each_vcpu_runs
+from ..records import CellResult, Problem, Truth, each_vcpu_runs, each_view
 from .read import READ_BEFORE, READ_LENGTH, no_guest_memory
 
 GUEST_PROGRAM = "guest_program"
@@ -188,10 +188,7 @@ def check_guest_programs(result: CellResult) -> List[Problem]:
                 Problem(view, GUEST_PROGRAM, f"{where} linux: {m}")
                 for m in check_linux(result, view, runs.get("linux"), truth)
             ]
-    for view in VIEWS:
-        v = result["views"].get(view)
-        if v is None or "error" in v:
-            continue
+    for view, v in each_view(result, VIEWS):
         problems += [
             Problem(view, README_GUEST, m)
             for m in check_readme_guest(result, view, v.get("readme_guest"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, NamedTuple
 
 from ..matrix import VIEWS
-from ..records import AddrKind, CellResult, HostChange, Problem, Truth
+from ..records import AddrKind, CellResult, HostChange, Problem, Truth, each_view
 
 HOST_CHANGES = "host_changes"
 
@@ -61,10 +61,7 @@ def changed_hpas(truth: Truth) -> List[Dict[str, Any]]:
 def check_host_changes(result: CellResult) -> List[Problem]:
     problems: List[Problem] = []
     kind = result["addr_kind"]
-    for view in VIEWS:
-        v = result["views"].get(view)
-        if v is None or "error" in v:
-            continue  # walks.check_walks reports it
+    for view, v in each_view(result, VIEWS):
         for name, truth in result["truth"].items():
             if not truth.get("host_changes"):
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import List
 
 from ..matrix import VIEWS
-from ..records import CellResult, Problem
+from ..records import CellResult, Problem, each_view
 from .annotate import check_annotated, check_map_annotated
 from .maps import check_map
 from .roots import check_all_roots, check_prev_root
@@ -31,10 +31,7 @@ def check_whole_tables(result: CellResult) -> List[Problem]:
     """
     problems: List[Problem] = []
     kind = result["addr_kind"]
-    for view in VIEWS:
-        v = result["views"].get(view)
-        if v is None or "error" in v:
-            continue  # walks.check_walks reports it
+    for view, v in each_view(result, VIEWS):
         lst = v.get("list") or {}
         if lst.get("rc") != 0:
             problems.append(Problem(view, LIST, f"{view} --list failed: {lst.get('stderr')}"))

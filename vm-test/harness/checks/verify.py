@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Set
 
 from ..matrix import VIEWS
-from ..records import CellResult, Problem, Truth, truth_gpa
+from ..records import CellResult, Problem, Truth, each_view, truth_gpa
 
 VERIFY = "verify"
 HPA = "hpa"
@@ -36,10 +36,7 @@ ALLOWED_EXCEPTIONS = {"tdp_mmu_parent_level", "stale_mmio", "invalid_root"}
 def check_verify(result: CellResult) -> List[Problem]:
     problems: List[Problem] = []
     kind = result["addr_kind"]
-    for view in VIEWS:
-        v = result["views"].get(view)
-        if v is None or "error" in v:
-            continue  # walks.check_walks reports it
+    for view, v in each_view(result, VIEWS):
         problems += _check_view_verify(result, view)
         for name, truth in result["truth"].items():
             wl = v["workloads"].get(name) or {}
