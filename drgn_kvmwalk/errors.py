@@ -8,6 +8,8 @@ line; helpers raise them, :mod:`drgn_kvmwalk.cli` reports them.
 from typing import Sequence
 
 __all__ = [
+    "BadKernelValue",
+    "CorruptList",
     "KvmWalkError",
     "MissingDebugInfo",
     "NoKvm",
@@ -65,3 +67,25 @@ class UnknownLayout(KvmWalkError):
             f"{', '.join(self.members)}{about}; this kvmwalk does not know "
             "this kernel yet"
         )
+
+
+class BadKernelValue(KvmWalkError):
+    """A value read from the kernel that steers the walk is out of its range
+    (corrupt memory, or a layout misread): ``field`` names where it was read,
+    ``value`` is what was there, ``expected`` what it may be."""
+
+    def __init__(self, field: str, value: int, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field} is {value}, not {expected}: the kernel's memory is corrupt")
+
+
+class CorruptList(KvmWalkError):
+    """A kernel list that does not come back to its head: an entry links to
+    one seen before (a cycle), or there are more than any kernel makes."""
+
+    def __init__(self, what: str, address: int, reason: str) -> None:
+        self.what = what
+        self.address = address
+        super().__init__(f"{what} is corrupt: the entry at {address:#x} {reason}")

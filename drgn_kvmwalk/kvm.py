@@ -13,13 +13,13 @@ import re
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from drgn import Object, Program, TypeKind, cast
-from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.module import find_module
 from drgn.helpers.linux.pid import for_each_task
 from drgn.helpers.linux.rbtree import rbtree_inorder_for_each_entry
 from drgn.helpers.linux.xarray import xa_for_each
 
 from .errors import MissingDebugInfo, NoKvm, NoSuchVcpu, NoSuchVm
+from .lists import list_entries
 
 __all__ = [
     "Memslot",
@@ -120,7 +120,7 @@ def for_each_vm(prog: Program) -> Iterator[Object]:
     :raises MissingDebugInfo: kvm.ko is loaded without debug info
     """
     head = _vm_list(prog)
-    return list_for_each_entry("struct kvm", head.address_of_(), "vm_list")
+    return list_entries(head.address_of_(), "struct kvm", "vm_list", "vm_list")
 
 
 def find_vm(prog: Program, pid: Optional[int]) -> Object:

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Iterator, NamedTuple, Optional, Sequence, Tuple, cast
 
 from drgn import FaultError, Object, Program, Type, offsetof, sizeof
-from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
-from .errors import NoRoot, UnknownLayout
+from .errors import BadKernelValue, NoRoot, UnknownLayout
+from .lists import list_entries
 from .sptefmt import spte_format
-from .walk import PhysMem, PhysMemError, Root, TableCache, Walk, walk_addr
+from .walk import ROOT_LEVELS, PhysMem, PhysMemError, Root, TableCache, Walk, walk_addr
 
 __all__ = [
     "DrgnPhysMem",
@@ -200,6 +200,8 @@ def mmu_root(mmu: Object) -> Root:
             "the vCPU's root is KVM's dummy root (the zero page): the guest's "
             "page-table root is not in any memslot, so nothing is mapped"
         )
+    if level not in ROOT_LEVELS:
+        raise BadKernelValue("mmu->" + ".".join(layout.root_level), level, "a root level (2-5)")
     pae_root = mmu.pae_root.value_()
     pae_root_hpa = int(virt_to_phys(prog, pae_root)) if pae_root else None
     return Root(hpa, level, direct, cpu_level, pae_root_hpa)
@@ -416,7 +418,7 @@ def _mmu_page_list(kvm: Object, name: str) -> Iterator[Object]:
         return
     if not head.next.value_():
         return
-    yield from list_for_each_entry("struct kvm_mmu_page", head.address_of_(), "link")
+    yield from list_entries(head.address_of_(), "struct kvm_mmu_page", "link", f"kvm->arch.{name}")
 
 
 def for_each_tdp_mmu_root(kvm: Object) -> Iterator[Object]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
 
 from drgn import FaultError, Object
 
-from .errors import NoRoot
+from .errors import BadKernelValue, NoRoot
 from .kvm import Memslot, for_each_memslot, for_each_vcpu, vm_pid, vm_stats_id
 from .mmu import (
     for_each_prev_root,
@@ -79,7 +79,7 @@ def vm_summary(kvm: Object) -> VmSummary:
         state = vcpu_state(vcpu)
         try:
             info = mmu_info(vcpu)
-        except NoRoot as e:
+        except (NoRoot, BadKernelValue) as e:  # --list shows the rest
             vcpus.append(VcpuSummary(vid, None, None, None, str(e), state))
             continue
         vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None, state))

@@ -20,6 +20,7 @@ try:
 except ImportError:  # pragma: no cover - Python 3.7
     Protocol = object  # type: ignore[assignment]
 
+from .errors import BadKernelValue
 from .spte import (
     PAGE_SIZE,
     PT_PRESENT_MASK,
@@ -39,6 +40,7 @@ __all__ = [
     "Root",
     "Step",
     "PT32E_ROOT_LEVEL",
+    "ROOT_LEVELS",
     "TableCache",
     "Walk",
     "addr_bits",
@@ -49,6 +51,8 @@ __all__ = [
 
 PT32E_ROOT_LEVEL = 3
 PT64_ROOT_4LEVEL = 4
+# The levels a root can have: PT32_ROOT_LEVEL (2) to PT64_ROOT_5LEVEL (5).
+ROOT_LEVELS = (2, 3, 4, 5)
 
 
 class PhysMemError(Exception):
@@ -175,8 +179,13 @@ def root_start_level(root: Root) -> int:
     shadow_root_level=5 && guest root_level<4") (in v5.16) the test is ">= 4";
     before it was "== 4", which differs only for 5-level roots, and those
     kernels could not build a 5-level special root anyway.
+
+    :raises BadKernelValue: the root's level is none of ROOT_LEVELS (read
+        from a corrupt kernel: no walk may start from it)
     """
     level = root.level
+    if level not in ROOT_LEVELS:
+        raise BadKernelValue("the root's level", level, "a root level (2-5)")
     if level >= PT64_ROOT_4LEVEL and root.cpu_level < PT64_ROOT_4LEVEL and not root.direct:
         level = PT32E_ROOT_LEVEL
     return level
