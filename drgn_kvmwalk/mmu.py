@@ -313,7 +313,7 @@ class _SpLayout(NamedTuple):
     size: int  # sizeof(struct kvm_mmu_page)
     spt: int
     gfn: int
-    root_count: int  # an int (in a union with tdp_mmu_root_count since v5.11)
+    root_count: int  # an int (on newer kernels in a union with tdp_mmu_root_count)
     tdp_mmu: Optional[int]  # bool tdp_mmu_page (since v5.10: _has_tdp_mmu_page)
     role: int  # of the 32-bit role word
     bits: Tuple[Tuple[int, int], ...]  # (bit, width) in it: ROLE_FIELDS

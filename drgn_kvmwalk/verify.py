@@ -192,32 +192,26 @@ class HostColumns:
         status HOST_OK, HOST_UNMAPPED or HOST_UNREADABLE; the others are 0
         where status is not HOST_OK)."""
         n = len(hvas)
+        # Sorted by HVA (leaves of a TDP root already are): then the upper
+        # levels are walked once per GiB, each PMD table is indexed with
+        # numpy for all its HVAs, and each page table read once.
+        order: Optional["np.ndarray[Any, Any]"] = None
+        if n > 1 and not bool(np.all(hvas[1:] >= hvas[:-1])):
+            order = np.argsort(hvas, kind="stable")
+            hvas = hvas[order]
         hpa = np.zeros(n, dtype=_U64)
         size = np.zeros(n, dtype=_U64)
         writable = np.zeros(n, dtype=bool)
         status = np.full(n, HOST_UNMAPPED, dtype=np.int8)
-        if not n:
-            return hpa, size, writable, status
-        # Sorted by HVA (leaves of a TDP root already are): then the upper
-        # levels are walked once per GiB, each PMD table is indexed with
-        # numpy for all its HVAs, and each page table read once.
-        if n > 1 and not bool(np.all(hvas[1:] >= hvas[:-1])):
-            order: Optional["np.ndarray[Any, Any]"] = np.argsort(hvas, kind="stable")
-            s_hvas = hvas[order]
-        else:
-            order, s_hvas = None, hvas
-        s_hpa = np.zeros(n, dtype=_U64)
-        s_size = np.zeros(n, dtype=_U64)
-        s_w = np.zeros(n, dtype=bool)
-        s_status = np.full(n, HOST_UNMAPPED, dtype=np.int8)
-        gib = s_hvas >> np.uint64(30)
+        gib = hvas >> np.uint64(30)
         cuts = (np.flatnonzero(gib[1:] != gib[:-1]) + 1).tolist()
-        for a, b in zip([0] + cuts, cuts + [n]):
-            self._translate_gib(s_hvas[a:b], s_hpa[a:b], s_size[a:b], s_w[a:b], s_status[a:b])
+        for a, b in zip([0] + cuts, cuts + [n]) if n else ():  # (none: no group)
+            self._translate_gib(hvas[a:b], hpa[a:b], size[a:b], writable[a:b], status[a:b])
         if order is None:
-            return s_hpa, s_size, s_w, s_status
-        hpa[order], size[order], writable[order], status[order] = s_hpa, s_size, s_w, s_status
-        return hpa, size, writable, status
+            return hpa, size, writable, status
+        back = np.empty_like(order)
+        back[order] = np.arange(n)
+        return hpa[back], size[back], writable[back], status[back]
 
     def _translate_gib(
         self,
