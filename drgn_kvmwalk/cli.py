@@ -32,7 +32,7 @@ from typing import (
 
 from drgn import FaultError, Object, Program
 
-from .errors import KvmWalkError, NoRoot, NoSuchVm
+from .errors import CorruptList, KvmWalkError, NoRoot, NoSuchVm
 from .gmem import MAX_READ
 from .gwalk import GuestAddressError
 from .kvm import find_vcpu, find_vm, for_each_vm, vm_pid
@@ -72,7 +72,7 @@ from .render import (
 from .spte import SpteFormat
 from .sptefmt import spte_format
 from .views import ROOT_CHOICES, LabelledRoot, select_roots, vm_summary
-from .walk import AddressError, Root, TableCache, walk_addr
+from .walk import MAX_TABLES, AddressError, Root, TableCache, walk_addr
 
 if TYPE_CHECKING:
     from .leaves import LeafColumns  # numpy: imported only by the whole-table views
@@ -174,6 +174,13 @@ def _nonneg_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}: negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if not value:
+        raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
@@ -347,6 +354,17 @@ def build_parser(prog_name: str) -> argparse.ArgumentParser:
         "page boundaries",
     )
     p.add_argument(
+        "--max-tables",
+        metavar="N",
+        type=_positive_int,
+        default=MAX_TABLES,
+        help="with --dump, --map, --stats, --verify or --hpa: read at most N table "
+        f"pages under one root (default {MAX_TABLES}: 16 GiB of table pages, more "
+        "than any real root has); a walk that reaches N says so on stderr and "
+        "goes on with the next root, so that tables a corrupt kernel made to "
+        "repeat cannot keep it going for hours",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="JSON instead of text: JSON Lines for --addr, --gva, --read, --dump, "
@@ -483,6 +501,10 @@ def parse_args(
         raise UsageError("--range goes with --dump or --map")
     if args.annotate and not (args.addr or args.dump or args.map):
         raise UsageError("--annotate goes with --addr, --dump or --map")
+    if args.max_tables != MAX_TABLES and not (
+        args.dump or args.map or args.stats or args.verify or args.hpa
+    ):
+        raise UsageError("--max-tables goes with --dump, --map, --stats, --verify or --hpa")
     if args.root != "current" and not (
         args.addr or args.dump or args.map or (args.verify and args.vcpu is not None)
     ):
@@ -504,13 +526,13 @@ def run(
     ``err`` and exit status 2."""
     try:
         if args.list:
-            return _list(prog, args, out)
+            return _list(prog, args, out, err)
         if args.stats:
-            return _stats(prog, args, out)
+            return _stats(prog, args, out, err)
         if args.verify:
-            return _verify(prog, args, out)
+            return _verify(prog, args, out, err)
         if args.hpa:
-            return _hpa(prog, args, out)
+            return _hpa(prog, args, out, err)
         if args.addr:
             return _walk(prog, args, out)
         if args.read:
@@ -682,13 +704,18 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
     ) -> Iterator[Union[LeafRun, LeafColumns, MapRange, MapRanges, Unreadable]]:
         """What the view prints for ``root``, as the core gives it."""
         mem, progress_of = DrgnPhysMem(prog), on_leaves(root.direct)
+        budget = args.max_tables
         if args.map and args.annotate:  # one struct kvm_mmu_page per range
-            return iter_ranges(mem, fmt, root, start, end, per_table=True, on_leaves=progress_of)
+            return iter_ranges(
+                mem, fmt, root, start, end, per_table=True, on_leaves=progress_of, max_tables=budget
+            )
         if args.map:
-            return iter_range_blocks(mem, fmt, root, start, end, on_leaves=progress_of)
+            return iter_range_blocks(
+                mem, fmt, root, start, end, on_leaves=progress_of, max_tables=budget
+            )
         if args.annotate:  # one struct kvm_mmu_page per table page
-            return iter_leaves(mem, fmt, root, start, end)
-        return iter_leaf_columns(mem, fmt, root, start, end)
+            return iter_leaves(mem, fmt, root, start, end, max_tables=budget)
+        return iter_leaf_columns(mem, fmt, root, start, end, max_tables=budget)
 
     walks = [(lr, view_items(lr.root)) for lr in roots]
     flags = FlagCache(fmt)
@@ -861,10 +888,36 @@ class Progress:
             self.shown = False
 
 
-def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+def _every_vm(prog: Program, args: argparse.Namespace, err: TextIO) -> List[Object]:
+    """--vm's VM, or every VM: those before the break of a corrupt vm_list,
+    with a warning (raised when there are none before it)."""
+    if args.vm is not None:
+        return [find_vm(prog, args.vm)]
+    vms: List[Object] = []
+    try:
+        for kvm in for_each_vm(prog):
+            vms.append(kvm)
+    except CorruptList as e:
+        if not vms:
+            raise
+        err.write(f"warning: {e}; only the {len(vms)} VM(s) before it are read\n")
+        err.flush()
+    return vms
+
+
+def _warn(out: TextIO, err: TextIO, lines: List[str]) -> None:
+    """Warnings on stderr, after what stdout has so far."""
+    if lines:
+        out.flush()
+        err.write("".join(f"warning: {line}\n" for line in lines))
+        err.flush()
+
+
+def _list(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """--list: VMs, vCPUs and memslots."""
-    found = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
+    found = _every_vm(prog, args, err)
     vms = [vm_summary(kvm) for kvm in found]
+    _warn(out, err, [f"VM pid {vm.pid}: {what}" for vm in vms for what in vm.broken])
     if args.json:
         out.write(json.dumps(list_json(vms)) + "\n")
     else:
@@ -873,13 +926,14 @@ def _list(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _stats(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+def _stats(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """--stats: leaf counts beside KVM's counters, for --vm or every VM."""
     from .stats import vm_stats  # numpy: only for whole-table views
 
-    vms = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
+    vms = _every_vm(prog, args, err)
     for kvm in vms:
-        st = vm_stats(kvm)
+        st = vm_stats(kvm, args.max_tables)
+        _warn(out, err, [f"VM pid {st.pid}: {what}" for what in st.broken])
         out.write((json.dumps(stats_json(st)) if args.json else stats_text(st)) + "\n")
     if not vms and not args.json:
         out.write("no VMs\n")
@@ -887,12 +941,12 @@ def _stats(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _verify(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+def _verify(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """--verify: every leaf SPTE and table page against the host and KVM's
     books; exit status 1 when something disagrees."""
     from .verify import Problem, verify_vm  # numpy: only for whole-table views
 
-    vms = [find_vm(prog, args.vm)] if args.vm is not None else list(for_each_vm(prog))
+    vms = _every_vm(prog, args, err)
     roots_of: Dict[int, Optional[List[int]]] = {}
     for kvm in vms:  # every vCPU and root is looked up before anything is printed
         roots = None
@@ -901,7 +955,7 @@ def _verify(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
         roots_of[kvm.value_()] = roots
     found = False
     for kvm in vms:
-        for rec in verify_vm(kvm, roots_of[kvm.value_()]):
+        for rec in verify_vm(kvm, roots_of[kvm.value_()], max_tables=args.max_tables):
             if isinstance(rec, Problem):
                 found = True
                 line = json.dumps(problem_json(rec)) if args.json else problem_text(rec)
@@ -917,12 +971,23 @@ def _verify(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_PROBLEMS if found else EXIT_OK
 
 
-def _hpa(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
+def _hpa(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """--hpa: every mapping of each host physical address, in the order given."""
-    from .verify import HpaMapping, find_hpa  # numpy: only for whole-table views
+    from .verify import (
+        HpaMapping,
+        HpaSkipped,
+        HpaTable,
+        find_hpa,
+    )  # numpy: only for whole-table views
 
-    kvms = [find_vm(prog, args.vm)] if args.vm is not None else None
-    found = list(find_hpa(prog, args.hpa, kvms))
+    found: List[Union[HpaMapping, HpaTable]] = []
+    skipped: List[str] = []
+    for r in find_hpa(prog, args.hpa, _every_vm(prog, args, err), args.max_tables):
+        if isinstance(r, HpaSkipped):
+            skipped.append(f"VM pid {r.vm}: {r.what}")
+        else:
+            found.append(r)
+    _warn(out, err, skipped)
     lines: List[str] = []
     for x in dict.fromkeys(args.hpa):
         recs = [r for r in found if r.hpa == x]

@@ -15,11 +15,10 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 from drgn import Object, Program, TypeKind, cast
 from drgn.helpers.linux.module import find_module
 from drgn.helpers.linux.pid import for_each_task
-from drgn.helpers.linux.rbtree import rbtree_inorder_for_each_entry
 from drgn.helpers.linux.xarray import xa_for_each
 
-from .errors import MissingDebugInfo, NoKvm, NoSuchVcpu, NoSuchVm
-from .lists import list_entries
+from .errors import BadKernelValue, MissingDebugInfo, NoKvm, NoSuchVcpu, NoSuchVm
+from .lists import list_entries, rbtree_entries
 
 __all__ = [
     "Memslot",
@@ -215,13 +214,22 @@ def for_each_memslot(kvm: Object) -> Iterator[Memslot]:
             # slots live in trees indexed by the active node.
             node_idx = slots.node_idx.value_()
         except AttributeError:
-            found = [slots.memslots[i] for i in range(slots.used_slots.value_())]
+            used = slots.used_slots.value_()
+            room = slots.memslots.type_.length
+            if not 0 <= used <= (room if room is not None else used):
+                raise BadKernelValue(
+                    f"kvm->memslots[{as_id}]->used_slots", used, f"0-{room} (its array's length)"
+                ) from None
+            found = [slots.memslots[i] for i in range(used)]
             found.sort(key=lambda s: s.base_gfn.value_())
             for slot in found:
                 yield _memslot(as_id, slot)
             continue
-        for slot in rbtree_inorder_for_each_entry(
-            "struct kvm_memory_slot", slots.gfn_tree.address_of_(), f"gfn_node[{node_idx}]"
+        for slot in rbtree_entries(
+            slots.gfn_tree.address_of_(),
+            "struct kvm_memory_slot",
+            f"gfn_node[{node_idx}]",
+            f"kvm->memslots[{as_id}]->gfn_tree",
         ):
             yield _memslot(as_id, slot)
 

@@ -31,6 +31,7 @@ from .spte import (
     level_size,
 )
 from .walk import (
+    MAX_TABLES,
     PT32E_ROOT_LEVEL,
     AddressError,
     PhysMem,
@@ -109,13 +110,23 @@ class LeafColumns(NamedTuple):
 
 
 class Unreadable(NamedTuple):
-    """A table page the walk could not read; what it maps is unknown."""
+    """A table page the walk did not descend into; what it maps is unknown.
+
+    ``kind`` says why: ``"unreadable"``, it could not be read (``error`` says
+    what the reader said); ``"repeated"``, the walk reached it a second time
+    where KVM never puts one table page twice (a corrupt table: it is not
+    walked again); ``"budget"``, the walk stopped there because it had read
+    ``max_tables`` table pages under the root (``base`` and ``size`` then
+    cover the rest of the range asked for, ``table`` is the page it did not
+    read).
+    """
 
     level: int
     table: int
     base: int
     size: int  # bytes of address space the page translates
     error: str
+    kind: str = "unreadable"
 
 
 def classify_table(
@@ -159,6 +170,85 @@ def canonical(root: Root, raw: int) -> int:
 def raw_addr(root: Root, addr: int) -> int:
     """The inverse of :func:`canonical`: the bits the root's indexes use."""
     return addr & ((1 << addr_bits(root)) - 1)
+
+
+def _top_runs(
+    root: Root,
+    level: int,
+    table: int,
+    base: int,
+    index: "np.ndarray[Any, Any]",
+    sptes: "np.ndarray[Any, Any]",
+) -> Iterator[LeafRun]:
+    """The :class:`LeafRun` of leaves ``index`` of a table page whose entry 0
+    translates raw address ``base``.  The top table of a 4- or 5-level GVA
+    root spans the non-canonical hole: its upper half gets a run of its own,
+    whose base is such that ``base + i * size`` (mod 2**64) is entry ``i``'s
+    canonical address (KVM makes no leaf there, but a corrupt table can)."""
+    cbase = canonical(root, base)
+    if level >= 4 and not root.direct and index.size and int(index[-1]) >= _HALF:
+        shift = level_shift(level)
+        upper = canonical(root, base + (_HALF << shift)) - (_HALF << shift)
+        if upper != cbase:
+            cut = int(np.searchsorted(index, _HALF))
+            if cut:
+                yield LeafRun(level, table, cbase, index[:cut], sptes[:cut])
+            yield LeafRun(level, table, upper & _MASK64, index[cut:], sptes[cut:])
+            return
+    yield LeafRun(level, table, cbase, index, sptes)
+
+
+_HALF = ENTRIES_PER_TABLE // 2
+_MASK64 = (1 << 64) - 1
+
+
+class _OverBudget(Exception):
+    def __init__(self, table: int, level: int, base: int) -> None:
+        self.table, self.level, self.base = table, level, base
+
+
+class _Reads:
+    """The table pages a walk has read under one root.
+
+    Under a direct (TDP) root KVM never links one table page twice: a page
+    reached again is corruption, reported, and not walked again.  Under
+    shadow paging one shadow page may have several parents, always at its
+    own role.level: a page reached again at another level is corruption (a
+    cycle is always so: it comes back to a page at a lower level), one
+    reached again at the same level is walked again.  At most ``limit``
+    pages are read."""
+
+    __slots__ = ("direct", "levels", "left", "limit")
+
+    def __init__(self, root: Root, limit: int) -> None:
+        self.direct = root.direct
+        self.levels: Dict[int, int] = {}
+        self.left = limit
+        self.limit = limit
+
+    def take(self, table: int, level: int, base: int) -> Optional[str]:
+        """None when the page is to be read now (it is counted), else why
+        not (the text of an :class:`Unreadable` of kind ``repeated``).
+
+        :raises _OverBudget: ``limit`` pages are read already
+        """
+        seen = self.levels.get(table)
+        if seen is not None and (self.direct or seen != level):
+            if self.direct:
+                return (
+                    "reached a second time: KVM never links a TDP table page twice, "
+                    "the tables are corrupt; not walked again"
+                )
+            return (
+                f"reached again at level {level}, first at level {seen}: a shadow page "
+                "has one level, the tables are corrupt; not walked again"
+            )
+        if self.left <= 0:
+            raise _OverBudget(table, level, base)
+        self.left -= 1
+        if seen is None:
+            self.levels[table] = level
+        return None
 
 
 class _PageTables(NamedTuple):
@@ -261,6 +351,8 @@ def iter_leaf_columns(
     start: int = 0,
     end: Optional[int] = None,
     on_table: Optional[OnTable] = None,
+    *,
+    max_tables: int = MAX_TABLES,
 ) -> Iterator[Union[LeafColumns, Unreadable]]:
     """The leaves of :func:`iter_leaves`, as :class:`LeafColumns` (the page
     tables under one page directory in one piece): for renderers that make
@@ -270,7 +362,7 @@ def iter_leaf_columns(
     :raises AddressError: the range is outside what the root translates
     """
     lo, hi = _raw_range(root, start, end)
-    return _leaf_columns(_walk(mem, fmt, root, lo, hi, on_table), fmt, root)
+    return _leaf_columns(_walk(mem, fmt, root, lo, hi, on_table, max_tables), fmt, root)
 
 
 def _leaf_columns(
@@ -292,6 +384,8 @@ def iter_leaves(
     root: Root,
     start: int = 0,
     end: Optional[int] = None,
+    *,
+    max_tables: int = MAX_TABLES,
 ) -> Iterator[Union[LeafRun, Unreadable]]:
     """Every leaf SPTE under ``root`` whose page overlaps ``[start, end)``, in
     address order, as :class:`LeafRun` chunks; a table page that cannot be
@@ -308,7 +402,7 @@ def iter_leaves(
         (raised at once, before any table is read)
     """
     lo, hi = _raw_range(root, start, end)
-    return _runs(_walk(mem, fmt, root, lo, hi), root)
+    return _runs(_walk(mem, fmt, root, lo, hi, None, max_tables), root)
 
 
 def _runs(items: Iterator[_Item], root: Root) -> Iterator[Union[LeafRun, Unreadable]]:
@@ -320,13 +414,13 @@ def _runs(items: Iterator[_Item], root: Root) -> Iterator[Union[LeafRun, Unreada
 
 
 def count_leaves(
-    mem: PhysMem, fmt: SpteFormat, root: Root
+    mem: PhysMem, fmt: SpteFormat, root: Root, *, max_tables: int = MAX_TABLES
 ) -> Tuple[Dict[int, int], List[Unreadable]]:
     """The number of leaf SPTEs under ``root`` per level, and the table pages
     that could not be read; the same leaves :func:`iter_leaves` gives."""
     counts: Dict[int, int] = {}
     unreadable: List[Unreadable] = []
-    for item in _walk(mem, fmt, root, *_raw_range(root, 0, None)):
+    for item in _walk(mem, fmt, root, *_raw_range(root, 0, None), None, max_tables):
         if isinstance(item, Unreadable):
             unreadable.append(item)
             continue
@@ -361,11 +455,37 @@ def _walk(
     lo: int,
     hi: int,
     on_table: Optional[OnTable] = None,
+    max_tables: int = MAX_TABLES,
+) -> Iterator[_Item]:
+    reads = _Reads(root, max_tables)
+    try:
+        yield from _walk_root(mem, fmt, root, lo, hi, on_table, reads)
+    except _OverBudget as e:
+        start = max(lo, e.base)
+        yield Unreadable(
+            e.level,
+            e.table,
+            canonical(root, start),
+            hi - start,
+            f"stopped after {reads.limit} table pages under this root (--max-tables "
+            f"{reads.limit}); raise --max-tables to read the rest",
+            "budget",
+        )
+
+
+def _walk_root(
+    mem: PhysMem,
+    fmt: SpteFormat,
+    root: Root,
+    lo: int,
+    hi: int,
+    on_table: Optional[OnTable],
+    reads: _Reads,
 ) -> Iterator[_Item]:
     level = root_start_level(root)
     if level != PT32E_ROOT_LEVEL:
         yield from _leaves_in(
-            mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi, on_table
+            mem, fmt, root, root.hpa & fmt.base_addr_mask, level, 0, lo, hi, on_table, reads
         )
         return
     if root.pae_root_hpa is None:
@@ -381,7 +501,7 @@ def _walk(
         if base + (1 << 30) <= lo or base >= hi:
             continue
         if entry & PT_PRESENT_MASK and entry != (1 << 64) - 1 and table:
-            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi, on_table)
+            yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi, on_table, reads)
 
 
 def _leaves_in(
@@ -393,26 +513,31 @@ def _leaves_in(
     base: int,
     lo: int,
     hi: int,
-    on_table: Optional[OnTable] = None,
+    on_table: Optional[OnTable],
+    reads: _Reads,
 ) -> Iterator[_Item]:
     shift = level_shift(level)
     size = 1 << shift
     first = max(0, (lo - base) >> shift) if lo > base else 0
     last = min(ENTRIES_PER_TABLE, ((hi - 1 - base) >> shift) + 1)
+    cbase = canonical(root, base)
+    repeated = reads.take(table, level, base)
+    if repeated is not None:
+        yield Unreadable(level, table, cbase, size * ENTRIES_PER_TABLE, repeated, "repeated")
+        return
     try:
         entries = np.frombuffer(mem.read(table, PAGE_SIZE), dtype=_U64)
     except PhysMemError as e:
-        yield Unreadable(level, table, canonical(root, base), size * ENTRIES_PER_TABLE, str(e))
+        yield Unreadable(level, table, cbase, size * ENTRIES_PER_TABLE, str(e))
         return
     if on_table is not None:
-        on_table(table, level, canonical(root, base), entries)
+        on_table(table, level, cbase, entries)
     present, leaf = classify_table(fmt, entries, level)
     if first or last < ENTRIES_PER_TABLE:
         window = np.zeros(ENTRIES_PER_TABLE, dtype=bool)
         window[first:last] = True
         present &= window
         leaf &= window
-    cbase = canonical(root, base)
     if level == 1:
         index = np.flatnonzero(leaf)
         if index.size:
@@ -421,7 +546,9 @@ def _leaves_in(
     children = np.flatnonzero(present & ~leaf)
     leaves = np.flatnonzero(leaf)
     if level == 2 and len(children) >= 2:
-        yield from _level2(mem, fmt, root, table, entries, children, leaves, base, lo, hi, on_table)
+        yield from _level2(
+            mem, fmt, root, table, entries, children, leaves, base, lo, hi, on_table, reads
+        )
         return
     done = 0
     for child in children.tolist():
@@ -429,7 +556,7 @@ def _leaves_in(
         cut = int(np.searchsorted(leaves, child))
         if cut > done:
             index = leaves[done:cut]
-            yield LeafRun(level, table, cbase, index, entries[index])
+            yield from _top_runs(root, level, table, base, index, entries[index])
             done = cut
         yield from _leaves_in(
             mem,
@@ -441,10 +568,11 @@ def _leaves_in(
             lo,
             hi,
             on_table,
+            reads,
         )
     if leaves.size > done:
         index = leaves[done:]
-        yield LeafRun(level, table, cbase, index, entries[index])
+        yield from _top_runs(root, level, table, base, index, entries[index])
 
 
 def _level2(
@@ -458,33 +586,43 @@ def _level2(
     base: int,
     lo: int,
     hi: int,
-    on_table: Optional[OnTable] = None,
+    on_table: Optional[OnTable],
+    reads: _Reads,
 ) -> Iterator[_Item]:
     """A level-2 table's page tables and leaves, in address order.  The page
     tables that lie wholly inside ``[lo, hi)`` and can be read are read first
     and tested in one pass, then given as :class:`_PageTables` blocks cut at
-    the 2M leaves between them; the others (range edges, unreadable pages)
-    go the one-table way."""
+    the 2M leaves between them; the others go the one-table way (range
+    edges) or are given as :class:`Unreadable` in their place."""
     span = level_size(2)
     cbase = canonical(root, base)
     kids = children.tolist()
     tables = (entries[children] & np.uint64(fmt.base_addr_mask)).tolist()
     data: List[bytes] = []
-    read: List[bool] = []
+    # Per child: None, read into data; True, a range edge (one-table way);
+    # else the Unreadable given in its place.
+    state: List[Union[None, bool, Unreadable]] = []
     pages = leaf = np.zeros((0, ENTRIES_PER_TABLE), dtype=_U64)
     for child, hpa in zip(kids, tables):
-        ok = base + child * span >= lo and base + (child + 1) * span <= hi
-        if ok:
-            try:
-                data.append(mem.read(hpa, PAGE_SIZE))
-            except PhysMemError:
-                ok = False
-        read.append(ok)
+        start = base + child * span
+        if start < lo or start + span > hi:
+            state.append(True)
+            continue
+        repeated = reads.take(hpa, 1, start)
+        if repeated is not None:
+            state.append(Unreadable(1, hpa, canonical(root, start), span, repeated, "repeated"))
+            continue
+        try:
+            data.append(mem.read(hpa, PAGE_SIZE))
+        except PhysMemError as e:
+            state.append(Unreadable(1, hpa, canonical(root, start), span, str(e)))
+            continue
+        state.append(None)
     if data:
         pages = np.frombuffer(b"".join(data), dtype=_U64).reshape(len(data), ENTRIES_PER_TABLE)
         leaf = classify_table(fmt, pages, 1)[1]
         if on_table is not None:
-            readable = [(c, t) for c, t, ok in zip(kids, tables, read) if ok]
+            readable = [(c, t) for c, t, st in zip(kids, tables, state) if st is None]
             for row, (child, hpa) in enumerate(readable):
                 on_table(hpa, 1, canonical(root, base + child * span), pages[row])
     before = np.searchsorted(leaves, children).tolist()  # leaves before each child
@@ -495,14 +633,19 @@ def _level2(
             index = leaves[done:cut]
             yield LeafRun(2, table, cbase, index, entries[index])
             done = cut
-        if not read[k]:
+        st = state[k]
+        if st is True:
             yield from _leaves_in(
-                mem, fmt, root, tables[k], 1, base + kids[k] * span, lo, hi, on_table
+                mem, fmt, root, tables[k], 1, base + kids[k] * span, lo, hi, on_table, reads
             )
             k += 1
             continue
+        if isinstance(st, Unreadable):
+            yield st
+            k += 1
+            continue
         j = k + 1
-        while j < len(kids) and read[j] and before[j] == cut:
+        while j < len(kids) and state[j] is None and before[j] == cut:
             j += 1
         n = j - k
         yield _PageTables(
@@ -721,6 +864,7 @@ def iter_ranges(
     *,
     per_table: bool = False,
     on_leaves: Optional[Callable[[int, int], None]] = None,
+    max_tables: int = MAX_TABLES,
 ) -> Iterator[Union[MapRange, Unreadable]]:
     """The ranges ``--map`` prints for ``root``: its leaves (as
     :func:`iter_leaves` gives them, within ``[start, end)``) merged by
@@ -734,7 +878,8 @@ def iter_ranges(
     :raises AddressError: the range is beyond what the root translates
     """
     lo, hi = _raw_range(root, start, end)
-    return _ranges(_walk(mem, fmt, root, lo, hi), fmt, root, per_table, on_leaves)
+    items = _walk(mem, fmt, root, lo, hi, None, max_tables)
+    return _ranges(items, fmt, root, per_table, on_leaves)
 
 
 def iter_range_blocks(
@@ -745,6 +890,7 @@ def iter_range_blocks(
     end: Optional[int] = None,
     *,
     on_leaves: Optional[Callable[[int, int], None]] = None,
+    max_tables: int = MAX_TABLES,
 ) -> Iterator[Union[MapRanges, Unreadable]]:
     """The ranges of :func:`iter_ranges`, as :class:`MapRanges` blocks of
     many ranges each (for renderers that make many lines at once).
@@ -752,7 +898,8 @@ def iter_range_blocks(
     :raises AddressError: the range is beyond what the root translates
     """
     lo, hi = _raw_range(root, start, end)
-    return _range_blocks(_walk(mem, fmt, root, lo, hi), fmt, root, on_leaves)
+    items = _walk(mem, fmt, root, lo, hi, None, max_tables)
+    return _range_blocks(items, fmt, root, on_leaves)
 
 
 def _range_blocks(

@@ -5,11 +5,15 @@ entry links back to one already seen, or the list grows past any kernel's."""
 
 from __future__ import annotations
 
-from typing import Iterator, Set
+from typing import Iterable, Iterator, List, Set, TypeVar
 
 from drgn import Object, container_of
 
 from .errors import CorruptList
+
+__all__ = ["LIST_LIMIT", "list_entries", "rbtree_entries", "until_corrupt"]
+
+T = TypeVar("T")
 
 # More entries than any of the lists read here holds on a real host (VMs,
 # TDP MMU roots, shadow pages: active_mmu_pages is bounded by the MMU's page
@@ -38,3 +42,43 @@ def list_entries(
         seen.add(address)
         yield container_of(pos, type_name, member)
         pos = pos.next.read_()
+
+
+def rbtree_entries(
+    root: Object, type_name: str, member: str, what: str, limit: int = LIST_LIMIT
+) -> Iterator[Object]:
+    """``rbtree_inorder_for_each_entry(type_name, root, member)``, checked:
+    in sort order, each node once.  drgn's own helper recurses, so a tree
+    whose child links back to a node above (corrupt memory) would end in a
+    RecursionError or never; this one keeps its own stack and names the
+    node seen twice.
+
+    :param root: ``struct rb_root *``
+    :raises CorruptList: a node is reached twice, or there are more than ``limit``
+    """
+    seen: Set[int] = set()
+    stack: List[Object] = []
+    node = root.rb_node.read_()
+    while stack or node:
+        while node:
+            address = node.value_()
+            if address in seen:
+                raise CorruptList(what, address, "is linked to twice (a cycle)")
+            if len(seen) >= limit:
+                raise CorruptList(what, address, f"is past {limit} entries")
+            seen.add(address)
+            stack.append(node)
+            node = node.rb_left.read_()
+        node = stack.pop()
+        yield container_of(node, type_name, member)
+        node = node.rb_right.read_()
+
+
+def until_corrupt(entries: Iterable[T], broken: List[str]) -> Iterator[T]:
+    """The entries of a checked list or tree up to where it is corrupt; the
+    :class:`~drgn_kvmwalk.errors.CorruptList` line goes to ``broken`` (for a
+    whole-VM action that goes on with what it has)."""
+    try:
+        yield from entries
+    except CorruptList as e:
+        broken.append(str(e))

@@ -559,10 +559,20 @@ def map_block(
 
 
 def unreadable_line(u: Unreadable, direct: bool) -> str:
+    """The warning for a table page the walk did not descend into."""
+    where = f"{addr_name(direct)} {u.base:#x}-{(u.base + u.size) & _MASK64:#x}"
+    if u.kind == "budget":
+        return f"{where}: not read: {u.error}"
+    if u.kind == "repeated":
+        return (
+            f"{where}: level-{u.level} table page {u.table:#x} {u.error}; its mappings are unknown"
+        )
     return (
-        f"{addr_name(direct)} {u.base:#x}-{u.base + u.size:#x}: level-{u.level} table "
-        f"page {u.table:#x} not accessible; its mappings are unknown"
+        f"{where}: level-{u.level} table page {u.table:#x} not accessible; its mappings are unknown"
     )
+
+
+_MASK64 = (1 << 64) - 1
 
 
 # -- --list ----------------------------------------------------------------------
@@ -595,7 +605,8 @@ def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
     "cr3", "cr4", "efer", "rip", "stat"}], "memslots": [{"as_id", "id",
     "base_gfn", "npages", "hva", "flags", "flag_names", "address"}]}]}``; a
     vCPU without a valid root has nulls and ``no_root`` (the reason); what
-    cannot be read is null."""
+    cannot be read is null; ``broken`` names corrupt parts left out (a
+    memslot tree that loops: the memslots before the break are listed)."""
     return {
         "vms": [
             {
@@ -628,6 +639,7 @@ def list_json(vms: Sequence[VmSummary]) -> Dict[str, Any]:
                     }
                     for m in vm.memslots
                 ],
+                "broken": vm.broken,
                 "stat": vm.stat,
             }
             for vm in vms
@@ -714,6 +726,8 @@ def list_text(vms: Sequence[VmSummary]) -> List[str]:
                 f"flags {_memslot_flags(m.flags)}"
                 + (f", struct kvm_memory_slot {m.address:#x}" if m.address is not None else "")
             )
+        for what in vm.broken:
+            lines.append(f"  corrupt: {what}")
     return lines
 
 
@@ -723,7 +737,7 @@ def list_text(vms: Sequence[VmSummary]) -> List[str]:
 def stats_json(st: VmStats) -> Dict[str, Any]:
     """``{"vm", "roots", "tables", "leaves": {"4K", "2M", "1G"}, "kvm": {...},
     "match", "differences", "by_mmu": {"tdp_mmu", "legacy"}, "notes",
-    "unreadable"}``."""
+    "unreadable", "broken"}``."""
     return {
         "vm": st.pid,
         "roots": st.roots,
@@ -735,6 +749,7 @@ def stats_json(st: VmStats) -> Dict[str, Any]:
         "by_mmu": st.by_mmu,
         "notes": st.notes,
         "unreadable": [{"table": t, "error": e} for t, e in st.unreadable],
+        "broken": st.broken,
     }
 
 
@@ -747,6 +762,8 @@ def stats_text(st: VmStats) -> str:
         text += f"\n  note: {note}"
     for table, error in st.unreadable:
         text += f"\n  table page {table:#x} not accessible ({error}): its leaves are not counted"
+    if st.broken:
+        text += f"\n  {len(st.broken)} corrupt part(s) not counted: see the warnings on stderr"
     return text
 
 
@@ -843,7 +860,7 @@ def verify_summary_json(s: VerifySummary) -> Dict[str, Any]:
         "tables": s.tables,
         "mmio": s.mmio,
         "unreadable": [
-            {"level": u.level, "table": u.table, "base": u.base, "error": u.error}
+            {"level": u.level, "table": u.table, "base": u.base, "error": u.error, "kind": u.kind}
             for u in s.unreadable
         ],
     }
@@ -860,8 +877,12 @@ def verify_summary_text(s: VerifySummary) -> List[str]:
     for name, n in sorted(s.exceptions.items()):
         lines.append(f"  allowed: {n} {name} ({EXCEPTIONS[name]})")
     for u in s.unreadable:
+        if u.kind == "budget":
+            lines.append(f"  from {u.base:#x} under root {u.table:#x}: {u.error}")
+            continue
+        why = "not accessible" if u.kind == "unreadable" else u.kind
         lines.append(
-            f"  level-{u.level} table page {u.table:#x} not accessible ({u.error}): "
+            f"  level-{u.level} table page {u.table:#x} {why} ({u.error}): "
             "its leaves are not checked"
         )
     return lines

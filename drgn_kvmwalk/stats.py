@@ -20,12 +20,14 @@ from typing import Dict, List, NamedTuple, Tuple
 from drgn import FaultError, Object
 from drgn.helpers.linux.mm import virt_to_phys
 
+from .errors import BadKernelValue
 from .kvm import vm_pid
 from .leaves import count_leaves, count_table_leaves
+from .lists import until_corrupt
 from .mmu import DrgnPhysMem, for_each_active_mmu_page, for_each_tdp_mmu_root
 from .spte import PAGE_SIZE
 from .sptefmt import spte_format
-from .walk import PhysMem, PhysMemError, Root
+from .walk import MAX_TABLES, ROOT_LEVELS, PhysMem, PhysMemError, Root
 
 __all__ = ["LEVEL_KEYS", "VmStats", "kvm_page_counters", "vm_stats"]
 
@@ -49,6 +51,7 @@ class VmStats(NamedTuple):
     unreadable: List[Tuple[int, str]]  # (table HPA, error)
     by_mmu: Dict[str, Dict[str, int]]  # "tdp_mmu" and "legacy": leaves per size
     notes: List[str]  # what explains a difference, when known
+    broken: List[str]  # corrupt parts of the VM's tables or lists, not counted
 
 
 def kvm_page_counters(kvm: Object) -> Dict[str, int]:
@@ -123,7 +126,7 @@ class _CountingMem:
         return data
 
 
-def vm_stats(kvm: Object) -> VmStats:
+def vm_stats(kvm: Object, max_tables: int = MAX_TABLES) -> VmStats:
     """Count the leaves of every live table of the VM and read KVM's counters.
 
     >>> stats = vm_stats(find_vm(prog, 4242))
@@ -131,7 +134,13 @@ def vm_stats(kvm: Object) -> VmStats:
     ...                  "1G": stats.kvm["pages_1g"]}
     True
 
+    What is corrupt is not counted and is named in ``broken``, and the rest
+    is counted: a root or shadow page whose role.level no table can have, a
+    leaf where no leaf can be (levels 4 and 5), a table page a TDP root
+    reaches twice, a list of pages that loops.
+
     :param kvm: ``struct kvm *``
+    :param max_tables: table pages read under one TDP MMU root, at most
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
     prog = kvm.prog_
@@ -140,26 +149,54 @@ def vm_stats(kvm: Object) -> VmStats:
     counts = {"tdp_mmu": {1: 0, 2: 0, 3: 0}, "legacy": {1: 0, 2: 0, 3: 0}}
     roots = 0
     unreadable: List[Tuple[int, str]] = []
-    for sp in for_each_tdp_mmu_root(kvm):
+    broken: List[str] = []
+    for sp in until_corrupt(for_each_tdp_mmu_root(kvm), broken):
         level = int(sp.role.level)
         hpa = int(virt_to_phys(prog, sp.spt))
         roots += 1
-        per_level, holes = count_leaves(mem, fmt, Root(hpa, level, True, level))
+        if level not in ROOT_LEVELS:
+            broken.append(
+                f"{_bad_level('TDP MMU root', hpa, sp, level, 'a root level (2-5)')}; "
+                "its leaves are not counted"
+            )
+            continue
+        per_level, holes = count_leaves(
+            mem, fmt, Root(hpa, level, True, level), max_tables=max_tables
+        )
         for leaf_level, n in per_level.items():
-            counts["tdp_mmu"][leaf_level] += n
-        unreadable += [(u.table, u.error) for u in holes]
-    for sp in for_each_active_mmu_page(kvm):
+            if leaf_level in LEVEL_KEYS:
+                counts["tdp_mmu"][leaf_level] += n
+            else:
+                broken.append(_no_leaf_here("TDP MMU root", hpa, leaf_level, n))
+        for u in holes:
+            if u.kind == "unreadable":
+                unreadable.append((u.table, u.error))
+            else:
+                broken.append(f"level-{u.level} table page {u.table:#x}: {u.error}")
+    for sp in until_corrupt(for_each_active_mmu_page(kvm), broken):
         level = int(sp.role.level)
         if int(sp.root_count):
             roots += 1
         try:
             hpa = int(virt_to_phys(prog, sp.spt))
+        except (FaultError, ValueError) as e:
+            unreadable.append((int(sp.spt), str(e)))
+            continue
+        if not 1 <= level <= max(ROOT_LEVELS):
+            broken.append(
+                f"{_bad_level('shadow page', hpa, sp, level, 'a level (1-5)')}; "
+                "its leaves are not counted"
+            )
+            continue
+        try:
             n = count_table_leaves(mem, fmt, hpa, level)
         except (PhysMemError, FaultError) as e:
             unreadable.append((int(sp.spt), str(e)))
             continue
         if level in counts["legacy"]:
             counts["legacy"][level] += n
+        elif n:
+            broken.append(_no_leaf_here("shadow page", hpa, level, n))
     by_mmu = {mmu: {LEVEL_KEYS[level]: n for level, n in c.items()} for mmu, c in counts.items()}
     leaves = {key: by_mmu["tdp_mmu"][key] + by_mmu["legacy"][key] for key in LEVEL_KEYS.values()}
     counters = kvm_page_counters(kvm)
@@ -174,4 +211,23 @@ def vm_stats(kvm: Object) -> VmStats:
         unreadable,
         by_mmu,
         _notes(by_mmu, counters, differences),
+        broken,
+    )
+
+
+def _bad_level(what: str, hpa: int, sp: Object, level: int, expected: str) -> str:
+    return str(
+        BadKernelValue(
+            f"role.level of {what} {hpa:#x} (struct kvm_mmu_page {sp.value_():#x})",
+            level,
+            expected,
+        )
+    )
+
+
+def _no_leaf_here(what: str, hpa: int, level: int, n: int) -> str:
+    return (
+        f"{n} leaf SPTE{'s' if n != 1 else ''} at level {level} under {what} {hpa:#x}: "
+        f"the page-size bit is reserved at level {level}, the tables are corrupt; "
+        "not counted"
     )

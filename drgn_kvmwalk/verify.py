@@ -61,10 +61,11 @@ import numpy as np
 from drgn import FaultError, Object, Program
 from drgn.helpers.linux.mm import pfn_to_page, virt_to_phys
 
-from .errors import NoRoot
+from .errors import BadKernelValue, CorruptList, NoRoot
 from .guest import HostPageTables, HostUnmapped
 from .kvm import Memslot, for_each_memslot, for_each_vcpu, for_each_vm, vm_pid
 from .leaves import Unreadable, classify_table, iter_leaf_columns
+from .lists import until_corrupt
 from .mmu import (
     DrgnPhysMem,
     ShadowPage,
@@ -72,6 +73,7 @@ from .mmu import (
     for_each_tdp_mmu_root,
     to_shadow_page,
 )
+from .render import unreadable_line
 from .spte import (
     ENTRIES_PER_TABLE,
     PAGE_SIZE,
@@ -83,13 +85,14 @@ from .spte import (
 )
 from .sptefmt import spte_format
 from .views import select_roots
-from .walk import PhysMem, PhysMemError, Root
+from .walk import MAX_TABLES, ROOT_LEVELS, PhysMem, PhysMemError, Root
 
 __all__ = [
     "PROBLEMS",
     "HostColumns",
     "Problem",
     "HpaMapping",
+    "HpaSkipped",
     "HpaTable",
     "VerifySummary",
     "find_hpa",
@@ -116,6 +119,16 @@ PROBLEMS = {
     "kvm_mmu_page whose spt is this page",
     "table_level": "the table page's struct kvm_mmu_page has another role.level "
     "than the level it was reached at",
+    "root_level": "a root's level (role.level, or the vCPU MMU's root level) is "
+    "outside 2-5: its tables are not walked",
+    "role_level": "a shadow page's role.level is outside 1-5: its entries are not checked",
+    "leaf_level": "a leaf SPTE at level 4 or 5, where the page-size bit is reserved "
+    "(KVM makes none)",
+    "table_repeated": "a table page reached a second time under one direct (TDP) "
+    "root, or at two levels under any root (KVM makes neither): not walked again",
+    "corrupt_list": "a list or tree of the VM's (tdp_mmu_roots, active_mmu_pages, "
+    "memslots) links back to an entry or is longer than any kernel's: what "
+    "follows is not read",
 }
 
 # What is named and counted instead, and why it is allowed.
@@ -404,6 +417,7 @@ class _Checker:
         # (see _tdp_mmu), and how many such tables were checked.
         self.parent_level: List[Problem] = []
         self.tdp_children = 0
+        self.max_tables = MAX_TABLES  # table pages read under one root, at most
 
     def _host(self) -> Optional[HostColumns]:
         if self.host is None and self.host_error is None:
@@ -439,6 +453,17 @@ class _Checker:
             Problem(self.pid, root, addr, gfn, level, sptep, spte, hpa, problem, host_hpa, detail)
         )
 
+    def corrupt(
+        self,
+        problem: str,
+        detail: str,
+        root: Optional[int] = None,
+        level: int = 0,
+        hpa: Optional[int] = None,
+    ) -> None:
+        """A problem with the kernel's own structures, at no SPTE."""
+        self._problem(root, None, None, level, None, None, hpa, problem, None, detail, False)
+
     def leaves(self, root: Optional[int], as_id: int, lv: _Leaves, invalid: bool) -> None:
         """Check a block of leaves of one level."""
         n = len(lv.gfns)
@@ -447,6 +472,23 @@ class _Checker:
         self.checked += n
         fmt = self.fmt
         level = lv.level
+        if level > 3:
+            for i in range(n):
+                self._problem(
+                    root,
+                    None if lv.addrs is None else int(lv.addrs[i]),
+                    int(lv.gfns[i]),
+                    level,
+                    int(lv.spteps[i]),
+                    int(lv.sptes[i]),
+                    None,
+                    "leaf_level",
+                    None,
+                    f"level-{level} SPTE {int(lv.sptes[i]):#x} at {int(lv.spteps[i]):#x} "
+                    f"has the page-size bit: {PROBLEMS['leaf_level']}",
+                    invalid,
+                )
+            return
         pages = 1 << (9 * (level - 1))
         span = level_size(level)
         hpas = lv.sptes & np.uint64(fmt.base_addr_mask & ~(span - 1))
@@ -663,11 +705,16 @@ class _Checker:
 
 
 def _checker(kvm: Object, fmt: SpteFormat, mem: PhysMem) -> _Checker:
-    """A checker for the VM, its memslots and generations read now."""
+    """A checker for the VM, its memslots and generations read now (the
+    memslots before the break of a corrupt tree, which is a problem)."""
     prog = kvm.prog_
     by_as: Dict[int, List[Memslot]] = {}
-    for s in for_each_memslot(kvm):
-        by_as.setdefault(s.as_id, []).append(s)
+    broken: List[str] = []
+    try:
+        for s in until_corrupt(for_each_memslot(kvm), broken):
+            by_as.setdefault(s.as_id, []).append(s)
+    except BadKernelValue as e:
+        broken.append(str(e))
     generations: Dict[int, int] = {}
     for as_id in range(kvm.memslots.type_.length or 0):
         try:
@@ -675,7 +722,7 @@ def _checker(kvm: Object, fmt: SpteFormat, mem: PhysMem) -> _Checker:
                 generations[as_id] = int(kvm.memslots[as_id].generation)
         except FaultError:
             pass
-    return _Checker(
+    c = _Checker(
         prog,
         vm_pid(kvm),
         fmt,
@@ -685,6 +732,9 @@ def _checker(kvm: Object, fmt: SpteFormat, mem: PhysMem) -> _Checker:
         _invalidation(kvm),
         generations,
     )
+    for what in broken:
+        c.corrupt("corrupt_list", f"{what}: leaves are checked against the memslots before it")
+    return c
 
 
 def _private_readable(prog: Program, table: int) -> bool:
@@ -700,13 +750,27 @@ def _tdp_mmu(
     kvm: Object, c: _Checker, roots: Optional[Set[int]], unreadable: List[Unreadable]
 ) -> Iterator[Problem]:
     prog = c.prog
-    for sp in for_each_tdp_mmu_root(kvm):
+    broken: List[str] = []
+    for sp in until_corrupt(for_each_tdp_mmu_root(kvm), broken):
         hpa = int(virt_to_phys(prog, sp.spt))
         if roots is None or hpa in roots:
             role = sp.role.read_()
-            yield from _tdp_root(
-                c, hpa, int(role.level), int(role.smm), bool(role.invalid), unreadable
-            )
+            level = int(role.level)
+            if level not in ROOT_LEVELS:
+                c.corrupt(
+                    "root_level",
+                    f"TDP MMU root {hpa:#x} (struct kvm_mmu_page {sp.value_():#x}) has "
+                    f"role.level {level}: {PROBLEMS['root_level']}",
+                    hpa,
+                    level,
+                    hpa,
+                )
+                yield from c.take()
+                continue
+            yield from _tdp_root(c, hpa, level, int(role.smm), bool(role.invalid), unreadable)
+    for what in broken:
+        c.corrupt("corrupt_list", f"{what}: the roots after it are not checked")
+    yield from c.take()
     # Before Linux kernel commit f1b832550832 ("KVM: x86/mmu: Fix TDP MMU page
     # table level") (in v5.14) every TDP MMU page below a root got its
     # parent's role.level.  Only the pages can tell (the fix changed code):
@@ -736,9 +800,25 @@ def _tdp_root(
         c.mmio(hpa, as_id, table, lvl, base, entries)
 
     root = Root(hpa, level, True, level)
-    for item in iter_leaf_columns(c.mem, c.fmt, root, on_table=on_table):
+    for item in iter_leaf_columns(c.mem, c.fmt, root, on_table=on_table, max_tables=c.max_tables):
         if isinstance(item, Unreadable):
-            unreadable.append(item)
+            if item.kind == "repeated":
+                c._problem(
+                    hpa,
+                    item.base,
+                    None,
+                    item.level,
+                    None,
+                    None,
+                    item.table,
+                    "table_repeated",
+                    None,
+                    f"level-{item.level} table page {item.table:#x}: {item.error}",
+                    invalid,
+                )
+                yield from c.take()
+            else:
+                unreadable.append(item)
             continue
         gfns = item.addrs >> np.uint64(12)
         c.leaves(
@@ -749,7 +829,11 @@ def _tdp_root(
 
 
 def verify_vm(
-    kvm: Object, roots: Optional[List[int]] = None, mem: Optional[PhysMem] = None
+    kvm: Object,
+    roots: Optional[List[int]] = None,
+    mem: Optional[PhysMem] = None,
+    *,
+    max_tables: int = MAX_TABLES,
 ) -> Iterator[Union[Problem, VerifySummary]]:
     """Check every present leaf SPTE and every table page of the VM; give
     each problem as it is found, then one :class:`VerifySummary`.
@@ -761,11 +845,15 @@ def verify_vm(
     :param kvm: ``struct kvm *``
     :param roots: only the tables these roots (their HPAs) reach
     :param mem: host physical memory to read tables from; the program's by default
+    :param max_tables: table pages read under one root, at most (what is past
+        it is named in the summary's ``unreadable``, kind ``budget``)
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
     prog = kvm.prog_
     fmt = spte_format(kvm)
     c = _checker(kvm, fmt, mem or DrgnPhysMem(prog))
+    c.max_tables = max_tables
+    yield from c.take()  # the memslots' problems
     wanted = None if roots is None else set(roots)
     unreadable: List[Unreadable] = []
     yield from _tdp_mmu(kvm, c, wanted, unreadable)
@@ -829,14 +917,36 @@ def _sp_gfns(
     return formula
 
 
-def _reach(c: _Checker, roots: List[Root]) -> Dict[int, Tuple[int, int]]:
+def _reach(
+    c: _Checker, roots: List[Root], unreadable: List[Unreadable]
+) -> Dict[int, Tuple[int, int]]:
     """(root HPA, address its entry 0 translates) of every table page the
-    legacy roots reach, by the first root that reaches it."""
+    legacy roots reach, by the first root that reaches it.  A table page a
+    direct root reaches twice, or any root at two levels, is a problem
+    (table_repeated), and is not descended into again."""
     seen: Dict[int, Tuple[int, int]] = {}
     for root in roots:
         on_table = functools.partial(_first_reach, seen, root.hpa)
-        for _ in iter_leaf_columns(c.mem, c.fmt, root, on_table=on_table):
-            pass
+        items = iter_leaf_columns(c.mem, c.fmt, root, on_table=on_table, max_tables=c.max_tables)
+        for item in items:
+            if not isinstance(item, Unreadable):
+                continue
+            if item.kind == "budget":
+                unreadable.append(item)
+            elif item.kind == "repeated":
+                c._problem(
+                    root.hpa,
+                    item.base,
+                    None,
+                    item.level,
+                    None,
+                    None,
+                    item.table,
+                    "table_repeated",
+                    None,
+                    f"level-{item.level} table page {item.table:#x}: {item.error}",
+                    False,
+                )
     return seen
 
 
@@ -851,20 +961,25 @@ def _first_reach(
     seen.setdefault(table, (root, base))
 
 
-def _legacy_roots(kvm: Object) -> List[Root]:
+def _legacy_roots(kvm: Object, broken: List[str]) -> List[Root]:
     """The legacy MMU's roots: every vCPU's current, previous and nested
-    roots, and the VM's other top-level shadow pages."""
+    roots, and the VM's other top-level shadow pages.  A vCPU whose roots
+    cannot be read for corrupt values is left out, its line in ``broken``."""
     found: Dict[int, Root] = {}
     for vcpu in for_each_vcpu(kvm):
         try:
-            roots = select_roots(vcpu, "all")
-        except NoRoot:
             try:
-                roots = select_roots(vcpu, "prev")
+                roots = select_roots(vcpu, "all")
             except NoRoot:
-                continue
+                try:
+                    roots = select_roots(vcpu, "prev")
+                except NoRoot:
+                    continue
+        except (BadKernelValue, CorruptList) as e:
+            broken.append(f"vCPU {int(vcpu.vcpu_id)}: {e}")
+            continue
         for lr in roots:
-            if not lr.tdp_mmu:
+            if not lr.tdp_mmu and lr.root.level in ROOT_LEVELS:
                 found.setdefault(lr.root.hpa, lr.root)
     return list(found.values())
 
@@ -873,14 +988,20 @@ def _legacy(
     kvm: Object, c: _Checker, wanted: Optional[Set[int]], unreadable: List[Unreadable]
 ) -> Iterator[Problem]:
     prog = c.prog
-    pages = list(for_each_active_mmu_page(kvm))
+    broken: List[str] = []
+    pages = list(until_corrupt(for_each_active_mmu_page(kvm), broken))
+    for what in broken:
+        c.corrupt("corrupt_list", f"{what}: the shadow pages after it are not checked")
+    yield from c.take()
     if not pages:
         return
+    broken = []
+    roots = _legacy_roots(kvm, broken)
+    for what in broken:
+        c.corrupt("root_level", f"{what}: its roots are not walked")
+    yield from c.take()
     reach = _reach(
-        c,
-        _legacy_roots(kvm)
-        if wanted is None
-        else [r for r in _legacy_roots(kvm) if r.hpa in wanted],
+        c, roots if wanted is None else [r for r in roots if r.hpa in wanted], unreadable
     )
     levels: Dict[int, int] = {}
     items = []
@@ -893,6 +1014,17 @@ def _legacy(
             continue
         role = sp.role.read_()
         level = int(role.level)
+        if not 1 <= level <= max(ROOT_LEVELS):
+            c.corrupt(
+                "role_level",
+                f"shadow page {hpa:#x} (struct kvm_mmu_page {sp.value_():#x}) has "
+                f"role.level {level}: {PROBLEMS['role_level']}",
+                reach.get(hpa, (None, 0))[0],
+                level,
+                hpa,
+            )
+            yield from c.take()
+            continue
         direct = bool(role.direct)
         invalid = bool(role.invalid)
         as_id = int(role.smm)
@@ -1007,35 +1139,56 @@ class HpaTable(NamedTuple):
     roots: List[int]
 
 
-def _vm_roots(kvm: Object) -> List[Tuple[Root, bool, bool]]:
+class HpaSkipped(NamedTuple):
+    """A part of a VM that :func:`find_hpa` could not search (corrupt
+    values: a root's level, a list that loops, the table-page budget);
+    ``what`` says which, in one line."""
+
+    vm: int
+    what: str
+
+
+def _vm_roots(kvm: Object, skipped: List[str]) -> List[Tuple[Root, bool, bool]]:
     """(root, invalid, tdp_mmu) of every root of the VM: the TDP MMU's
-    roots, invalid ones too, and the legacy MMU's roots."""
+    roots, invalid ones too, and the legacy MMU's roots; what cannot be
+    read for corrupt values goes to ``skipped``."""
     prog = kvm.prog_
     roots: List[Tuple[Root, bool, bool]] = []
-    for sp in for_each_tdp_mmu_root(kvm):
+    for sp in until_corrupt(for_each_tdp_mmu_root(kvm), skipped):
         role = sp.role.read_()
         level = int(role.level)
         hpa = int(virt_to_phys(prog, sp.spt))
+        if level not in ROOT_LEVELS:
+            skipped.append(
+                str(BadKernelValue(f"role.level of TDP MMU root {hpa:#x}", level, "2-5"))
+                + "; not searched"
+            )
+            continue
         roots.append((Root(hpa, level, True, level), bool(role.invalid), True))
-    for root in _legacy_roots(kvm):
+    for root in _legacy_roots(kvm, skipped):
         sp = to_shadow_page(prog, root.hpa)
         roots.append((root, bool(sp and sp.invalid), False))
     return roots
 
 
 def find_hpa(
-    prog: Program, hpas: List[int], kvms: Optional[List[Object]] = None
-) -> Iterator[Union[HpaMapping, HpaTable]]:
+    prog: Program,
+    hpas: List[int],
+    kvms: Optional[List[Object]] = None,
+    max_tables: int = MAX_TABLES,
+) -> Iterator[Union[HpaMapping, HpaTable, HpaSkipped]]:
     """Every leaf SPTE of every root of every VM that maps one of ``hpas``
     (KVM keeps no PFN -> GFN index: each root is walked once for all of
     them), and for each of ``hpas`` that is itself a table page of KVM's,
-    its struct kvm_mmu_page.  Mappings come in (VM, root, address) order.
+    its struct kvm_mmu_page.  Mappings come in (VM, root, address) order;
+    what could not be searched comes as :class:`HpaSkipped`.
 
     >>> [(m.vm, hex(m.addr)) for m in find_hpa(prog, [0x52f0123])]
     [(4242, '0x4007b123')]
 
     :param hpas: host physical addresses
     :param kvms: ``struct kvm *`` objects; every VM by default
+    :param max_tables: table pages read under one root, at most
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
     targets = sorted(set(hpas))
@@ -1045,12 +1198,16 @@ def find_hpa(
     for kvm in list(for_each_vm(prog)) if kvms is None else kvms:
         fmt = spte_format(kvm)
         pid = vm_pid(kvm)
-        for root, invalid, _ in _vm_roots(kvm):
+        skipped: List[str] = []
+        for root, invalid, _ in _vm_roots(kvm, skipped):
             reached: Set[int] = set()
             on_table = functools.partial(_note_table, pages, reached)
             found: List[HpaMapping] = []
-            for item in iter_leaf_columns(mem, fmt, root, on_table=on_table):
+            items = iter_leaf_columns(mem, fmt, root, on_table=on_table, max_tables=max_tables)
+            for item in items:
                 if isinstance(item, Unreadable):
+                    if item.kind != "unreadable":
+                        skipped.append(f"root {root.hpa:#x}: {unreadable_line(item, root.direct)}")
                     continue
                 span = level_size(item.level)
                 for x in targets:
@@ -1078,6 +1235,7 @@ def find_hpa(
             yield from found
             for table in reached:
                 tables.setdefault(table, (pid, []))[1].append(root.hpa)
+        yield from (HpaSkipped(pid, what) for what in skipped)
     for page in sorted(pages):
         sp = to_shadow_page(prog, page)
         if sp is None:

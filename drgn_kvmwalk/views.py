@@ -15,6 +15,7 @@ from drgn import FaultError, Object
 
 from .errors import BadKernelValue, NoRoot
 from .kvm import Memslot, for_each_memslot, for_each_vcpu, vm_pid, vm_stats_id
+from .lists import until_corrupt
 from .mmu import (
     for_each_prev_root,
     for_each_vm_root_page,
@@ -63,6 +64,7 @@ class VmSummary(NamedTuple):
     memslots: List[Memslot]
     address: Optional[int] = None  # struct kvm *
     stat: Optional[Dict[str, StatValue]] = None  # kvm->stat, by KVM's stats names
+    broken: List[str] = []  # corrupt parts (memslot trees) left out, one line each
 
 
 def vm_summary(kvm: Object) -> VmSummary:
@@ -84,6 +86,12 @@ def vm_summary(kvm: Object) -> VmSummary:
             continue
         vcpus.append(VcpuSummary(vid, info.root, info.kind, info.tdp_mmu, None, state))
     vcpus.sort(key=lambda v: v.id)
+    broken: List[str] = []
+    memslots: List[Memslot] = []
+    try:
+        memslots.extend(until_corrupt(for_each_memslot(kvm), broken))
+    except BadKernelValue as e:
+        broken.append(str(e))
     if is_tdp_enabled(prog):
         mmu = "ept" if spte_format(kvm).ept else "npt"
     else:
@@ -102,9 +110,10 @@ def vm_summary(kvm: Object) -> VmSummary:
         mmu,
         tdp_mmu,
         vcpus,
-        list(for_each_memslot(kvm)),
+        memslots,
         int(kvm.value_()),
         stat,
+        broken,
     )
 
 

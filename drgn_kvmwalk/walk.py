@@ -35,6 +35,7 @@ from .spte import (
 
 __all__ = [
     "AddressError",
+    "MAX_TABLES",
     "PhysMem",
     "PhysMemError",
     "Root",
@@ -53,6 +54,12 @@ PT32E_ROOT_LEVEL = 3
 PT64_ROOT_4LEVEL = 4
 # The levels a root can have: PT32_ROOT_LEVEL (2) to PT64_ROOT_5LEVEL (5).
 ROOT_LEVELS = (2, 3, 4, 5)
+
+# Table pages the whole-table views read under one root, at most (--max-tables):
+# 16 GiB of table pages, which map 8 TiB with 4K leaves.  No real root has as
+# many; a corrupt table that repeats its entries could make a walk read far
+# more (512**4 pages under a 5-level root).
+MAX_TABLES = 1 << 22
 
 
 class PhysMemError(Exception):

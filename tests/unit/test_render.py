@@ -178,7 +178,7 @@ def test_stats_rendering_flags_differences():
     notes = _notes(by_mmu, {"lpages": 1}, ["lpages"])
     assert len(notes) == 1 and "1699f65c8b65" in notes[0]
     assert _notes(by_mmu, {"lpages": 2}, ["lpages"]) == []  # not that explanation
-    st = VmStats(42, 1, 3, leaves, {"lpages": 2}, ["lpages"], [(0x5000, "gone")], by_mmu, notes)
+    st = VmStats(42, 1, 3, leaves, {"lpages": 2}, ["lpages"], [(0x5000, "gone")], by_mmu, notes, [])
     js = stats_json(st)
     assert js["match"] is False and js["vm"] == 42 and js["leaves"] == leaves
     text = stats_text(st)

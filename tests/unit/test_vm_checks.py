@@ -20,6 +20,9 @@ from harness.checks import errors  # noqa: E402
 from harness.checks.maps import check_map  # noqa: E402
 from harness.matrix import MODES, VIEWS  # noqa: E402
 
+from . import corrupt_cell  # noqa: E402
+from .corrupt_cell import corrupt_dumps  # noqa: E402
+
 AD = ["P", "W", "A", "D", "mmu-present", "host-writable", "mmu-writable"]
 D = [f for f in AD if f != "A"]
 
@@ -489,6 +492,7 @@ def make_cell(release="6.1.0-57-amd64"):
         "dump_level": 31,
         "libkdumpfile_reads": True,
         "fault_dumps": _fault_dumps(),
+        "corrupt_dumps": corrupt_dumps(),
         "kdump_reader": {
             "release": release,
             "held": 10,
@@ -863,6 +867,49 @@ def _fault_dumps_one_not_made(c):
     c["fault_dumps"]["made"].remove("readonly_host")
 
 
+def _corrupt(c, state, action):
+    return c["corrupt_dumps"]["states"][state]["runs"][action]
+
+
+def _fault_corrupt_traceback(c):
+    _corrupt(c, "sp_role_level", "stats")["stderr"] += "Traceback (most recent call last):\n"
+
+
+def _fault_corrupt_repeat_walked_again(c):
+    """The TDP table linked 5 times walked 5 times: its leaves 5 times, no warning."""
+    dump = _corrupt(c, "table_repeat", "dump")
+    addr, sptep, level = corrupt_cell.LEAF
+    dump["leaves"] += [
+        [addr + (j << corrupt_cell.SHIFT), sptep, level] for j in corrupt_cell.COPIES
+    ]
+    dump["stderr"] = ""
+
+
+def _fault_corrupt_walk_again_elsewhere(c):
+    """An address --dump printed that --addr sends elsewhere (non-canonical, say)."""
+    _corrupt(c, "top_leaf", "walk_again")["walks"][0][1] = 0x5008
+
+
+def _fault_corrupt_silent_vm_list(c):
+    _corrupt(c, "vm_list_loop", "list")["stderr"] = ""
+
+
+def _fault_corrupt_leaf_level_unnamed(c):
+    _corrupt(c, "top_leaf", "verify").update(rc=0, records=[corrupt_cell.summary()])
+
+
+def _fault_corrupt_not_restored(c):
+    c["corrupt_dumps"]["after"]["dump"]["leaves"] = []
+
+
+def _fault_corrupt_too_slow(c):
+    _corrupt(c, "mmu_list_loop", "stats")["seconds"] = 600
+
+
+def _fault_corrupt_not_run(c):
+    del c["corrupt_dumps"]
+
+
 def _fault_error_rc(c):
     c["errors"]["no_such_vcpu"]["rc"] = 1
 
@@ -882,6 +929,14 @@ FAULTS = {
     _fault_dumps_wrong_place: {("elf", checks.VERIFY_FAULTS)},
     _fault_dumps_not_restored: {("elf", checks.VERIFY_FAULTS)},
     _fault_dumps_one_not_made: {("elf", checks.VERIFY_FAULTS)},
+    _fault_corrupt_traceback: {("elf", checks.CORRUPT)},
+    _fault_corrupt_repeat_walked_again: {("elf", checks.CORRUPT)},
+    _fault_corrupt_walk_again_elsewhere: {("elf", checks.CORRUPT)},
+    _fault_corrupt_silent_vm_list: {("elf", checks.CORRUPT)},
+    _fault_corrupt_leaf_level_unnamed: {("elf", checks.CORRUPT)},
+    _fault_corrupt_not_restored: {("elf", checks.CORRUPT)},
+    _fault_corrupt_too_slow: {("elf", checks.CORRUPT)},
+    _fault_corrupt_not_run: {("elf", checks.CORRUPT)},
     _fault_verify_problem: {("elf", checks.VERIFY)},
     _fault_verify_uncounted: {("elf", checks.VERIFY)},
     _fault_verify_more_than_kvm: {("qmp", checks.VERIFY)},
@@ -1142,3 +1197,62 @@ def test_gva_in_a_dump_without_user_pages():
     assert check_gva_record(result, "kdump", "", gone, page, truth, truth["cr3"]) == []
     made_up = check_gva_record(result, "kdump", "", record, page, truth, truth["cr3"])
     assert made_up and "from a dump without" in made_up[0]
+
+
+def _shadow_corrupt_dumps():
+    """The healthy record of a shadow-paging cell: one shadow page with
+    several parents is legal, and a top leaf's GVA is sign-extended."""
+    cd = corrupt_dumps()
+    facts = cd["facts"]
+    facts.update(direct=False, tdp_mmu=False, mmu_list="active_mmu_pages", root_level=4)
+    facts["top"]["level"] = 4
+    shift = 12 + 9 * 3
+    addr, sptep, level = corrupt_cell.LEAF
+    states = cd["states"]
+    repeat = states["table_repeat"]["runs"]
+    repeat["dump"] = corrupt_cell.run(
+        leaves=[corrupt_cell.LEAF]
+        + [[addr + (j << shift), sptep, level] for j in corrupt_cell.COPIES]
+    )
+    repeat["verify"] = corrupt_cell.run(records=[corrupt_cell.summary()])
+    top = [0xFFFF_9600_0000_0000, corrupt_cell.TOP_LEAF_SPTEP, 4]
+    leaf4 = f"1 leaf SPTE at level 4 under shadow page {corrupt_cell.ROOT:#x}: the page-size bit..."
+    runs = states["top_leaf"]["runs"]
+    runs["dump"] = corrupt_cell.run(leaves=[top, corrupt_cell.LEAF])
+    runs["walk_again"]["walks"][0][0] = top[0]
+    runs["stats"] = corrupt_cell.run(0, f"warning: VM pid 100: {leaf4}\n", [])
+    role = states["sp_role_level"]["runs"]
+    role["stats"]["stderr"] = role["stats"]["stderr"].replace("TDP MMU root", "shadow page")
+    role["verify"]["records"][0]["problem"] = "role_level"
+    mmu = states["mmu_list_loop"]["runs"]
+    for run in mmu.values():
+        run["stderr"] = run["stderr"].replace("tdp_mmu_roots", "active_mmu_pages")
+        for rec in run["records"]:
+            if "broken" in rec:
+                rec["broken"] = [
+                    b.replace("tdp_mmu_roots", "active_mmu_pages") for b in rec["broken"]
+                ]
+            if "detail" in rec:
+                rec["detail"] = rec["detail"].replace("tdp_mmu_roots", "active_mmu_pages")
+    vcpu_root = states["mmu_root_level"]["runs"]["verify"]
+    vcpu_root.update(
+        rc=1,
+        records=[
+            corrupt_cell.problem("root_level", detail="vCPU 0: mmu->..."),
+            corrupt_cell.summary(),
+        ],
+    )
+    return cd
+
+
+def test_corrupt_dumps_under_shadow_paging():
+    from harness.checks.corrupt import check_corrupt_dumps
+
+    assert check_corrupt_dumps({"corrupt_dumps": _shadow_corrupt_dumps()}) == []
+    # The same leaves as a TDP root would give (not walked again) are wrong here.
+    cd = _shadow_corrupt_dumps()
+    cd["states"]["table_repeat"]["runs"]["dump"]["leaves"] = [corrupt_cell.LEAF]
+    # And a top leaf at its raw, non-canonical address.
+    cd["states"]["top_leaf"]["runs"]["dump"]["leaves"][0][0] = 0x9600_0000_0000
+    got = [p.message for p in check_corrupt_dumps({"corrupt_dumps": cd})]
+    assert [m.split(":")[1].strip() for m in got] == ["table_repeat", "top_leaf", "top_leaf"], got

@@ -323,6 +323,17 @@ def test_verify_finds_faults_made_in_a_copy_of_the_dump(cell_result):
     assert not problems, problems
 
 
+def test_corrupt_kernel_state_is_named_and_the_rest_goes_on(cell_result):
+    """Kernel state corrupted in a copy of the dump (a root level of 15 in
+    the vCPU's MMU and in the root's struct kvm_mmu_page, vm_list and the
+    MMU's page list looping, the root's entry copied into 4 more entries,
+    a leaf at level 4/5 in the upper half of the root): each named in one
+    line, --stats and --list go on with the rest, --verify reports it, no
+    traceback; every address --dump printed walks again to its SPTE."""
+    problems = _problems(cell_result, "elf", checks.CORRUPT)
+    assert not problems, problems
+
+
 @pytest.mark.parametrize("view", VIEWS)
 def test_hpa_names_the_vm_and_guest_address(cell_result, view):
     """--hpa of each tagged page's pagemap HPA: the workload's VM and exactly

@@ -442,6 +442,9 @@ class CellResult(TypedDict, total=False):
     # vm-test/fault_dumps.py: --verify of a copy of the ELF dump, before,
     # with each fault made on purpose, and after ({"error": ProcRun} if it failed)
     fault_dumps: Dict[str, Any]
+    # vm-test/corrupt_dumps.py: kernel state corrupted in the same copy, one
+    # change at a time, and what the tool said ({"error": ProcRun} if it failed)
+    corrupt_dumps: Dict[str, Any]
     seconds: float
     first_attempt_failure: str
 

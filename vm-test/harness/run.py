@@ -310,11 +310,34 @@ def fault_dumps(
         if r["rc"] != 0:
             return {"workload": name, "error": r}
         got: Dict[str, Any] = json.loads(out.read_text())
+        got["workload"] = name
+        got["seconds"] = round(time.monotonic() - t0, 1)
+        log(f"[cell] faults made in a copy of the ELF dump: {got['made']} ({got['seconds']} s)")
+        result["corrupt_dumps"] = corrupt_dumps(copy, workdir, syms, truth, result, log)
     finally:
         copy.unlink(missing_ok=True)
-    got["workload"] = name
+    return got
+
+
+def corrupt_dumps(
+    copy: Path,
+    workdir: Path,
+    syms: List[str],
+    truth: Path,
+    result: CellResult,
+    log: Callable[[str], None],
+) -> Dict[str, Any]:
+    """vm-test/corrupt_dumps.py on the copy fault_dumps.py put back."""
+    out = workdir / "corrupt.json"
+    t0 = time.monotonic()
+    cmd = [sys.executable, str(HERE / "corrupt_dumps.py"), "--core", str(copy), *syms]
+    cmd += ["--truth", str(truth), "--addr-kind", result["addr_kind"], "--out", str(out)]
+    r = run_command(cmd, 600)
+    if r["rc"] != 0:
+        return {"error": r}
+    got: Dict[str, Any] = json.loads(out.read_text())
     got["seconds"] = round(time.monotonic() - t0, 1)
-    log(f"[cell] faults made in a copy of the ELF dump: {got['made']} ({got['seconds']} s)")
+    log(f"[cell] kernel state corrupted in the copy: {got['made']} ({got['seconds']} s)")
     return got
 
 

@@ -19,6 +19,7 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
   (HOST_CHANGES: l2vmm --host-changes);
 - verify.py: --verify of every VM and --hpa of every tagged page (VERIFY, HPA),
   and --verify of faults made in a copy of the ELF dump (VERIFY_FAULTS);
+- corrupt.py: kernel state corrupted in a copy of the ELF dump (CORRUPT);
 - errors.py: contrib/kvmwalk.py on wrong input (ERRORS).
 """
 
@@ -28,6 +29,7 @@ from typing import List, Optional
 
 from ..records import CellResult, Problem
 from .annotate import ANNOTATE, MAP_ANNOTATE
+from .corrupt import CORRUPT, check_corrupt_dumps
 from .entry import CONSOLE, PLUGIN, check_entry_points
 from .errors import ERRORS, check_errors
 from .gprog import GUEST_PROGRAM, README_GUEST, check_guest_programs
@@ -68,6 +70,7 @@ CHECKS = (
     HPA,
     HOST_CHANGES,
     VERIFY_FAULTS,
+    CORRUPT,
     ERRORS,
 )
 
@@ -85,6 +88,7 @@ def check_cell(result: CellResult) -> List[Problem]:
         + check_verify(result)
         + check_host_changes(result)
         + check_fault_dumps(result)
+        + check_corrupt_dumps(result)
         + check_errors(result)
     )
 

@@ -1,0 +1,264 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Kernel state corrupted on purpose in a copy of a real ELF dump: what the
+tool must survive and name.
+
+    python3 vm-test/corrupt_dumps.py --core COPY.elf -s vmlinux -s kvm.ko \\
+        --truth truth.json --out corrupt.json
+
+Like vm-test/fault_dumps.py (and on the same copy, after it), one change at
+a time, put back after each; each state gets the actions it concerns, run
+in this one drgn process (whole_table: exit status, stderr, JSON records).
+The changes, located with drgn in the dump itself, all about the workload's
+VM and its first vCPU's current root:
+
+- ``mmu_root_level``: the vCPU MMU's root level (``root_role.level``, or
+  ``shadow_root_level`` on 5.10) made 15;
+- ``sp_role_level``: ``role.level`` of the root's struct kvm_mmu_page made 15;
+- ``vm_list_loop``: the VM's ``kvm->vm_list.next`` pointed at itself;
+- ``mmu_list_loop``: the first page on ``kvm->arch.tdp_mmu_roots`` (TDP MMU)
+  or ``active_mmu_pages`` (legacy MMU) linked to itself (``link.next``);
+- ``table_repeat``: the root's entry on the path of the first tagged page
+  copied into 4 empty entries of the root (a TDP table linked 5 times; under
+  shadow paging one shadow page with 5 parents, which is legitimate);
+- ``top_leaf``: that entry with the page-size bit set, copied into entry
+  300 of the root (a leaf at level 4 or 5, in the upper half of the table:
+  canonical GVAs under shadow paging).
+
+The states are judged in harness/checks/corrupt.py; this records what was
+changed and what the tool said, and the facts located to judge it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Tuple
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from check_views import whole_table  # noqa: E402
+from drgn import Object, Program  # noqa: E402
+from drgn.helpers.linux.mm import follow_phys  # noqa: E402
+from fault_dumps import ElfFile  # noqa: E402
+
+from drgn_kvmwalk import find_vcpu, find_vm  # noqa: E402
+from drgn_kvmwalk.console import load_kvm_debug_info, open_core  # noqa: E402
+from drgn_kvmwalk.mmu import (  # noqa: E402
+    _mmu_layout,
+    for_each_active_mmu_page,
+    for_each_tdp_mmu_root,
+    mmu_info,
+    to_shadow_page,
+)
+
+PS = 1 << 7
+REPEATS = 4
+TOP_LEAF_INDEX = 300
+
+# One change: (physical address of a u64, its new value), several when needed.
+Change = List[Tuple[int, int]]
+
+
+def phys(prog: Program, va: int) -> int:
+    return int(follow_phys(prog["init_mm"].address_of_(), va))
+
+
+def bits_change(prog: Program, elf: ElfFile, obj: Object, value: int) -> Change:
+    """The u64 holding a (bit-)field of ``obj`` with the field made ``value``."""
+    va = int(obj.address_)
+    bit = (va & 7) * 8 + (obj.bit_offset_ or 0)
+    width = obj.bit_field_size_ or 8 * obj.type_.size
+    word = va & ~7
+    assert bit + width <= 64, (bit, width)
+    pa = phys(prog, word)
+    old = elf.read_u64(pa)
+    mask = ((1 << width) - 1) << bit
+    return [(pa, (old & ~mask) | (value << bit))]
+
+
+def _path_obj(mmu: Object, path: Tuple[str, ...]) -> Object:
+    obj = mmu[0]
+    for name in path:
+        obj = obj.member_(name)
+    return obj
+
+
+def runs(prog: Program, argv: Dict[str, List[str]]) -> Dict[str, Any]:
+    return {name: slim(whole_table_safe(prog, a)) for name, a in argv.items()}
+
+
+def slim(run: Dict[str, Any]) -> Dict[str, Any]:
+    """--dump's records as [addr, sptep, level], --addr's as [addr, sptep
+    of the last step, hpa]: what the checks compare, a fraction of the size."""
+    recs = run["records"]
+    if "--dump" in run["argv"]:
+        run["records"] = None
+        run["leaves"] = [[r["addr"], r["sptep"], r["level"]] for r in recs]
+    elif "--addr" in run["argv"]:
+        run["records"] = None
+        run["walks"] = [[r["addr"], r["steps"][-1]["sptep"], r["hpa"]] for r in recs]
+        run["argv"] = run["argv"][:8]  # not every address again
+    return run
+
+
+def whole_table_safe(prog: Program, argv: List[str]) -> Dict[str, Any]:
+    """whole_table, with stdout that is not JSON Lines recorded, not raised."""
+    try:
+        return dict(whole_table(prog, argv), argv=argv)
+    except json.JSONDecodeError as e:
+        return {"argv": argv, "rc": None, "stderr": f"stdout is not JSON Lines: {e}", "records": []}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--core", required=True, help="a copy of the ELF dump, changed in place")
+    ap.add_argument("-s", "--symbols", action="append", default=[])
+    ap.add_argument("--truth", required=True)
+    ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    with open(args.truth) as f:
+        truth = json.load(f)
+    prog = open_core(args.core)
+    load_kvm_debug_info(prog, args.symbols)
+    elf = ElfFile(args.core)
+    pid = truth["pid"]
+    kvm = find_vm(prog, pid)
+    vcpu_id = truth["vcpus"][0]
+    vcpu = find_vcpu(kvm, vcpu_id)
+    info = mmu_info(vcpu)
+    root = info.root
+    addr = truth["pages"][0][args.addr_kind]
+    vm, vc = ["--vm", str(pid)], ["--vm", str(pid), "--vcpu", str(vcpu_id)]
+    facts: Dict[str, Any] = {
+        "pid": pid,
+        "vcpu": vcpu_id,
+        "addr": addr,
+        "root_hpa": root.hpa,
+        "root_level": root.level,
+        "direct": root.direct,
+        "tdp_mmu": info.tdp_mmu,
+    }
+    changes: Dict[str, Change] = {}
+    not_made: Dict[str, str] = {}
+
+    # The vCPU MMU's root level.
+    level_obj = _path_obj(info.mmu, _mmu_layout(info.mmu).root_level)
+    changes["mmu_root_level"] = bits_change(prog, elf, level_obj, 15)
+    # role.level of the root's struct kvm_mmu_page.
+    sp = to_shadow_page(prog, root.hpa)
+    if sp is None:
+        not_made["sp_role_level"] = "the root has no struct kvm_mmu_page"
+    else:
+        changes["sp_role_level"] = bits_change(prog, elf, sp.sp.role.level, 15)
+        facts["root_sp"] = sp.address
+    # The VM's vm_list link pointed at itself.
+    link = int(kvm.vm_list.address_)
+    changes["vm_list_loop"] = [(phys(prog, link), link)]
+    facts["vm_list_link"] = link
+    # The first page of the MMU's list linked to itself.
+    name = "tdp_mmu_roots" if info.tdp_mmu else "active_mmu_pages"
+    pages = for_each_tdp_mmu_root(kvm) if info.tdp_mmu else for_each_active_mmu_page(kvm)
+    first = next(iter(pages), None)
+    facts["mmu_list"] = name
+    if first is None:
+        not_made["mmu_list_loop"] = f"kvm->arch.{name} is empty"
+    else:
+        first_link = int(first.link.address_)
+        changes["mmu_list_loop"] = [(phys(prog, first_link), first_link)]
+        facts["mmu_list_entry"] = first_link
+    # The root's entry on the path of the first tagged page.
+    from drgn_kvmwalk.mmu import vcpu_walk
+
+    walk = vcpu_walk(vcpu, addr)
+    top = next(s for s in walk.steps if not s.pae_root)
+    facts["top"] = {"level": top.level, "index": top.index, "table": top.table, "spte": top.spte}
+    table = [elf.read_u64(top.table + 8 * i) for i in range(512)]
+    present = {i for i, e in enumerate(table) if e & 1}
+    # Empty: 0, or SHADOW_NONPRESENT_VALUE (bit 63, since v6.10).
+    free = [i for i in range(512) if table[i] in (0, 1 << 63) and i != TOP_LEAF_INDEX]
+    if top.level < 4:
+        not_made["table_repeat"] = not_made["top_leaf"] = (
+            f"the walk starts at level {top.level} (a PAE root): no top table of KVM's"
+        )
+    else:
+        # Where the page of the first tag is: the same half of the table, so
+        # that the copies translate addresses of the same kind.
+        same_half = [i for i in free if (i >= 256) == (top.index >= 256)]
+        slots = same_half[:REPEATS]
+        if len(slots) < REPEATS:
+            not_made["table_repeat"] = f"only {len(slots)} empty entries in the root"
+        else:
+            changes["table_repeat"] = [(top.table + 8 * i, top.spte) for i in slots]
+            facts["repeat_indexes"] = slots
+        if table[TOP_LEAF_INDEX] not in (0, 1 << 63):
+            not_made["top_leaf"] = f"entry {TOP_LEAF_INDEX} of the root is in use"
+        else:
+            changes["top_leaf"] = [(top.table + 8 * TOP_LEAF_INDEX, top.spte | PS)]
+            facts["top_leaf_sptep"] = top.table + 8 * TOP_LEAF_INDEX
+    facts["root_present_entries"] = len(present)
+
+    actions = {
+        "mmu_root_level": {
+            "addr": [*vc, "--addr", hex(addr), "--json"],
+            "list": ["--list", "--json"],
+            "verify": [*vm, "--verify", "--json"],
+        },
+        "sp_role_level": {
+            "stats": [*vm, "--stats", "--json"],
+            "verify": [*vm, "--verify", "--json"],
+        },
+        "vm_list_loop": {"list": ["--list", "--json"], "stats": ["--stats", "--json"]},
+        "mmu_list_loop": {
+            "stats": [*vm, "--stats", "--json"],
+            "verify": [*vm, "--verify", "--json"],
+        },
+        "table_repeat": {
+            "dump": [*vc, "--dump", "--json"],
+            "verify": [*vm, "--verify", "--json"],
+        },
+        "top_leaf": {
+            "dump": [*vc, "--dump", "--json"],
+            "stats": [*vm, "--stats", "--json"],
+            "verify": [*vm, "--verify", "--json"],
+        },
+    }
+    results: Dict[str, Any] = {
+        "facts": facts,
+        "before": runs(prog, {"dump": [*vc, "--dump", "--json"]}),
+        "states": {},
+        "not_made": not_made,
+    }
+    for fault, change in changes.items():
+        old = [(pa, elf.read_u64(pa)) for pa, _ in change]
+        for pa, value in change:
+            elf.write_u64(pa, value)
+        try:
+            got = runs(prog, actions[fault])
+            if fault == "top_leaf":
+                # Every address --dump printed walks again to the same SPTE.
+                addrs = [leaf[0] for leaf in got["dump"].get("leaves") or []]
+                again: List[str] = [*vc, "--json"]
+                for a in addrs:
+                    again += ["--addr", hex(a)]
+                got["walk_again"] = slim(whole_table_safe(prog, again)) if addrs else None
+        finally:
+            for pa, value in old:
+                elf.write_u64(pa, value)
+        results["states"][fault] = {
+            "changes": [{"pa": pa, "old": o, "new": v} for (pa, v), (_, o) in zip(change, old)],
+            "runs": got,
+        }
+    results["after"] = runs(prog, {"dump": [*vc, "--dump", "--json"]})
+    results["made"] = list(changes)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f)
+    os.rename(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()
