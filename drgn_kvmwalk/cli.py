@@ -129,8 +129,10 @@ per problem, then one summary per VM; --hpa one object per mapping (an HPA
 nothing maps gets one with "vm": null); --list prints one object {"vms": [...]}.
 
 exit status: 0 the walk was done (an unmapped address is an answer; table pages
-that cannot be read are named on stderr); 1 --verify found a problem; 2 bad
-arguments, or the target lacks the VM, vCPU, kvm module or debug info.
+that cannot be read or that corrupt tables repeat are named on stderr);
+1 --verify found a problem; 2 bad arguments, the target lacks the VM, vCPU,
+kvm module or debug info, or kernel state the action needs is corrupt (one
+line naming it; whole-VM actions name a corrupt part on stderr and go on).
 
 examples:
   drgn -k contrib/kvmwalk.py --vcpu 0 --addr 0x1000

@@ -106,6 +106,7 @@ def test_help_explains_every_option(empty_prog, capsys):
         "--gva [X]",
         "--verify",
         "--hpa X",
+        "--max-tables N",
         "1 --verify found a problem",
     ):
         assert opt in text
