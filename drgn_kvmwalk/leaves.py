@@ -24,7 +24,6 @@ from .spte import (
     ENTRIES_PER_TABLE,
     PAGE_SIZE,
     PT_PAGE_SIZE_MASK,
-    PT_PRESENT_MASK,
     SpteFormat,
     decode_spte,
     level_shift,
@@ -133,29 +132,21 @@ def classify_table(
     fmt: SpteFormat, entries: "np.ndarray[Any, Any]", level: int
 ) -> Tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]:
     """Vector form of :func:`~drgn_kvmwalk.spte.decode_spte`'s present and
-    leaf tests over a table's entries: ``(present, leaf)`` boolean arrays."""
+    leaf tests over a table's entries: ``(present, leaf)`` boolean arrays.
+    Present is is_shadow_present_pte(): the MMU-present bit since v5.13
+    (whatever else the SPTE holds, as KVM's walks decide); before, any
+    non-zero entry that is neither MMIO nor REMOVED_SPTE."""
     if fmt.mmu_present_mask:
         present = (entries & np.uint64(fmt.mmu_present_mask)) != 0
     else:
         present = entries != 0
-    # decode_spte() tests for frozen and MMIO SPTEs first.  A test that no
-    # entry with the present bit can pass is left out: it cannot change
-    # ``present`` (with KVM's own masks, none is needed since v5.13).
-    for value in fmt.frozen_values:
-        if not fmt.mmu_present_mask or value & fmt.mmu_present_mask:
+        for value in fmt.frozen_values:
             present &= entries != np.uint64(value)
-    if fmt.mmio_caching and fmt.mmio_value and not _mmio_needs_no_test(fmt):
-        present &= (entries & np.uint64(fmt.mmio_mask)) != np.uint64(fmt.mmio_value)
+        if fmt.mmio_caching and fmt.mmio_value:
+            present &= (entries & np.uint64(fmt.mmio_mask)) != np.uint64(fmt.mmio_value)
     if level == 1:
         return present, present
     return present, present & ((entries & np.uint64(PT_PAGE_SIZE_MASK)) != 0)
-
-
-def _mmio_needs_no_test(fmt: SpteFormat) -> bool:
-    """No SPTE with the MMU-present bit can be an MMIO SPTE: the MMIO mask
-    holds that bit and the MMIO value does not have it."""
-    bit = fmt.mmu_present_mask
-    return bool(bit and fmt.mmio_mask & bit and not fmt.mmio_value & bit)
 
 
 def canonical(root: Root, raw: int) -> int:
@@ -500,7 +491,7 @@ def _walk_root(
         table = entry & fmt.base_addr_mask
         if base + (1 << 30) <= lo or base >= hi:
             continue
-        if entry & PT_PRESENT_MASK and entry != (1 << 64) - 1 and table:
+        if table:  # as shadow_walk_init_using_root(): its address bits alone
             yield from _leaves_in(mem, fmt, root, table, level - 1, base, lo, hi, on_table, reads)
 
 
@@ -603,9 +594,12 @@ def _level2(
     # else the Unreadable given in its place.
     state: List[Union[None, bool, Unreadable]] = []
     pages = leaf = np.zeros((0, ENTRIES_PER_TABLE), dtype=_U64)
+    # Near the end of the budget, the one-table way: it stops exactly where
+    # the walk in address order reaches the budget.
+    one_by_one = reads.left < len(kids)
     for child, hpa in zip(kids, tables):
         start = base + child * span
-        if start < lo or start + span > hi:
+        if one_by_one or start < lo or start + span > hi:
             state.append(True)
             continue
         repeated = reads.take(hpa, 1, start)

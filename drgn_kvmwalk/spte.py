@@ -325,6 +325,13 @@ def decode_spte(fmt: SpteFormat, spte: int, level: int) -> SpteInfo:
     >>> decode_spte(fmt, 0x8000000123456867, 1).flags   # doctest: +SKIP
     ['P', 'W', 'U', 'A', 'D', 'NX', 'mmu-present', ...]
     """
+    # KVM's walks decide by is_shadow_present_pte() alone (__shadow_walk_next(),
+    # tdp_iter): a present SPTE is followed or is a leaf even if its bits also
+    # match the MMIO or frozen pattern (KVM makes no such SPTE; a corrupt one
+    # can be).  Since v5.13 that is the MMU-present bit; before, "present"
+    # already excluded MMIO and REMOVED_SPTE.
+    if fmt.mmu_present_mask and fmt.is_present(spte):
+        return _present(fmt, spte, level)
     if fmt.is_frozen(spte):
         return SpteInfo(spte, level, False, False, "frozen", None, ["frozen"])
     if fmt.is_mmio(spte):
@@ -351,6 +358,10 @@ def decode_spte(fmt: SpteFormat, spte: int, level: int) -> SpteInfo:
         if fmt.ept and spte & VMX_EPT_SUPPRESS_VE_BIT:
             flags.append("SVE")
         return SpteInfo(spte, level, False, False, "none", None, flags)
+    return _present(fmt, spte, level)
+
+
+def _present(fmt: SpteFormat, spte: int, level: int) -> SpteInfo:
     leaf = is_last_spte(spte, level)
     hpa = spte & fmt.base_addr_mask
     if leaf:

@@ -84,7 +84,7 @@ from .spte import (
     level_size,
 )
 from .sptefmt import spte_format
-from .views import select_roots
+from .views import LabelledRoot, select_roots
 from .walk import MAX_TABLES, ROOT_LEVELS, PhysMem, PhysMemError, Root
 
 __all__ = [
@@ -611,7 +611,10 @@ class _Checker:
         fmt = self.fmt
         if not (fmt.mmio_caching and fmt.mmio_value):
             return
-        idx = np.flatnonzero((entries & np.uint64(fmt.mmio_mask)) == np.uint64(fmt.mmio_value))
+        mmio = (entries & np.uint64(fmt.mmio_mask)) == np.uint64(fmt.mmio_value)
+        if fmt.mmu_present_mask:  # a present SPTE is no MMIO SPTE (see decode_spte())
+            mmio &= (entries & np.uint64(fmt.mmu_present_mask)) == 0
+        idx = np.flatnonzero(mmio)
         if not idx.size:
             return
         self.mmio_checked += int(idx.size)
@@ -961,27 +964,46 @@ def _first_reach(
     seen.setdefault(table, (root, base))
 
 
-def _legacy_roots(kvm: Object, broken: List[str]) -> List[Root]:
+def _legacy_roots(kvm: Object, broken: List[str], lists: Optional[List[str]] = None) -> List[Root]:
     """The legacy MMU's roots: every vCPU's current, previous and nested
     roots, and the VM's other top-level shadow pages.  A vCPU whose roots
-    cannot be read for corrupt values is left out, its line in ``broken``."""
+    cannot be read for corrupt values is left out, its line in ``broken``;
+    when the VM's page list (``active_mmu_pages``, where the other top-level
+    pages are found) is corrupt, the vCPUs' own roots are still taken and its
+    line goes to ``lists``, once."""
     found: Dict[int, Root] = {}
     for vcpu in for_each_vcpu(kvm):
         try:
-            try:
-                roots = select_roots(vcpu, "all")
-            except NoRoot:
-                try:
-                    roots = select_roots(vcpu, "prev")
-                except NoRoot:
-                    continue
-        except (BadKernelValue, CorruptList) as e:
+            roots = _vcpu_roots(vcpu, lists)
+        except BadKernelValue as e:
             broken.append(f"vCPU {int(vcpu.vcpu_id)}: {e}")
             continue
         for lr in roots:
             if not lr.tdp_mmu and lr.root.level in ROOT_LEVELS:
                 found.setdefault(lr.root.hpa, lr.root)
     return list(found.values())
+
+
+def _vcpu_roots(vcpu: Object, lists: Optional[List[str]]) -> List[LabelledRoot]:
+    """select_roots(vcpu, "all"), or what of it can be read."""
+    try:
+        return select_roots(vcpu, "all")
+    except NoRoot:
+        pass
+    except CorruptList as e:
+        if lists is not None and str(e) not in lists:
+            lists.append(str(e))
+        roots: List[LabelledRoot] = []
+        for which in ("current", "prev"):
+            try:
+                roots += select_roots(vcpu, which)
+            except NoRoot:
+                pass
+        return roots
+    try:
+        return select_roots(vcpu, "prev")
+    except NoRoot:
+        return []
 
 
 def _legacy(
@@ -1165,7 +1187,7 @@ def _vm_roots(kvm: Object, skipped: List[str]) -> List[Tuple[Root, bool, bool]]:
             )
             continue
         roots.append((Root(hpa, level, True, level), bool(role.invalid), True))
-    for root in _legacy_roots(kvm, skipped):
+    for root in _legacy_roots(kvm, skipped, skipped):
         sp = to_shadow_page(prog, root.hpa)
         roots.append((root, bool(sp and sp.invalid), False))
     return roots

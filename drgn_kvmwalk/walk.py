@@ -23,7 +23,6 @@ except ImportError:  # pragma: no cover - Python 3.7
 from .errors import BadKernelValue
 from .spte import (
     PAGE_SIZE,
-    PT_PRESENT_MASK,
     SpteFormat,
     SpteInfo,
     decode_spte,
@@ -267,7 +266,9 @@ def walk_addr(mem: TableCache, fmt: SpteFormat, root: Root, addr: int) -> Walk:
         except PhysMemError as e:
             return stopped(f"pae_root at {e.address:#x} not accessible", level)
         table = entry & fmt.base_addr_mask
-        valid = bool(entry & PT_PRESENT_MASK) and entry != (1 << 64) - 1 and table != 0
+        # shadow_walk_init_using_root(): the entry's address bits alone decide
+        # (INVALID_PAE_ROOT is 0).
+        valid = table != 0
         info = SpteInfo(
             entry,
             level,

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from check_views import whole_table  # noqa: E402
-from drgn import Object, Program  # noqa: E402
+from drgn import Object, Program, sizeof  # noqa: E402
 from drgn.helpers.linux.mm import follow_phys  # noqa: E402
 from fault_dumps import ElfFile  # noqa: E402
 
@@ -70,7 +70,7 @@ def bits_change(prog: Program, elf: ElfFile, obj: Object, value: int) -> Change:
     """The u64 holding a (bit-)field of ``obj`` with the field made ``value``."""
     va = int(obj.address_)
     bit = (va & 7) * 8 + (obj.bit_offset_ or 0)
-    width = obj.bit_field_size_ or 8 * obj.type_.size
+    width = obj.bit_field_size_ or 8 * sizeof(obj)
     word = va & ~7
     assert bit + width <= 64, (bit, width)
     pa = phys(prog, word)

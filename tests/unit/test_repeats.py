@@ -288,3 +288,52 @@ def test_max_tables_is_checked(argv, message):
     out, err = io.StringIO(), io.StringIO()
     assert main(None, argv, out=out, err=err) == EXIT_USAGE  # type: ignore[arg-type]
     assert message in err.getvalue() and out.getvalue() == ""
+
+
+# -- What the fuzz run found (vm-test/fuzz.py) --------------------------------------
+
+
+def test_a_present_spte_that_also_matches_the_mmio_pattern_is_followed():
+    """KVM's walks decide by is_shadow_present_pte() alone: an SPTE with the
+    MMU-present bit is a leaf (or a table) even when its bits also match
+    shadow_mmio_mask/value.  The tool took all-ones for an MMIO SPTE."""
+    from drgn_kvmwalk.spte import decode_spte
+
+    assert X86.is_mmio((1 << 64) - 1)
+    info = decode_spte(X86, (1 << 64) - 1, 1)
+    assert (info.kind, info.present, info.leaf) == ("leaf", True, True)
+    mem, t, root = npt(4)
+    sptep = t.put(0x1000, 1, (1 << 64) - 1)
+    w = walk_addr(TableCache(mem), X86, root, 0x1000)
+    assert w.page_size == 4096 and w.steps[-1].sptep == sptep
+    assert leaves_of(list(iter_leaves(mem, X86, root))) == [(0x1000, sptep)]
+
+
+def test_a_pae_root_entry_is_used_by_its_address_bits():
+    """shadow_walk_init_using_root(): pae_root[i] & SPTE_BASE_ADDR_MASK, zero
+    or not; the present bit is not looked at."""
+    mem = FakeMem()
+    pae = mem.alloc()
+    pd = mem.alloc()
+    mem.set(pae + 8 * 1, pd)  # no present bit
+    pt = mem.alloc()
+    mem.set(pd, pt | X86_TABLE)
+    mem.set(pt, 0x5000 | X86_LEAF)
+    root = Root(mem.alloc(), 4, False, 3, pae)
+    w = walk_addr(TableCache(mem), X86, root, 1 << 30)
+    assert w.hpa == 0x5000
+    assert leaves_of(list(iter_leaves(mem, X86, root))) == [(1 << 30, pt)]
+
+
+def test_the_budget_stops_in_address_order_inside_a_page_directory():
+    """The page tables of a page directory are read as a block: near the
+    end of the budget they are taken one by one, so that the leaves before
+    the stop are all given (they were lost with the block read)."""
+    mem, t, root = npt(4)
+    t.map(0x0, 0x5000, level=2)  # a 2M leaf first
+    for i in range(1, 5):
+        t.map(i << 21, 0x6000 + (i << 12))
+    items = list(iter_leaves(mem, X86, root, max_tables=5))  # root, PDPT, PD, 2 page tables
+    assert [a for a, _ in leaves_of(items)] == [0x0, 1 << 21, 2 << 21]
+    (u,) = skipped(items, "budget")
+    assert u.base == 3 << 21 and items[-1] is u
