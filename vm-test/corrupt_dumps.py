@@ -33,12 +33,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import struct
 import sys
 from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import fuzz  # noqa: E402
 from check_views import whole_table  # noqa: E402
 from drgn import Object, Program, sizeof  # noqa: E402
 from drgn.helpers.linux.mm import follow_phys  # noqa: E402
@@ -53,6 +56,8 @@ from drgn_kvmwalk.mmu import (  # noqa: E402
     mmu_info,
     to_shadow_page,
 )
+from drgn_kvmwalk.sptefmt import spte_format  # noqa: E402
+from drgn_kvmwalk.walk import PhysMemError, Root  # noqa: E402
 
 PS = 1 << 7
 REPEATS = 4
@@ -112,6 +117,105 @@ def whole_table_safe(prog: Program, argv: List[str]) -> Dict[str, Any]:
         return {"argv": argv, "rc": None, "stderr": f"stdout is not JSON Lines: {e}", "records": []}
 
 
+class ElfMem:
+    """Host physical memory read from the ELF file itself, not through
+    drgn: what the reference walk of vm-test/fuzz.py reads."""
+
+    def __init__(self, elf: ElfFile) -> None:
+        self.elf = elf
+        self.fd = os.open(elf.path, os.O_RDONLY)
+
+    def read(self, address: int, size: int) -> bytes:
+        try:
+            off = self.elf.offset(address)
+            self.elf.offset(address + size - 1)
+        except ValueError:
+            raise PhysMemError(address) from None
+        return os.pread(self.fd, size, off)
+
+
+def _table_pages(elf: ElfFile, fmt: Any, root: Root) -> List[Tuple[int, int]]:
+    """(HPA, level) of the table pages under the root (the reference's walk)."""
+    found: List[Tuple[int, int]] = []
+    mem = ElfMem(elf)
+
+    def walk(table: int, level: int) -> None:
+        found.append((table, level))
+        if level == 1 or len(found) > 4096:
+            return
+        try:
+            data = mem.read(table, 4096)
+        except PhysMemError:
+            return
+        for spte in struct.unpack("<512Q", data):
+            if fuzz.present(fmt, spte) and not fuzz.last(spte, level):
+                walk(spte & fmt.base_addr_mask, level - 1)
+
+    if fuzz.start_level(root) == 3:
+        return found  # PAE roots: the pae_root page is no table page of KVM's
+    walk(root.hpa & fmt.base_addr_mask, root.level)
+    return found
+
+
+def flips(
+    prog: Program,
+    elf: ElfFile,
+    kvm: Object,
+    root: Root,
+    facts: Dict[str, Any],
+    vm: List[str],
+    vc: List[str],
+    seed: int,
+    count: int,
+) -> List[Dict[str, Any]]:
+    """``count`` random bit flips, one at a time, each put back after: in
+    the entries of the root's table pages (then --dump must give exactly the
+    leaves of the reference walk of the flipped tables) and in the kernel
+    fields that steer the walk (the root's struct kvm_mmu_page role word,
+    the vCPU MMU's root level and root HPA, the VM's list links)."""
+    rng = random.Random(seed)
+    fmt = spte_format(kvm)
+    pages = _table_pages(elf, fmt, root)
+    fields: List[Tuple[str, int]] = []  # (what, physical address of a u64)
+    sp = to_shadow_page(prog, root.hpa)
+    if sp is not None:
+        fields.append(
+            ("role word of the root's kvm_mmu_page", phys(prog, int(sp.sp.role.address_) & ~7))
+        )
+        fields.append(
+            ("link.next of the root's kvm_mmu_page", phys(prog, int(sp.sp.link.next.address_)))
+        )
+    fields.append(("kvm->vm_list.next", phys(prog, int(kvm.vm_list.next.address_))))
+    done: List[Dict[str, Any]] = []
+    for _ in range(count):
+        if pages and rng.random() < 0.75:
+            table, level = rng.choice(pages)
+            pa = table + 8 * rng.randrange(512)
+            what = f"level-{level} table page {table:#x}"
+        else:
+            what, pa = rng.choice(fields)
+        bit = rng.randrange(64)
+        old = elf.read_u64(pa)
+        elf.write_u64(pa, old ^ (1 << bit))
+        try:
+            got = runs(
+                prog,
+                {
+                    "dump": [*vc, "--dump", "--json", "--max-tables", "100000"],
+                    "stats": [*vm, "--stats", "--json"],
+                    "verify": [*vm, "--verify", "--json"],
+                },
+            )
+            ref = None
+            if what.startswith("level-"):
+                leaves, skips = fuzz.ref_leaves(ElfMem(elf), fmt, root, 100_000)
+                ref = {"leaves": [list(x) for x in leaves], "skipped": [list(x) for x in skips]}
+        finally:
+            elf.write_u64(pa, old)
+        done.append({"what": what, "pa": pa, "bit": bit, "old": old, "runs": got, "reference": ref})
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--core", required=True, help="a copy of the ELF dump, changed in place")
@@ -119,6 +223,8 @@ def main() -> None:
     ap.add_argument("--truth", required=True)
     ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=1, help="of the bit flips (default 1)")
+    ap.add_argument("--flips", type=int, default=24, help="random bit flips (default 24)")
     args = ap.parse_args()
     with open(args.truth) as f:
         truth = json.load(f)
@@ -252,6 +358,7 @@ def main() -> None:
             "changes": [{"pa": pa, "old": o, "new": v} for (pa, v), (_, o) in zip(change, old)],
             "runs": got,
         }
+    results["flips"] = flips(prog, elf, kvm, root, facts, vm, vc, args.seed, args.flips)
     results["after"] = runs(prog, {"dump": [*vc, "--dump", "--json"]})
     results["made"] = list(changes)
     tmp = args.out + ".tmp"

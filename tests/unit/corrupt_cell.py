@@ -148,6 +148,32 @@ def corrupt_dumps() -> Dict[str, Any]:
         "before": {"dump": dump},
         "after": {"dump": run(leaves=[LEAF])},
         "states": {name: {"changes": [], "runs": runs} for name, runs in states.items()},
+        "flips": [
+            {
+                "what": "level-1 table page 0x77000",
+                "pa": 0x77010,
+                "bit": 11,
+                "old": 0x9067,
+                "runs": {
+                    "dump": run(leaves=[LEAF]),
+                    "stats": run(records=[stats([])]),
+                    "verify": run(1, "", [problem("no_memslot"), summary()]),
+                },
+                "reference": {"leaves": [LEAF], "skipped": []},
+            },
+            {
+                "what": "kvm->vm_list.next",
+                "pa": 0x5000,
+                "bit": 3,
+                "old": 0,
+                "runs": {
+                    "dump": run(2, "kvmwalk: cannot read the target's memory: ...\n"),
+                    "stats": run(0, "warning: vm_list is corrupt: ...\n", []),
+                    "verify": run(records=[summary()]),
+                },
+                "reference": None,
+            },
+        ],
         "made": list(states),
         "not_made": {},
         "seconds": 3.0,

@@ -906,6 +906,16 @@ def _fault_corrupt_too_slow(c):
     _corrupt(c, "mmu_list_loop", "stats")["seconds"] = 600
 
 
+def _fault_corrupt_flip_differs(c):
+    """--dump of a flipped table gives a leaf the reference walk does not."""
+    flip = c["corrupt_dumps"]["flips"][0]
+    flip["runs"]["dump"]["leaves"] = flip["runs"]["dump"]["leaves"] + [[0x5000, 0x77010, 1]]
+
+
+def _fault_corrupt_flip_traceback(c):
+    c["corrupt_dumps"]["flips"][1]["runs"]["verify"].update(rc=1, stderr="Traceback (most...\n")
+
+
 def _fault_corrupt_not_run(c):
     del c["corrupt_dumps"]
 
@@ -937,6 +947,8 @@ FAULTS = {
     _fault_corrupt_not_restored: {("elf", checks.CORRUPT)},
     _fault_corrupt_too_slow: {("elf", checks.CORRUPT)},
     _fault_corrupt_not_run: {("elf", checks.CORRUPT)},
+    _fault_corrupt_flip_differs: {("elf", checks.CORRUPT)},
+    _fault_corrupt_flip_traceback: {("elf", checks.CORRUPT)},
     _fault_verify_problem: {("elf", checks.VERIFY)},
     _fault_verify_uncounted: {("elf", checks.VERIFY)},
     _fault_verify_more_than_kvm: {("qmp", checks.VERIFY)},

@@ -31,6 +31,13 @@ back unchanged after the last one:
   every address --dump printed walks to the same SPTE; --stats warns about
   the leaf at level 4/5 and --verify names it (leaf_level) at its SPTE.
 
+Then random bit flips, one at a time (seeded): in entries of the root's
+table pages, where --dump must give exactly the leaves of vm-test/fuzz.py's
+reference walk of the flipped tables (read from the ELF file, not through
+drgn) and one warning per table page either did not descend into; and in
+kernel fields that steer the walk, where each action must end as documented
+(--stats exit 0, --verify 0 or 1, --dump 0 or 2).
+
 Every run: no traceback, stdout JSON Lines, within its time.
 """
 
@@ -94,7 +101,40 @@ def check_corrupt_dumps(result: CellResult) -> List[Problem]:
     for name, state in cd["states"].items():
         for message in judge[name](facts, state["runs"], _leaves(before)):
             problem(f"{name}: {message}")
+    flips = cd.get("flips") or []
+    if not flips:
+        problem("no random bit flips were made")
+    for f in flips:
+        for message in _flip(f):
+            problem(f"flip of bit {f['bit']} at {f['pa']:#x} ({f['what']}): {message}")
     return problems
+
+
+def _flip(f: Dict[str, Any]) -> List[str]:
+    """A random bit flip: every action ends as documented, and --dump gives
+    the reference walk's leaves of the flipped tables, with one warning per
+    table page it did not descend into."""
+    bad = []
+    runs = f["runs"]
+    if runs["stats"]["rc"] != 0:
+        bad.append(f"--stats exit {runs['stats']['rc']}: {runs['stats']['stderr'][:200]}")
+    if runs["verify"]["rc"] not in (0, 1):
+        bad.append(f"--verify exit {runs['verify']['rc']}: {runs['verify']['stderr'][:200]}")
+    ref = f.get("reference")
+    dump = runs["dump"]
+    if ref is not None:
+        want = {tuple(x) for x in ref["leaves"]}
+        warnings = [ln for ln in dump["stderr"].splitlines() if ln.startswith("warning: ")]
+        if dump["rc"] != 0 or _leaves(dump) != want or len(warnings) != len(ref["skipped"]):
+            extra = sorted(_leaves(dump) ^ want)[:3]
+            bad.append(
+                f"--dump: exit {dump['rc']}, {len(_leaves(dump))} leaves, reference "
+                f"{len(want)} (differing {extra}), {len(warnings)} warnings, reference "
+                f"{len(ref['skipped'])} tables not descended into"
+            )
+    elif dump["rc"] not in (0, 2):
+        bad.append(f"--dump exit {dump['rc']}: {dump['stderr'][:200]}")
+    return bad
 
 
 def _every_run(cd: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
@@ -102,6 +142,8 @@ def _every_run(cd: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     found += [(f"after {a}", r) for a, r in cd["after"].items()]
     for name, state in cd["states"].items():
         found += [(f"{name} {a}", r) for a, r in state["runs"].items() if r is not None]
+    for f in cd.get("flips") or []:
+        found += [(f"flip at {f['pa']:#x} {a}", r) for a, r in f["runs"].items()]
     return found
 
 
