@@ -34,14 +34,19 @@ def list_entries(
     seen: Set[int] = set()
     pos = head.next.read_()
     while pos.value_() != end:
-        address = pos.value_()
-        if address in seen:
-            raise CorruptList(what, address, "is linked to twice (a cycle)")
-        if len(seen) >= limit:
-            raise CorruptList(what, address, f"is past {limit} entries")
-        seen.add(address)
+        _see(seen, pos.value_(), what, limit)
         yield container_of(pos, type_name, member)
         pos = pos.next.read_()
+
+
+def _see(seen: Set[int], address: int, what: str, limit: int) -> None:
+    """Note one more entry of a list or tree; raise if it was seen before or
+    the walk is past ``limit`` entries."""
+    if address in seen:
+        raise CorruptList(what, address, "is linked to twice (a cycle)")
+    if len(seen) >= limit:
+        raise CorruptList(what, address, f"is past {limit} entries")
+    seen.add(address)
 
 
 def rbtree_entries(
@@ -61,12 +66,7 @@ def rbtree_entries(
     node = root.rb_node.read_()
     while stack or node:
         while node:
-            address = node.value_()
-            if address in seen:
-                raise CorruptList(what, address, "is linked to twice (a cycle)")
-            if len(seen) >= limit:
-                raise CorruptList(what, address, f"is past {limit} entries")
-            seen.add(address)
+            _see(seen, node.value_(), what, limit)
             stack.append(node)
             node = node.rb_left.read_()
         node = stack.pop()

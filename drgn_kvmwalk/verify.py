@@ -464,6 +464,22 @@ class _Checker:
         """A problem with the kernel's own structures, at no SPTE."""
         self._problem(root, None, None, level, None, None, hpa, problem, None, detail, False)
 
+    def repeated(self, root: int, item: Unreadable, invalid: bool) -> None:
+        """A table page the walk from ``root`` did not descend into again."""
+        self._problem(
+            root,
+            item.base,
+            None,
+            item.level,
+            None,
+            None,
+            item.table,
+            "table_repeated",
+            None,
+            f"level-{item.level} table page {item.table:#x}: {item.error}",
+            invalid,
+        )
+
     def leaves(self, root: Optional[int], as_id: int, lv: _Leaves, invalid: bool) -> None:
         """Check a block of leaves of one level."""
         n = len(lv.gfns)
@@ -806,19 +822,7 @@ def _tdp_root(
     for item in iter_leaf_columns(c.mem, c.fmt, root, on_table=on_table, max_tables=c.max_tables):
         if isinstance(item, Unreadable):
             if item.kind == "repeated":
-                c._problem(
-                    hpa,
-                    item.base,
-                    None,
-                    item.level,
-                    None,
-                    None,
-                    item.table,
-                    "table_repeated",
-                    None,
-                    f"level-{item.level} table page {item.table:#x}: {item.error}",
-                    invalid,
-                )
+                c.repeated(hpa, item, invalid)
                 yield from c.take()
             else:
                 unreadable.append(item)
@@ -937,19 +941,7 @@ def _reach(
             if item.kind == "budget":
                 unreadable.append(item)
             elif item.kind == "repeated":
-                c._problem(
-                    root.hpa,
-                    item.base,
-                    None,
-                    item.level,
-                    None,
-                    None,
-                    item.table,
-                    "table_repeated",
-                    None,
-                    f"level-{item.level} table page {item.table:#x}: {item.error}",
-                    False,
-                )
+                c.repeated(root.hpa, item, False)
     return seen
 
 

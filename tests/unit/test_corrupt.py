@@ -6,7 +6,6 @@ issue found them: a root level of 15 overflowed, 0 tripped an assertion,
 a vm_list entry linked to itself looped forever)."""
 
 import io
-import signal
 
 import pytest
 from drgn import Object, TypeMember
@@ -21,20 +20,6 @@ from drgn_kvmwalk.walk import Root, TableCache, walk_addr
 from .fake_kernel import kvm_host
 from .test_layouts import LAYOUTS
 from .test_walk import X86, npt
-
-
-@pytest.fixture
-def deadline():
-    """A test that would loop forever fails after 10 s instead."""
-
-    def expired(signum, frame):
-        raise TimeoutError("did not end")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def run(prog, *argv):

@@ -11,7 +11,6 @@ that ``--addr`` refused.
 
 from __future__ import annotations
 
-import signal
 import types
 
 import numpy as np
@@ -34,20 +33,6 @@ from .tables import FakeMem, Tables
 from .test_walk import X86, X86_LEAF, X86_TABLE, npt
 
 PS = 1 << 7
-
-
-@pytest.fixture
-def deadline():
-    """A walk that would run for hours fails after 20 s instead."""
-
-    def expired(signum, frame):
-        raise TimeoutError("did not end")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def shadow(level=4):
