@@ -975,12 +975,8 @@ def _verify(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
 
 def _hpa(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """--hpa: every mapping of each host physical address, in the order given."""
-    from .verify import (
-        HpaMapping,
-        HpaSkipped,
-        HpaTable,
-        find_hpa,
-    )  # numpy: only for whole-table views
+    # numpy: only for whole-table views
+    from .verify import HpaMapping, HpaSkipped, HpaTable, find_hpa
 
     found: List[Union[HpaMapping, HpaTable]] = []
     skipped: List[str] = []

@@ -878,7 +878,10 @@ def verify_summary_text(s: VerifySummary) -> List[str]:
         lines.append(f"  allowed: {n} {name} ({EXCEPTIONS[name]})")
     for u in s.unreadable:
         if u.kind == "budget":
-            lines.append(f"  from {u.base:#x} under root {u.table:#x}: {u.error}")
+            lines.append(
+                f"  from {u.base:#x} on (level-{u.level} table page {u.table:#x} and after): "
+                f"{u.error}; those leaves are not checked"
+            )
             continue
         why = "not accessible" if u.kind == "unreadable" else u.kind
         lines.append(
