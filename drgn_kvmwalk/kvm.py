@@ -215,10 +215,12 @@ def for_each_memslot(kvm: Object) -> Iterator[Memslot]:
             node_idx = slots.node_idx.value_()
         except AttributeError:
             used = slots.used_slots.value_()
-            room = slots.memslots.type_.length
-            if not 0 <= used <= (room if room is not None else used):
+            # memslots[] is a flexible array in 5.10; id_to_index[] has
+            # KVM_MEM_SLOTS_NUM entries.
+            room = slots.memslots.type_.length or slots.id_to_index.type_.length
+            if not 0 <= used <= room:
                 raise BadKernelValue(
-                    f"kvm->memslots[{as_id}]->used_slots", used, f"0-{room} (its array's length)"
+                    f"kvm->memslots[{as_id}]->used_slots", used, f"0-{room} (KVM_MEM_SLOTS_NUM)"
                 ) from None
             found = [slots.memslots[i] for i in range(used)]
             found.sort(key=lambda s: s.base_gfn.value_())

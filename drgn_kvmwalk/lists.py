@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, List, Set, TypeVar
 
-from drgn import Object, container_of
+from drgn import FaultError, Object, container_of, sizeof
 
 from .errors import CorruptList
 
@@ -32,11 +32,29 @@ def list_entries(
     """
     end = head.value_()
     seen: Set[int] = set()
-    pos = head.next.read_()
+    pos = _next(head, what, end)
     while pos.value_() != end:
         _see(seen, pos.value_(), what, limit)
-        yield container_of(pos, type_name, member)
-        pos = pos.next.read_()
+        entry = container_of(pos, type_name, member)
+        _readable(entry, what)
+        yield entry
+        pos = _next(pos, what, end)
+
+
+def _next(pos: Object, what: str, head: int) -> Object:
+    try:
+        return pos.next.read_()
+    except FaultError:
+        raise CorruptList(what, pos.value_(), "cannot be read") from None
+
+
+def _readable(entry: Object, what: str) -> None:
+    """An entry whose memory the target does not hold is where the list
+    breaks (a corrupt link), not a fault in whatever reads it next."""
+    try:
+        entry.prog_.read(entry.value_(), sizeof(entry.type_.type))
+    except FaultError:
+        raise CorruptList(what, entry.value_(), "cannot be read") from None
 
 
 def _see(seen: Set[int], address: int, what: str, limit: int) -> None:
@@ -68,9 +86,14 @@ def rbtree_entries(
         while node:
             _see(seen, node.value_(), what, limit)
             stack.append(node)
-            node = node.rb_left.read_()
+            try:
+                node = node.rb_left.read_()
+            except FaultError:
+                raise CorruptList(what, node.value_(), "cannot be read") from None
         node = stack.pop()
-        yield container_of(node, type_name, member)
+        entry = container_of(node, type_name, member)
+        _readable(entry, what)
+        yield entry
         node = node.rb_right.read_()
 
 

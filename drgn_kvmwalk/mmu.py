@@ -373,8 +373,10 @@ def to_shadow_page(prog: Program, table_hpa: int) -> Optional[ShadowPage]:
     :raises LookupError: no ``struct kvm_mmu_page`` type (kvm.ko's debug info)
     """
     pl = _page_layout(prog)
+    page = pl.vmemmap + (table_hpa >> 12) * pl.page_size
+    if page + pl.private + 8 > 1 << 64:
+        return None  # an HPA no struct page is for (a corrupt SPTE's)
     try:
-        page = pl.vmemmap + (table_hpa >> 12) * pl.page_size
         private = int.from_bytes(prog.read(page + pl.private, 8), "little")
         if not private:
             return None

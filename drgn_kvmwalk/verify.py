@@ -101,6 +101,7 @@ __all__ = [
 
 _U64 = np.dtype("<u8")
 KVM_MEM_READONLY = 1 << 1
+_MAX_U64 = (1 << 64) - 1
 KVM_MEM_GUEST_MEMFD = 1 << 2  # v6.8
 
 # What ``problem`` says, and what it means.
@@ -317,7 +318,8 @@ class _Slots:
         slots = sorted(slots, key=lambda s: s.base_gfn)
         self.slots = slots
         self.base = np.array([s.base_gfn for s in slots], dtype=_U64)
-        self.end = np.array([s.base_gfn + s.npages for s in slots], dtype=_U64)
+        # (a corrupt memslot's end may lie past 2**64: it ends there)
+        self.end = np.array([min(s.base_gfn + s.npages, _MAX_U64) for s in slots], dtype=_U64)
         self.hva = np.array([s.hva for s in slots], dtype=_U64)
         self.flags = np.array([s.flags for s in slots], dtype=_U64)
 
@@ -760,7 +762,7 @@ def _private_readable(prog: Program, table: int) -> bool:
     """Whether the target holds ``page->private`` of the table page."""
     try:
         pfn_to_page(prog, table >> 12).private.value_()
-    except FaultError:
+    except (FaultError, OverflowError):  # OverflowError: a page past 2**64 (corrupt HPA)
         return False
     return True
 

@@ -15,6 +15,9 @@ VM and its first vCPU's current root:
   ``shadow_root_level`` on 5.10) made 15;
 - ``sp_role_level``: ``role.level`` of the root's struct kvm_mmu_page made 15;
 - ``vm_list_loop``: the VM's ``kvm->vm_list.next`` pointed at itself;
+- ``memslot_loop``: the leftmost node of address space 0's memslot tree
+  linked back to the tree's top (``rb_left``), or on 5.10 ``used_slots``
+  made larger than the memslot array;
 - ``mmu_list_loop``: the first page on ``kvm->arch.tdp_mmu_roots`` (TDP MMU)
   or ``active_mmu_pages`` (legacy MMU) linked to itself (``link.next``);
 - ``table_repeat``: the root's entry on the path of the first tagged page
@@ -276,6 +279,24 @@ def main() -> None:
         first_link = int(first.link.address_)
         changes["mmu_list_loop"] = [(phys(prog, first_link), first_link)]
         facts["mmu_list_entry"] = first_link
+    # The memslots of address space 0: a tree node linked back to the root
+    # (v5.17+), or more used slots than the array holds (before).
+    slots = kvm.memslots[0]
+    try:
+        slots.node_idx.read_()
+    except AttributeError:
+        used = slots.used_slots
+        room = slots.memslots.type_.length
+        changes["memslot_loop"] = bits_change(prog, elf, used, (room or 0) + 1000)
+        facts["memslot_what"] = "kvm->memslots[0]->used_slots"
+    else:
+        top_node = slots.gfn_tree.rb_node.read_()
+        node = top_node
+        while node.rb_left.value_():
+            node = node.rb_left.read_()
+        at = int(node.rb_left.address_)
+        changes["memslot_loop"] = [(phys(prog, at), top_node.value_())]
+        facts["memslot_what"] = "kvm->memslots[0]->gfn_tree"
     # The root's entry on the path of the first tagged page.
     from drgn_kvmwalk.mmu import vcpu_walk
 
@@ -318,6 +339,10 @@ def main() -> None:
             "verify": [*vm, "--verify", "--json"],
         },
         "vm_list_loop": {"list": ["--list", "--json"], "stats": ["--stats", "--json"]},
+        "memslot_loop": {
+            "list": [*vm, "--list", "--json"],
+            "verify": [*vm, "--verify", "--json"],
+        },
         "mmu_list_loop": {
             "stats": [*vm, "--stats", "--json"],
             "verify": [*vm, "--verify", "--json"],

@@ -14,6 +14,7 @@ LEAF = [0x4000_1000, 0x77008, 1]  # addr, sptep, level: the one leaf before
 COPIES = [1, 2, 3, 4]
 TOP_LEAF_SPTEP = ROOT + 8 * 300
 SHIFT = 12 + 9 * 4  # level 5
+MEMSLOTS = "kvm->memslots[0]->gfn_tree"
 
 
 def run(rc: int = 0, stderr: str = "", records: Any = (), **more: Any) -> Dict[str, Any]:
@@ -106,6 +107,23 @@ def corrupt_dumps() -> Dict[str, Any]:
             "list": run(0, vm_list_line, [{"vms": [{"pid": PID, "vcpus": []}]}]),
             "stats": run(0, vm_list_line, [stats([])]),
         },
+        "memslot_loop": {
+            "list": run(
+                0,
+                f"warning: VM pid {PID}: {MEMSLOTS} is corrupt: the entry at 0x1 is linked "
+                "to twice (a cycle)\n",
+                [{"vms": [{"pid": PID, "vcpus": [], "broken": [f"{MEMSLOTS} is corrupt: ..."]}]}],
+            ),
+            "verify": run(
+                1,
+                "",
+                [
+                    problem("corrupt_list", detail=f"{MEMSLOTS} is corrupt: ..."),
+                    problem("no_memslot", sptep=LEAF[1]),
+                    summary(),
+                ],
+            ),
+        },
         "mmu_list_loop": {
             "stats": run(0, f"warning: VM pid {PID}: {mmu_list}\n", [stats([mmu_list])]),
             "verify": run(
@@ -139,6 +157,7 @@ def corrupt_dumps() -> Dict[str, Any]:
             "direct": True,
             "tdp_mmu": True,
             "vm_list_link": link,
+            "memslot_what": MEMSLOTS,
             "mmu_list": "tdp_mmu_roots",
             "mmu_list_entry": entry,
             "top": {"level": 5, "index": 0, "table": ROOT, "spte": TOP_SPTE},

@@ -150,3 +150,19 @@ def test_a_memslot_tree_walk_is_in_order_and_stops_at_a_cycle(deadline):
     assert got == [] and broken == [
         f"t is corrupt: the entry at {nodes[3]:#x} is linked to twice (a cycle)"
     ]
+
+
+def test_a_table_address_past_every_struct_page_is_no_shadow_page():
+    """A flipped high bit in an SPTE gives a table HPA whose struct page
+    would lie past 2**64: no shadow page, not an OverflowError (found by a
+    bit flip in a 5.10 cell's dump, under --verify)."""
+    from drgn_kvmwalk.mmu import to_shadow_page
+    from drgn_kvmwalk.verify import _private_readable
+
+    k = kvm_host(*LAYOUTS["v7.3"])
+    # x86-64's vmemmap and 64-byte struct pages pass 2**64 at a 52-bit HPA;
+    # the fake host's 16-byte pages need a larger one.
+    far = 1 << 63
+    assert to_shadow_page(k.prog, far) is None
+    assert to_shadow_page(k.prog, 0x1000) is None  # an ordinary page, not in memory
+    assert not _private_readable(k.prog, far)
