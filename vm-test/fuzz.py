@@ -4,7 +4,7 @@
 reference walk of its own, written here from KVM's rules.
 
     python3 vm-test/fuzz.py                        # the long run: 20,000 trees
-    python3 vm-test/fuzz.py --seed 7 --cases 300   # what CI runs (tests/unit/test_fuzz.py)
+    python3 vm-test/fuzz.py --seed 7 --cases 1000  # what CI runs (tests/unit/test_fuzz.py)
 
 Each case is a random tree in sparse memory for one SPTE format (x86 as
 v5.13+ sets it up, the same with the L1TF masks and with 52 physical bits,

@@ -14,8 +14,8 @@ import fuzz  # noqa: E402
 
 
 def test_the_short_fuzz_run_finds_nothing():
-    summary = fuzz.run(seed=7, cases=300, seconds=110)
-    assert summary["cases"] == 300, summary
+    summary = fuzz.run(seed=7, cases=1000, seconds=110)
+    assert summary["cases"] == 1000, summary
     assert (summary["crashes"], summary["hangs"], summary["mismatches"]) == (0, 0, 0), summary[
         "failures"
     ]
