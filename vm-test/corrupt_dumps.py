@@ -27,6 +27,12 @@ VM and its first vCPU's current root:
   300 of the root (a leaf at level 4 or 5, in the upper half of the table:
   canonical GVAs under shadow paging).
 
+Then ``--flips`` random bit flips (``--seed``), one at a time: in entries
+of the root's table pages, with the reference walk of vm-test/fuzz.py of
+the flipped tables (read from the file, not through drgn) beside --dump;
+and in kernel fields that steer the walk (the root's role word and
+``link.next``, ``kvm->vm_list.next``).
+
 The states are judged in harness/checks/corrupt.py; this records what was
 changed and what the tool said, and the facts located to judge it.
 """
@@ -48,16 +54,15 @@ import fuzz  # noqa: E402
 from check_views import whole_table  # noqa: E402
 from drgn import Object, Program, sizeof  # noqa: E402
 from drgn.helpers.linux.mm import follow_phys  # noqa: E402
-from fault_dumps import ElfFile  # noqa: E402
+from fault_dumps import ElfFile, copy_args, open_copy, write_result  # noqa: E402
 
-from drgn_kvmwalk import find_vcpu, find_vm  # noqa: E402
-from drgn_kvmwalk.console import load_kvm_debug_info, open_core  # noqa: E402
 from drgn_kvmwalk.mmu import (  # noqa: E402
     _mmu_layout,
     for_each_active_mmu_page,
     for_each_tdp_mmu_root,
     mmu_info,
     to_shadow_page,
+    vcpu_walk,
 )
 from drgn_kvmwalk.sptefmt import spte_format  # noqa: E402
 from drgn_kvmwalk.walk import PhysMemError, Root  # noqa: E402
@@ -221,23 +226,13 @@ def flips(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--core", required=True, help="a copy of the ELF dump, changed in place")
-    ap.add_argument("-s", "--symbols", action="append", default=[])
-    ap.add_argument("--truth", required=True)
-    ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True)
-    ap.add_argument("--out", required=True)
+    copy_args(ap)
     ap.add_argument("--seed", type=int, default=1, help="of the bit flips (default 1)")
     ap.add_argument("--flips", type=int, default=24, help="random bit flips (default 24)")
     args = ap.parse_args()
-    with open(args.truth) as f:
-        truth = json.load(f)
-    prog = open_core(args.core)
-    load_kvm_debug_info(prog, args.symbols)
-    elf = ElfFile(args.core)
+    prog, elf, truth, kvm, vcpu = open_copy(args)
     pid = truth["pid"]
-    kvm = find_vm(prog, pid)
     vcpu_id = truth["vcpus"][0]
-    vcpu = find_vcpu(kvm, vcpu_id)
     info = mmu_info(vcpu)
     root = info.root
     addr = truth["pages"][0][args.addr_kind]
@@ -286,8 +281,8 @@ def main() -> None:
         slots.node_idx.read_()
     except AttributeError:
         used = slots.used_slots
-        room = slots.memslots.type_.length
-        changes["memslot_loop"] = bits_change(prog, elf, used, (room or 0) + 1000)
+        room = slots.memslots.type_.length or slots.id_to_index.type_.length
+        changes["memslot_loop"] = bits_change(prog, elf, used, room + 1000)
         facts["memslot_what"] = "kvm->memslots[0]->used_slots"
     else:
         top_node = slots.gfn_tree.rb_node.read_()
@@ -298,8 +293,6 @@ def main() -> None:
         changes["memslot_loop"] = [(phys(prog, at), top_node.value_())]
         facts["memslot_what"] = "kvm->memslots[0]->gfn_tree"
     # The root's entry on the path of the first tagged page.
-    from drgn_kvmwalk.mmu import vcpu_walk
-
     walk = vcpu_walk(vcpu, addr)
     top = next(s for s in walk.steps if not s.pae_root)
     facts["top"] = {"level": top.level, "index": top.index, "table": top.table, "spte": top.spte}
@@ -386,10 +379,7 @@ def main() -> None:
     results["flips"] = flips(prog, elf, kvm, root, facts, vm, vc, args.seed, args.flips)
     results["after"] = runs(prog, {"dump": [*vc, "--dump", "--json"]})
     results["made"] = list(changes)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f)
-    os.rename(tmp, args.out)
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ guest's memory the guest's own tables are not there), the --read records,
 the reads through the guest Programs, the leaf SPTEs --verify checked (all
 VMs) and the problems it reported, the HPAs asked of --hpa, and the walks of
 the pages the host changed (l2vmm --host-changes); per cell, the faults
-made in a copy of the ELF dump and how many --verify found.  The checks themselves are
+made in a copy of the ELF dump and how many --verify found, and the
+corrupt kernel state and bit flips made there.  The checks themselves are
 harness/checks; this only counts what they were given.
 """
 
@@ -78,6 +79,27 @@ def faults_found(cell: Dict[str, Any]) -> str:
     return f"{found}/{len(faults)}"
 
 
+def corrupt_counts(cell: Dict[str, Any]) -> str:
+    """What vm-test/corrupt_dumps.py did: the kernel-state changes made, the
+    random bit flips, those in table pages (compared with the reference
+    walk) and the leaves compared, the runs and the tracebacks among them."""
+    cd = cell.get("corrupt_dumps") or {}
+    if not cd or "error" in cd:
+        return "not run"
+    flips = cd.get("flips") or []
+    compared = [f for f in flips if f.get("reference") is not None]
+    runs = [r for st in cd["states"].values() for r in st["runs"].values() if r]
+    runs += [r for f in flips for r in f["runs"].values()]
+    tracebacks = sum("Traceback" in r.get("stderr", "") for r in runs)
+    exit2 = sum(r.get("rc") == 2 for f in flips for r in f["runs"].values())
+    leaves = sum(len(f["reference"]["leaves"]) for f in compared)
+    return (
+        f"{len(cd.get('made', []))} changes, {len(flips)} flips ({len(compared)} in table "
+        f"pages, {leaves} leaves compared; {exit2} runs of the others exit 2), "
+        f"{len(runs)} runs, {tracebacks} tracebacks, {cd.get('seconds')} s"
+    )
+
+
 def main(argv: List[str]) -> None:
     dirs = [Path(a) for a in argv] or sorted((TOP / "build" / "vm").glob("*-*"))
     print(f"{'cell':24} {'view':6} " + " ".join(f"{c:>13}" for c in COLUMNS))
@@ -89,6 +111,7 @@ def main(argv: List[str]) -> None:
         for view, c in counts(cell).items():
             print(f"{d.name:24} {view:6} " + " ".join(f"{c[k]:>13}" for k in COLUMNS))
         print(f"{d.name:24} faults made in a copy of the ELF dump, found: {faults_found(cell)}")
+        print(f"{d.name:24} corrupt kernel state: {corrupt_counts(cell)}")
 
 
 if __name__ == "__main__":

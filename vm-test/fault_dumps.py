@@ -30,13 +30,13 @@ import json
 import os
 import struct
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from check_views import whole_table  # noqa: E402
-from drgn import Program, offsetof  # noqa: E402
+from drgn import Object, Program, offsetof  # noqa: E402
 from drgn.helpers.linux.mm import follow_phys, pfn_to_page  # noqa: E402
 from harness.records import truth_hpa  # noqa: E402
 
@@ -90,21 +90,46 @@ def verify(prog: Program, pid: int) -> Dict[str, Any]:
     return run
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def copy_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of a script that changes a copy of a cell's ELF dump."""
     ap.add_argument("--core", required=True, help="a copy of the ELF dump, changed in place")
     ap.add_argument("-s", "--symbols", action="append", default=[])
     ap.add_argument("--truth", required=True)
     ap.add_argument("--addr-kind", choices=["gpa", "gva"], required=True)
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+
+
+class Copy(NamedTuple):
+    """The copy opened: by drgn, as a file, and the workload's VM and first vCPU."""
+
+    prog: Program
+    elf: ElfFile
+    truth: Dict[str, Any]
+    kvm: Object
+    vcpu: Object
+
+
+def open_copy(args: argparse.Namespace) -> Copy:
     with open(args.truth) as f:
         truth = json.load(f)
     prog = open_core(args.core)
     load_kvm_debug_info(prog, args.symbols)
-    elf = ElfFile(args.core)
     kvm = find_vm(prog, truth["pid"])
-    vcpu = find_vcpu(kvm, truth["vcpus"][0])
+    return Copy(prog, ElfFile(args.core), truth, kvm, find_vcpu(kvm, truth["vcpus"][0]))
+
+
+def write_result(out: str, results: Dict[str, Any]) -> None:
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f)
+    os.rename(tmp, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    copy_args(ap)
+    args = ap.parse_args()
+    prog, elf, truth, kvm, vcpu = open_copy(args)
     pages = truth["pages"]
     page = pages[0]
     walk = vcpu_walk(vcpu, page[args.addr_kind])
@@ -177,10 +202,7 @@ def main() -> None:
         **({} if other is not None else {"pfn": "no other tagged host page"}),
         **({} if leaf.spte & 2 else {"readonly_host": f"SPTE {leaf.spte:#x} is not writable"}),
     }
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f)
-    os.rename(tmp, args.out)
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":
