@@ -492,20 +492,11 @@ class _Checker:
         level = lv.level
         if level > 3:
             for i in range(n):
-                self._problem(
-                    root,
-                    None if lv.addrs is None else int(lv.addrs[i]),
-                    int(lv.gfns[i]),
-                    level,
-                    int(lv.spteps[i]),
-                    int(lv.sptes[i]),
-                    None,
-                    "leaf_level",
-                    None,
+                detail = (
                     f"level-{level} SPTE {int(lv.sptes[i]):#x} at {int(lv.spteps[i]):#x} "
-                    f"has the page-size bit: {PROBLEMS['leaf_level']}",
-                    invalid,
+                    f"has the page-size bit: {PROBLEMS['leaf_level']}"
                 )
+                self._leaf_problem(root, lv, i, None, "leaf_level", None, detail, invalid)
             return
         pages = 1 << (9 * (level - 1))
         span = level_size(level)
@@ -573,19 +564,42 @@ class _Checker:
         for i in np.flatnonzero(any_bad & ~flagged).tolist():
             names = [name for name, mask in bad.items() if mask[i]]
             for name in names:
-                self._problem(
+                self._leaf_problem(
                     root,
-                    None if lv.addrs is None else int(lv.addrs[i]),
-                    int(lv.gfns[i]),
-                    level,
-                    int(lv.spteps[i]),
-                    int(lv.sptes[i]),
+                    lv,
+                    i,
                     int(hpas[i]),
                     name,
                     int(host_hpa[i]) if int(host_hpa[i]) else None,
                     self._detail(name, slots, int(si[i]), int(lv.gfns[i]), int(hvas[i]), level),
                     invalid,
                 )
+
+    def _leaf_problem(
+        self,
+        root: Optional[int],
+        lv: _Leaves,
+        i: int,
+        hpa: Optional[int],
+        name: str,
+        host_hpa: Optional[int],
+        detail: str,
+        invalid: bool,
+    ) -> None:
+        """A problem with leaf ``i`` of ``lv``."""
+        self._problem(
+            root,
+            None if lv.addrs is None else int(lv.addrs[i]),
+            int(lv.gfns[i]),
+            lv.level,
+            int(lv.spteps[i]),
+            int(lv.sptes[i]),
+            hpa,
+            name,
+            host_hpa,
+            detail,
+            invalid,
+        )
 
     def _in_invalidation(
         self,
