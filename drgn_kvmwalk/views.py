@@ -9,7 +9,7 @@ JSON.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence
 
 from drgn import FaultError, Object
 
@@ -64,7 +64,7 @@ class VmSummary(NamedTuple):
     memslots: List[Memslot]
     address: Optional[int] = None  # struct kvm *
     stat: Optional[Dict[str, StatValue]] = None  # kvm->stat, by KVM's stats names
-    broken: List[str] = []  # corrupt parts (memslot trees) left out, one line each
+    broken: Sequence[str] = ()  # corrupt parts (memslot trees) left out, one line each
 
 
 def vm_summary(kvm: Object) -> VmSummary:

@@ -364,7 +364,7 @@ def tool_leaves(items: List[Any]) -> Tuple[List[Leaf], List[Skip]]:
     return leaves, skips
 
 
-def run_case(rng: random.Random, fmt_name: str, fmt: SpteFormat, shape: Any) -> Dict[str, Any]:
+def run_case(rng: random.Random, fmt: SpteFormat, shape: Any) -> Dict[str, Any]:
     tree = Tree(rng, fmt, shape)
     mem, root = tree.mem, tree.root
     max_tables = rng.choice([3, 10, 1000])
@@ -457,7 +457,7 @@ def run(seed: int, cases: int, seconds: float, per_case: float = 30.0) -> Dict[s
             what = {"case": case, "format": fmt_name, "shape": shape[0]}
             signal.setitimer(signal.ITIMER_REAL, per_case)
             try:
-                got = run_case(rng, fmt_name, fmts[fmt_name], shape)
+                got = run_case(rng, fmts[fmt_name], shape)
             except Timeout:
                 totals["hangs"] += 1
                 failures.append({**what, "hang": f"over {per_case} s"})
