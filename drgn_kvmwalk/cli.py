@@ -30,7 +30,7 @@ from typing import (
     Union,
 )
 
-from drgn import FaultError, Object, Program
+from drgn import FaultError, Object, Program, ProgramFlags
 
 from .errors import CorruptList, KvmWalkError, NoRoot, NoSuchVm
 from .gmem import MAX_READ
@@ -72,7 +72,17 @@ from .render import (
 from .spte import SpteFormat
 from .sptefmt import spte_format
 from .views import ROOT_CHOICES, LabelledRoot, select_roots, vm_summary
-from .walk import MAX_TABLES, AddressError, Root, TableCache, walk_addr
+from .walk import (
+    MAX_TABLES,
+    AddressError,
+    PhysMem,
+    ReadChange,
+    ReadWatch,
+    Root,
+    TableCache,
+    Walk,
+    walk_addr,
+)
 
 if TYPE_CHECKING:
     from .leaves import LeafColumns  # numpy: imported only by the whole-table views
@@ -536,7 +546,7 @@ def run(
         if args.hpa:
             return _hpa(prog, args, out, err)
         if args.addr:
-            return _walk(prog, args, out)
+            return _walk(prog, args, out, err)
         if args.read:
             return _read(prog, args, out)
         if args.gva:
@@ -595,13 +605,64 @@ def _root_header(vm: _Vm, args: argparse.Namespace, lr: LabelledRoot, fmt: SpteF
     return head if args.root == "current" else f"[{lr.label}] {head}"
 
 
-def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
-    vm, roots = _roots(prog, args)
-    fmt = spte_format(vm.kvm)
-    mem = TableCache(DrgnPhysMem(prog))
-    # Check every address before printing anything, so that a bad one does not
-    # leave half an answer behind.
-    walks = [(lr, [walk_addr(mem, fmt, lr.root, addr) for addr in args.addr]) for lr in roots]
+# Walks of --addr made again when a table page they read changed before it
+# was read a second time (a live host), before the answer is given as changed.
+_WALK_TRIES = 3
+
+
+def _live(prog: Program) -> bool:
+    """A running kernel: its tables change while they are read."""
+    return bool(prog.flags & ProgramFlags.IS_LIVE)
+
+
+def _mem(prog: Program) -> PhysMem:
+    """The program's memory; on a live kernel, a :class:`ReadWatch` of it,
+    to read again what an answer was made from."""
+    mem = DrgnPhysMem(prog)
+    return ReadWatch(mem) if _live(prog) else mem
+
+
+def _recheck(mem: PhysMem) -> List[ReadChange]:
+    return mem.recheck() if isinstance(mem, ReadWatch) else []
+
+
+def changed_line(c: ReadChange, name: str) -> str:
+    """One stderr line (after ``warning: ``) for memory that read differently
+    the second time; ``name`` names the addresses (GPA, GVA, address)."""
+    what = "table page" if c.size == 4096 else f"{c.size} bytes"
+    now = "cannot be read now" if c.gone else "reads differently now"
+    where = ""
+    if c.places:
+        spans = ", ".join(
+            f"level {lv} every address" if end >= 1 << 64 else f"level {lv} {name}s {s:#x}-{end:#x}"
+            for lv, s, end in c.places
+        )
+        where = f" ({spans})"
+    return (
+        f"changed while read: {what} at host physical {c.address:#x}{where} {now}; "
+        "what was printed from it may mix old and new entries"
+    )
+
+
+def _changed_steps(w: Walk, changes: List[ReadChange]) -> bool:
+    pages = {c.address & ~0xFFF for c in changes}
+    return any(step.table & ~0xFFF in pages for step in w.steps)
+
+
+def _walk(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    changes: List[ReadChange] = []
+    for _ in range(_WALK_TRIES):
+        vm, roots = _roots(prog, args)
+        fmt = spte_format(vm.kvm)
+        watch = _mem(prog)
+        mem = TableCache(watch)
+        # Check every address before printing anything, so that a bad one does
+        # not leave half an answer behind.
+        walks = [(lr, [walk_addr(mem, fmt, lr.root, addr) for addr in args.addr]) for lr in roots]
+        changes = _recheck(watch)
+        if not changes:
+            break
+    live = isinstance(watch, ReadWatch)
     sps: Optional[Dict[int, Optional[ShadowPage]]] = None
     if args.annotate:
         sps = {}
@@ -611,18 +672,35 @@ def _walk(prog: Program, args: argparse.Namespace, out: TextIO) -> int:
                     if not step.pae_root and step.table not in sps:
                         sps[step.table] = to_shadow_page(prog, step.table)
     lines: List[str] = []
+    warnings: List[str] = []
     for lr, ws in walks:
-        if args.json:
-            for w in ws:
+        if not args.json:
+            lines.append(_root_header(vm, args, lr, fmt))
+        for w in ws:
+            changed = bool(changes) and _changed_steps(w, changes)
+            if changed:
+                name = "GPA" if w.root.direct else "GVA"
+                tables = ", ".join(
+                    f"{c.address:#x}"
+                    for c in changes
+                    if c.address & ~0xFFF in {st.table & ~0xFFF for st in w.steps}
+                )
+                warnings.append(
+                    f"changed while read: the walk of {name} {w.addr:#x} read table pages "
+                    f"({tables}) that read differently again, {_WALK_TRIES} times; "
+                    "its answer may mix old and new entries"
+                )
+            if args.json:
                 record = walk_json(w, vm.pid, args.vcpu, lr.kind, lr.tdp_mmu, fmt, sps)
                 if args.root != "current":
                     record["root"] = lr.label
+                if live:
+                    record["changed"] = changed
                 lines.append(json.dumps(record))
-        else:
-            lines.append(_root_header(vm, args, lr, fmt))
-            for w in ws:
+            else:
                 lines += walk_text(w, sps)
     out.write("\n".join(lines) + "\n")
+    _warn(out, err, warnings)
     out.flush()
     return EXIT_OK
 
@@ -702,10 +780,10 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
 
     # Every range is checked before anything is printed.
     def view_items(
-        root: Root,
+        root: Root, mem: PhysMem
     ) -> Iterator[Union[LeafRun, LeafColumns, MapRange, MapRanges, Unreadable]]:
         """What the view prints for ``root``, as the core gives it."""
-        mem, progress_of = DrgnPhysMem(prog), on_leaves(root.direct)
+        progress_of = on_leaves(root.direct)
         budget = args.max_tables
         if args.map and args.annotate:  # one struct kvm_mmu_page per range
             return iter_ranges(
@@ -719,7 +797,8 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
             return iter_leaves(mem, fmt, root, start, end, max_tables=budget)
         return iter_leaf_columns(mem, fmt, root, start, end, max_tables=budget)
 
-    walks = [(lr, view_items(lr.root)) for lr in roots]
+    mems = [_mem(prog) for _ in roots]
+    walks = [(lr, mem, view_items(lr.root, mem)) for lr, mem in zip(roots, mems)]
     flags = FlagCache(fmt)
     sps: Dict[int, Optional[ShadowPage]] = {}
 
@@ -733,7 +812,7 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
         return sps
 
     output = _Output(out, progress.clear)
-    for lr, items in walks:
+    for lr, mem, items in walks:
         direct = lr.root.direct
         label = None if args.root == "current" else lr.label
         if not args.json:
@@ -780,6 +859,11 @@ def _leaves(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
                     )
                 )
         block.flush()
+        changes = _recheck(mem)
+        if changes:
+            output.flush()
+            progress.clear()
+            _warn(out, err, [changed_line(c, "GPA" if direct else "GVA") for c in changes])
     progress.clear()
     output.flush()
     out.flush()
@@ -934,9 +1018,22 @@ def _stats(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) ->
 
     vms = _every_vm(prog, args, err)
     for kvm in vms:
-        st = vm_stats(kvm, args.max_tables)
-        _warn(out, err, [f"VM pid {st.pid}: {what}" for what in st.broken])
-        out.write((json.dumps(stats_json(st)) if args.json else stats_text(st)) + "\n")
+        mem = _mem(prog)
+        st = vm_stats(kvm, args.max_tables, mem)
+        changes = _recheck(mem)
+        warnings = [f"VM pid {st.pid}: {what}" for what in st.broken]
+        warnings += [
+            f"VM pid {st.pid}: {changed_line(c, 'address')} (the counts may be off by its leaves)"
+            for c in changes
+        ]
+        _warn(out, err, warnings)
+        if args.json:
+            record = stats_json(st)
+            if isinstance(mem, ReadWatch):
+                record["changed_pages"] = len(changes)
+            out.write(json.dumps(record) + "\n")
+        else:
+            out.write(stats_text(st) + "\n")
     if not vms and not args.json:
         out.write("no VMs\n")
     out.flush()
@@ -957,15 +1054,43 @@ def _verify(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
         roots_of[kvm.value_()] = roots
     found = False
     for kvm in vms:
-        for rec in verify_vm(kvm, roots_of[kvm.value_()], max_tables=args.max_tables):
+        mem = _mem(prog)
+        live = isinstance(mem, ReadWatch)
+        records = verify_vm(kvm, roots_of[kvm.value_()], mem, max_tables=args.max_tables)
+        if live:
+            # Read again before anything is said: on a live kernel what
+            # disagrees may be a change made while it was read.
+            records = iter(list(records))
+            changes = _recheck(mem)
+        for rec in records:
             if isinstance(rec, Problem):
                 found = True
-                line = json.dumps(problem_json(rec)) if args.json else problem_text(rec)
+                if args.json:
+                    record = problem_json(rec)
+                    if live:
+                        record["changed"] = bool(changes)
+                    line = json.dumps(record)
+                else:
+                    line = problem_text(rec)
             elif args.json:
-                line = json.dumps(verify_summary_json(rec))
+                record = verify_summary_json(rec)
+                if live:
+                    record["changed_pages"] = len(changes)
+                line = json.dumps(record)
             else:
                 line = "\n".join(verify_summary_text(rec))
             out.write(line + "\n")
+        if live and changes:
+            pid = vm_pid(kvm)
+            _warn(
+                out,
+                err,
+                [f"VM pid {pid}: {changed_line(c, 'address')}" for c in changes]
+                + [
+                    f"VM pid {pid}: changed while read: {len(changes)} pages read differently "
+                    "the second time; the problems above may be changes made while reading"
+                ],
+            )
         out.flush()
     if not vms and not args.json:
         out.write("no VMs\n")

@@ -38,6 +38,7 @@ from .walk import (
     Root,
     addr_bits,
     check_addr,
+    placer,
     root_start_level,
 )
 
@@ -209,13 +210,18 @@ class _Reads:
     reached again at the same level is walked again.  At most ``limit``
     pages are read."""
 
-    __slots__ = ("direct", "levels", "left", "limit")
+    __slots__ = ("root", "top", "direct", "levels", "left", "limit", "place")
 
-    def __init__(self, root: Root, limit: int) -> None:
+    def __init__(
+        self, root: Root, limit: int, place: Optional[Callable[[int, int, int, int], None]] = None
+    ) -> None:
+        self.root = root
+        self.top = root_start_level(root)
         self.direct = root.direct
         self.levels: Dict[int, int] = {}
         self.left = limit
         self.limit = limit
+        self.place = place  # a ReadWatch's: where each page read sits
 
     def take(self, table: int, level: int, base: int) -> Optional[str]:
         """None when the page is to be read now (it is counted), else why
@@ -239,6 +245,12 @@ class _Reads:
         self.left -= 1
         if seen is None:
             self.levels[table] = level
+        if self.place is not None:
+            if level == self.top:  # the root's own table: every address
+                self.place(table, level, 0, 1 << 64)
+            else:
+                start = canonical(self.root, base)
+                self.place(table, level, start, start + (level_size(level) << 9))
         return None
 
 
@@ -448,7 +460,7 @@ def _walk(
     on_table: Optional[OnTable] = None,
     max_tables: int = MAX_TABLES,
 ) -> Iterator[_Item]:
-    reads = _Reads(root, max_tables)
+    reads = _Reads(root, max_tables, placer(mem))
     try:
         yield from _walk_root(mem, fmt, root, lo, hi, on_table, reads)
     except _OverBudget as e:
@@ -483,6 +495,8 @@ def _walk_root(
         return
     try:
         data = mem.read(root.pae_root_hpa, 32)
+        if reads.place is not None:
+            reads.place(root.pae_root_hpa, level, 0, 1 << 64)
     except PhysMemError as e:
         yield Unreadable(level, root.pae_root_hpa, 0, 1 << 32, str(e))
         return

@@ -15,7 +15,7 @@ per-VM counters KVM keeps (``kvm->stat.pages_4k/2m/1g``, arch/x86/kvm/mmu.h
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from drgn import FaultError, Object
 from drgn.helpers.linux.mm import virt_to_phys
@@ -126,7 +126,7 @@ class _CountingMem:
         return data
 
 
-def vm_stats(kvm: Object, max_tables: int = MAX_TABLES) -> VmStats:
+def vm_stats(kvm: Object, max_tables: int = MAX_TABLES, mem: Optional[PhysMem] = None) -> VmStats:
     """Count the leaves of every live table of the VM and read KVM's counters.
 
     >>> stats = vm_stats(find_vm(prog, 4242))
@@ -141,11 +141,12 @@ def vm_stats(kvm: Object, max_tables: int = MAX_TABLES) -> VmStats:
 
     :param kvm: ``struct kvm *``
     :param max_tables: table pages read under one TDP MMU root, at most
+    :param mem: host physical memory to read tables from; the program's by default
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
     prog = kvm.prog_
     fmt = spte_format(kvm)
-    mem = _CountingMem(DrgnPhysMem(prog))
+    counted = _CountingMem(mem or DrgnPhysMem(prog))
     counts = {"tdp_mmu": {1: 0, 2: 0, 3: 0}, "legacy": {1: 0, 2: 0, 3: 0}}
     roots = 0
     unreadable: List[Tuple[int, str]] = []
@@ -161,7 +162,7 @@ def vm_stats(kvm: Object, max_tables: int = MAX_TABLES) -> VmStats:
             )
             continue
         per_level, holes = count_leaves(
-            mem, fmt, Root(hpa, level, True, level), max_tables=max_tables
+            counted, fmt, Root(hpa, level, True, level), max_tables=max_tables
         )
         for leaf_level, n in per_level.items():
             if leaf_level in LEVEL_KEYS:
@@ -189,7 +190,7 @@ def vm_stats(kvm: Object, max_tables: int = MAX_TABLES) -> VmStats:
             )
             continue
         try:
-            n = count_table_leaves(mem, fmt, hpa, level)
+            n = count_table_leaves(counted, fmt, hpa, level)
         except (PhysMemError, FaultError) as e:
             unreadable.append((int(sp.spt), str(e)))
             continue
@@ -204,7 +205,7 @@ def vm_stats(kvm: Object, max_tables: int = MAX_TABLES) -> VmStats:
     return VmStats(
         vm_pid(kvm),
         roots,
-        mem.tables,
+        counted.tables,
         leaves,
         counters,
         differences,

@@ -13,7 +13,7 @@ Nothing here imports drgn: the drgn side supplies a :class:`PhysMem` and a
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, cast
 
 try:
     from typing import Protocol
@@ -37,6 +37,8 @@ __all__ = [
     "MAX_TABLES",
     "PhysMem",
     "PhysMemError",
+    "ReadChange",
+    "ReadWatch",
     "Root",
     "Step",
     "PT32E_ROOT_LEVEL",
@@ -44,6 +46,7 @@ __all__ = [
     "TableCache",
     "Walk",
     "addr_bits",
+    "placer",
     "check_addr",
     "root_start_level",
     "walk_addr",
@@ -117,6 +120,90 @@ class TableCache:
 
     def read(self, address: int, size: int) -> bytes:
         return self.mem.read(address, size)
+
+
+class ReadChange(NamedTuple):
+    """Memory that read differently the second time (:meth:`ReadWatch.recheck`).
+
+    ``places`` are where the walks met it, when they said so
+    (:meth:`ReadWatch.place`): ``(level, start, end)``, the addresses under
+    the root that the page translates."""
+
+    address: int
+    size: int
+    places: Tuple[Tuple[int, int, int], ...]
+    gone: bool  # the second read failed
+
+
+class ReadWatch:
+    """A :class:`PhysMem` that remembers what each read gave, to read it all
+    again after the answer is made: on a live host KVM changes its tables
+    while the tool reads them, and a table page that reads the same twice
+    is a snapshot the tables really held, while one that changed may mix
+    old and new entries.  Only a hash of each read is kept (8 bytes per
+    table page).
+
+    The walks of :mod:`drgn_kvmwalk.leaves` tell it where each table page
+    sits (:meth:`place`); :func:`placer` finds it under other wrappers."""
+
+    def __init__(self, mem: PhysMem) -> None:
+        self.mem = mem
+        self._reads: Dict[Tuple[int, int], int] = {}
+        self._changed: Dict[Tuple[int, int], bool] = {}  # seen to differ while reading
+        self._places: Dict[int, List[Tuple[int, int, int]]] = {}
+
+    def read(self, address: int, size: int) -> bytes:
+        data = self.mem.read(address, size)
+        key = (address, size)
+        h = hash(data)
+        first = self._reads.setdefault(key, h)
+        if first != h:
+            self._changed[key] = False
+        return data
+
+    def place(self, table: int, level: int, start: int, end: int) -> None:
+        """The table page at ``table`` translates ``[start, end)`` at ``level``."""
+        places = self._places.setdefault(table, [])
+        if len(places) < 8 and (level, start, end) not in places:
+            places.append((level, start, end))
+
+    @property
+    def reads(self) -> int:
+        """How many distinct reads were made (and are read again by recheck)."""
+        return len(self._reads)
+
+    def recheck(self) -> List[ReadChange]:
+        """Read everything again, in address order; what differs now (or
+        differed between two reads of the walk itself)."""
+        changed: List[ReadChange] = []
+        for key in sorted(self._reads):
+            address, size = key
+            gone = False
+            if key not in self._changed:
+                try:
+                    same = hash(self.mem.read(address, size)) == self._reads[key]
+                except PhysMemError:
+                    same, gone = False, True
+                if same:
+                    continue
+            places = tuple(
+                self._places.get(address) or self._places.get(address & ~(PAGE_SIZE - 1)) or ()
+            )
+            changed.append(ReadChange(address, size, places, gone))
+        return changed
+
+
+def placer(mem: object) -> Optional[Callable[[int, int, int, int], None]]:
+    """The :meth:`ReadWatch.place` of ``mem`` or of the memory it wraps
+    (its ``mem`` attribute, as :class:`TableCache` keeps it), if any."""
+    for _ in range(8):
+        place = getattr(mem, "place", None)
+        if place is not None:
+            return cast(Callable[[int, int, int, int], None], place)
+        mem = getattr(mem, "mem", None)
+        if mem is None:
+            return None
+    return None
 
 
 class Root(NamedTuple):

@@ -30,18 +30,19 @@ VMCOREINFO = (
 )
 
 
-def kernel_program() -> Program:
-    """An empty drgn Program that is a Linux kernel: no types, no memory."""
+def kernel_program(live: bool = False) -> Program:
+    """An empty drgn Program that is a Linux kernel (a running one, with
+    ``live``): no types, no memory."""
     prog = Program(drgn.host_platform)
-    prog.set_linux_kernel_custom(VMCOREINFO, False)
+    prog.set_linux_kernel_custom(VMCOREINFO, live)
     return prog
 
 
 class FakeKernel:
     """Types, variables and memory of a synthetic kernel."""
 
-    def __init__(self) -> None:
-        self.prog = kernel_program()
+    def __init__(self, live: bool = False) -> None:
+        self.prog = kernel_program(live)
         self.mem = bytearray(SIZE)
         self.next = BASE
         self.types: Dict[str, Type] = {}
@@ -130,14 +131,15 @@ def kvm_host(
     values: Dict[str, int],
     pids: Sequence[int] = (4242,),
     vcpu_arch_fields: Optional[Sequence[Field]] = None,
+    live: bool = False,
 ) -> FakeKernel:
     """A host with one VM per pid in ``pids``, each with one vCPU (id 0) whose
     MMU is a ``struct kvm_mmu`` of ``mmu_fields``; ``values`` sets its members
     by path (``"root.hpa"``, ``"w->cpu_role.base.level"``).  ``vcpu_arch_fields``
     replaces ``struct kvm_vcpu_arch`` (``mmu`` points at ``root_mmu``, when
     there are both).  The VMs have no memslots (``memslots[]`` all NULL, the
-    v5.16 layout)."""
-    k = FakeKernel()
+    v5.16 layout).  With ``live``, the program is a running kernel's."""
+    k = FakeKernel(live)
     p = k.prog
     # list_head points at itself: its members are made lazily.
     list_head = p.struct_type(
