@@ -15,7 +15,6 @@ from drgn_kvmwalk.leaves import iter_leaves
 from drgn_kvmwalk.walk import ReadWatch, TableCache, placer, walk_addr
 
 from .fake_kernel import kvm_host
-from .tables import FakeMem
 from .test_layouts import LAYOUTS
 from .test_walk import X86, X86_LEAF, npt
 
