@@ -380,6 +380,7 @@ struct vm {
 	int nr_host_runs;
 	uint64_t fake_kva[2], fake_gpa[2], fake_tag[2]; /* plant_linux_layout() */
 	volatile int second_run;   /* --host-changes: the vCPUs may run again */
+	volatile int churning;     /* --churn-log: the vCPUs run over and over */
 };
 
 /* options */
@@ -395,6 +396,7 @@ static bool opt_guest_2m;
 static long opt_prefault_mib;
 static bool opt_switch_cr3;
 static bool opt_host_changes;
+static const char *opt_churn_log;
 
 static volatile sig_atomic_t stop_signal;
 static struct timespec start_ts;
@@ -1407,6 +1409,9 @@ static void record_vcpu_state(struct vcpu *vc)
 	vc->stats = read_stats_json(vc->fd);
 }
 
+static void churn_restart(struct vcpu *vc);
+static volatile int churn_mmio_exits;
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vc = arg;
@@ -1433,11 +1438,29 @@ static void *vcpu_thread(void *arg)
 		}
 		switch (vc->run->exit_reason) {
 		case KVM_EXIT_HLT:
+			if (opt_churn_log && __atomic_load_n(&vc->halted, __ATOMIC_ACQUIRE) >= 1) {
+				/* --churn-log: after the first run, run over the
+				 * tag table again and again (a short pause between
+				 * passes leaves L1's CPUs to the rest) */
+				__atomic_add_fetch(&vc->halted, 1, __ATOMIC_ACQ_REL);
+				while (!__atomic_load_n(&vc->vm->churning, __ATOMIC_ACQUIRE))
+					usleep(1000);
+				usleep(2000);
+				churn_restart(vc);
+				continue;
+			}
 			vlog("vCPU %d halted", vc->id);
 			if (vc->stats)
 				free(vc->stats);
 			record_vcpu_state(vc);
 			if (__atomic_add_fetch(&vc->halted, 1, __ATOMIC_ACQ_REL) == 1 &&
+			    opt_churn_log) {
+				while (!__atomic_load_n(&vc->vm->churning, __ATOMIC_ACQUIRE))
+					usleep(1000);
+				churn_restart(vc);
+				continue;
+			}
+			if (__atomic_load_n(&vc->halted, __ATOMIC_ACQUIRE) == 1 &&
 			    opt_host_changes) {
 				/* main() changes the memory, then lets it run again */
 				while (!__atomic_load_n(&vc->vm->second_run, __ATOMIC_ACQUIRE))
@@ -1451,10 +1474,285 @@ static void *vcpu_thread(void *arg)
 				pause();
 		case KVM_EXIT_INTR:
 			continue; /* signal arrived; nothing to do */
+		case KVM_EXIT_MMIO:
+			if (opt_churn_log) {
+				/* --churn-log deleted slot 1 for a moment: a
+				 * store is dropped, a load reads zeros */
+				if (!vc->run->mmio.is_write)
+					memset(vc->run->mmio.data, 0, sizeof(vc->run->mmio.data));
+				__atomic_add_fetch(&churn_mmio_exits, 1, __ATOMIC_RELAXED);
+				continue;
+			}
+			/* fall through */
 		default:
 			vcpu_fatal(vc, "unexpected exit");
 		}
 	}
+}
+
+/* ------------------------------------------------------------------ */
+/* --churn-log: the host keeps changing the guest's memory             */
+/* ------------------------------------------------------------------ */
+/*
+ * After READY the vCPUs run over their tag tables again and again, while
+ * one thread changes slot 1 on the host in a cycle (MADV_DONTNEED, mprotect
+ * there and back, MADV_COLLAPSE, KSM merging and unmerging, slot 1 deleted
+ * and added again) and another samples /proc/self/pagemap for every page of
+ * slots 0 and 1 every CHURN_SAMPLE_US.  Each change and each PFN seen goes
+ * to the log as one JSON line (see l2vmm-notes.md, "Host that keeps
+ * changing").
+ */
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#define CHURN_SAMPLE_US 20000
+#define CHURN_PAUSE_US  100000
+#define CHURN_KSM_BYTE  0x5a
+
+enum churn_kind { CK_WRITE, CK_DONTNEED, CK_MPROTECT, CK_KSM };
+
+static FILE *churn_log;
+static pthread_mutex_t churn_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t *churn_last;      /* last pagemap entry per slot-0/1 page */
+static int churn_pm_fd = -1;
+
+/* What the churn does to data page i of vCPU 0 (vCPU 1's pages are written
+ * and left alone by the host; the thread's changes of slot 1 reach them too). */
+static enum churn_kind churn_kind_of(const struct tagged_page *tp)
+{
+	if (tp->vcpu != 0 || tp->slot != 1)
+		return CK_WRITE;
+	switch (tp->index % 8) {
+	case 0: return CK_DONTNEED;
+	case 1: return CK_MPROTECT;
+	case 2: return CK_KSM;
+	default: return CK_WRITE;
+	}
+}
+
+static double churn_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Registers for another pass over the tag table (no KVM_SET_SREGS: the
+ * guest's CR3 stays, so KVM keeps its roots). */
+static void churn_restart(struct vcpu *vc)
+{
+	struct kvm_regs regs;
+
+	memset(&regs, 0, sizeof(regs));
+	regs.rip = CODE_GPA;
+	regs.rsp = STACK_GPA(vc->id) + STACK_SIZE;
+	regs.rsi = vc->table_gva;
+	regs.rcx = vc->nr_entries;
+	regs.rflags = 0x2;
+	IOCTLP(vc->fd, KVM_SET_REGS, &regs);
+}
+
+/* Pages of slots 0 and 1, in GPA order: slot 0 first. */
+static int churn_npages(struct vm *vm)
+{
+	return (int)((vm->slots[0].size + vm->slots[1].size) / PAGE_SIZE);
+}
+
+static void churn_page(struct vm *vm, int k, uint64_t *gpa, uint64_t *hva)
+{
+	int n0 = (int)(vm->slots[0].size / PAGE_SIZE);
+	const struct memslot *ms = k < n0 ? &vm->slots[0] : &vm->slots[1];
+	uint64_t off = (uint64_t)(k < n0 ? k : k - n0) * PAGE_SIZE;
+
+	*gpa = ms->gpa + off;
+	*hva = (uint64_t)(uintptr_t)ms->hva + off;
+}
+
+/* One pagemap pass: a line per page whose entry changed since the last
+ * (the first pass logs every present page).  Called with churn_lock held. */
+static void churn_sample(struct vm *vm, const char *why)
+{
+	int n = churn_npages(vm);
+	double t = churn_now();
+	int changed = 0;
+
+	for (int k = 0; k < n; k++) {
+		uint64_t gpa, hva, ent, pfn;
+
+		churn_page(vm, k, &gpa, &hva);
+		if (pread(churn_pm_fd, &ent, sizeof(ent), (off_t)((hva >> PAGE_SHIFT) * 8)) !=
+		    (ssize_t)sizeof(ent))
+			die("read /proc/self/pagemap for hva 0x%llx failed", (unsigned long long)hva);
+		pfn = (ent >> 63 & 1) ? ent & ((1ULL << 55) - 1) : 0;
+		if (pfn == churn_last[k])
+			continue;
+		churn_last[k] = pfn;
+		changed++;
+		fprintf(churn_log, "{\"t\": %.6f, \"gpa\": %llu, \"pfn\": %llu}\n", t,
+			(unsigned long long)gpa, (unsigned long long)pfn);
+	}
+	if (changed && why)
+		fprintf(churn_log, "{\"t\": %.6f, \"sample\": \"%s\", \"changed\": %d}\n", t, why,
+			changed);
+	fflush(churn_log);
+}
+
+static void *churn_sampler(void *arg)
+{
+	struct vm *vm = arg;
+
+	for (;;) {
+		pthread_mutex_lock(&churn_lock);
+		churn_sample(vm, NULL);
+		pthread_mutex_unlock(&churn_lock);
+		usleep(CHURN_SAMPLE_US);
+	}
+	return NULL;
+}
+
+/* Log one change: its name, the pages, and its result (0 or an errno). */
+static void churn_note(const char *op, const uint64_t *gpas, int n, int err)
+{
+	fprintf(churn_log, "{\"t\": %.6f, \"op\": \"%s\", \"errno\": %d, \"gpas\": [", churn_now(),
+		op, err);
+	for (int i = 0; i < n; i++)
+		fprintf(churn_log, "%s%llu", i ? ", " : "", (unsigned long long)gpas[i]);
+	fprintf(churn_log, "]}\n");
+	fflush(churn_log);
+}
+
+/* madvise/mprotect of every page of one kind, one call per page. */
+static void churn_pages(struct vm *vm, enum churn_kind kind, const char *op, int advice, int prot)
+{
+	uint64_t gpas[MAX_PAGES_PER_VCPU];
+	int n = 0, err = 0;
+
+	for (int p = 0; p < vm->nr_pages && n < MAX_PAGES_PER_VCPU; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		void *hva = (void *)(uintptr_t)tp->hva;
+		int r;
+
+		if (churn_kind_of(tp) != kind)
+			continue;
+		r = advice >= 0 ? madvise(hva, PAGE_SIZE, advice) : mprotect(hva, PAGE_SIZE, prot);
+		if (r < 0 && !err)
+			err = errno;
+		gpas[n++] = tp->gpa;
+	}
+	churn_note(op, gpas, n, err);
+}
+
+static void churn_slot1(struct vm *vm, const char *op, int advice)
+{
+	struct memslot *ms = &vm->slots[1];
+	uint64_t gpa = ms->gpa;
+	int err = madvise(ms->hva, ms->size, advice) < 0 ? errno : 0;
+
+	churn_note(op, &gpa, 1, err);
+}
+
+static void churn_memslot(struct vm *vm, bool add)
+{
+	struct memslot *ms = &vm->slots[1];
+	struct kvm_userspace_memory_region r = {
+		.slot = (uint32_t)ms->slot,
+		.flags = ms->flags,
+		.guest_phys_addr = ms->gpa,
+		.memory_size = add ? ms->size : 0,
+		.userspace_addr = (uint64_t)(uintptr_t)ms->hva,
+	};
+	uint64_t gpa = ms->gpa;
+
+	IOCTLP(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r);
+	churn_note(add ? "memslot_add" : "memslot_delete", &gpa, 1, 0);
+}
+
+/* One change, with a pagemap pass before and after it (what it did). */
+#define CHURN_STEP(vm, why, call)                 \
+	do {                                      \
+		pthread_mutex_lock(&churn_lock);  \
+		churn_sample((vm), "before " why); \
+		call;                             \
+		churn_sample((vm), "after " why);  \
+		pthread_mutex_unlock(&churn_lock); \
+		usleep(CHURN_PAUSE_US);           \
+	} while (0)
+
+static void *churn_thread(void *arg)
+{
+	struct vm *vm = arg;
+
+	for (;;) {
+		CHURN_STEP(vm, "madv_dontneed",
+			   churn_pages(vm, CK_DONTNEED, "madv_dontneed", MADV_DONTNEED, 0));
+		CHURN_STEP(vm, "mprotect_read",
+			   churn_pages(vm, CK_MPROTECT, "mprotect_read", -1, PROT_READ));
+		CHURN_STEP(vm, "mprotect_write",
+			   churn_pages(vm, CK_MPROTECT, "mprotect_write", -1,
+				       PROT_READ | PROT_WRITE));
+		CHURN_STEP(vm, "madv_collapse", churn_slot1(vm, "madv_collapse", MADV_COLLAPSE));
+		CHURN_STEP(vm, "ksm_merge", churn_slot1(vm, "ksm_merge", MADV_MERGEABLE));
+		usleep(CHURN_PAUSE_US * 4); /* ksmd's time to merge */
+		CHURN_STEP(vm, "ksm_unmerge", churn_slot1(vm, "ksm_unmerge", MADV_UNMERGEABLE));
+		CHURN_STEP(vm, "memslot_delete", churn_memslot(vm, false));
+		CHURN_STEP(vm, "memslot_add", churn_memslot(vm, true));
+	}
+	return NULL;
+}
+
+/* Before the churn: the KSM pages' contents made the same (the guest only
+ * reads them, and the mprotect pages, from now on), and the log opened. */
+static void churn_start(struct vm *vm)
+{
+	uint64_t n[NR_VCPUS] = {0};
+	pthread_t t;
+	int err;
+
+	churn_log = fopen(opt_churn_log, "w");
+	if (!churn_log)
+		die("cannot open --churn-log %s: %s", opt_churn_log, strerror(errno));
+	churn_pm_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (churn_pm_fd < 0)
+		die("open /proc/self/pagemap failed: %s", strerror(errno));
+	churn_last = calloc((size_t)churn_npages(vm), sizeof(*churn_last));
+	if (!churn_last)
+		die("out of memory");
+	fprintf(churn_log, "{\"t\": %.6f, \"start\": true, \"pid\": %d, \"pages\": [", churn_now(),
+		(int)getpid());
+	for (int p = 0; p < vm->nr_pages; p++) {
+		struct tagged_page *tp = &vm->pages[p];
+		static const char *const kinds[] = {"write", "madv_dontneed", "mprotect", "ksm"};
+		enum churn_kind kind = churn_kind_of(tp);
+		uint64_t ent = TAGTAB_GPA(tp->vcpu) + n[tp->vcpu]++ * 16;
+
+		if (kind == CK_KSM)
+			memset((void *)(uintptr_t)tp->hva, CHURN_KSM_BYTE, PAGE_SIZE);
+		/* bit 0: the guest loads instead of storing */
+		wr64(vm, ent, tp->gva | (kind == CK_MPROTECT || kind == CK_KSM ? 1 : 0));
+		wr64(vm, ent + 8, tp->tag);
+		fprintf(churn_log, "%s{\"vcpu\": %d, \"gva\": %llu, \"gpa\": %llu, \"kind\": \"%s\"}",
+			p ? ", " : "", tp->vcpu, (unsigned long long)tp->gva,
+			(unsigned long long)tp->gpa, kinds[kind]);
+	}
+	fprintf(churn_log, "]}\n");
+	pthread_mutex_lock(&churn_lock);
+	churn_sample(vm, "start");
+	pthread_mutex_unlock(&churn_lock);
+	if ((err = pthread_create(&t, NULL, churn_sampler, vm)) ||
+	    (err = pthread_create(&t, NULL, churn_thread, vm)))
+		die("pthread_create for the churn failed: %s", strerror(err));
+	__atomic_store_n(&vm->churning, 1, __ATOMIC_RELEASE);
+}
+
+/* At the stop: the last line, with the counts (a log without it was cut). */
+static void churn_stop(struct vm *vm)
+{
+	pthread_mutex_lock(&churn_lock); /* the threads stop with the process */
+	churn_sample(vm, "end");
+	fprintf(churn_log, "{\"t\": %.6f, \"end\": true, \"mmio_exits\": %d, \"passes\": [%d, %d]}\n",
+		churn_now(), churn_mmio_exits, vm->vcpus[0].halted, vm->vcpus[1].halted);
+	fclose(churn_log);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1824,6 +2122,11 @@ static void usage(FILE *f)
 		"                       the guest again (it reads that page, writes the rest),\n"
 		"                       then MADV_DONTNEED one page and make another read-only;\n"
 		"                       the changed pages are listed in \"host_changes\"\n"
+		"  --churn-log FILE     (64, anon, no --host-changes) after READY, run the guest\n"
+		"                       over and over while the host keeps changing slot 1\n"
+		"                       (MADV_DONTNEED, mprotect, MADV_COLLAPSE, KSM, memslot\n"
+		"                       deleted and added); every change and every PFN seen in\n"
+		"                       pagemap go to FILE as JSON lines\n"
 		"  --prefault-mib N     add slot 2 (N MiB of 4K anon pages at GPA 4 GiB), write\n"
 		"                       every page, then map all of it into KVM's TDP tables\n"
 		"                       with KVM_PRE_FAULT_MEMORY (Linux 6.10+, TDP only): a\n"
@@ -1848,6 +2151,7 @@ static void parse_args(int argc, char **argv)
 		{ "prefault-mib", required_argument, NULL, 'P' },
 		{ "switch-cr3", no_argument, NULL, 'C' },
 		{ "host-changes", no_argument, NULL, 'X' },
+		{ "churn-log", required_argument, NULL, 'L' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1887,6 +2191,7 @@ static void parse_args(int argc, char **argv)
 		case 'M': opt_guest_2m = true; break;
 		case 'C': opt_switch_cr3 = true; break;
 		case 'X': opt_host_changes = true; break;
+		case 'L': opt_churn_log = optarg; break;
 		case 'P':
 			errno = 0;
 			opt_prefault_mib = strtol(optarg, &end, 0);
@@ -1989,6 +2294,14 @@ int main(int argc, char **argv)
 		exit(EXIT_USAGE);
 	}
 
+	if (opt_churn_log &&
+	    (vm.paging->code != guest_code || strcmp(vm.backing->name, "anon") || opt_host_changes ||
+	     opt_guest_2m || opt_prefault_mib || opt_switch_cr3)) {
+		fprintf(stderr, "l2vmm: --churn-log needs --guest-paging 64, --backing anon, "
+			"4K guest pages, and no --host-changes, --prefault-mib or --switch-cr3\n");
+		exit(EXIT_USAGE);
+	}
+
 	/* Signals: handled only by the main thread; vCPU threads block them. */
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
@@ -2046,6 +2359,8 @@ int main(int argc, char **argv)
 		prefault_slot(&vm);
 	vm.stats = read_stats_json(vm.vm_fd);
 	write_truth(&vm);
+	if (opt_churn_log)
+		churn_start(&vm);
 	printf("L2VMM READY pid=%d truth=%s\n", (int)getpid(), opt_truth);
 	fflush(stdout);
 
@@ -2053,10 +2368,14 @@ int main(int argc, char **argv)
 	for (;;) {
 		if (stop_signal) {
 			vlog("signal %d, exiting", (int)stop_signal);
+			if (opt_churn_log)
+				churn_stop(&vm);
 			return EXIT_OK;
 		}
 		if (opt_stop_file && access(opt_stop_file, F_OK) == 0) {
 			vlog("stop file %s exists, exiting", opt_stop_file);
+			if (opt_churn_log)
+				churn_stop(&vm);
 			return EXIT_OK;
 		}
 		check_timeout("while holding the VM");

@@ -17,7 +17,7 @@ from harness import TOP, checks
 from harness.checks import errors
 from harness.checks.entry import KDUMP_REFUSED_HINT
 from harness.checks.walks import SIZE_1G, SIZE_2M, SIZE_4K, expected_page_size
-from harness.matrix import MODES, VIEWS
+from harness.matrix import CHURN_CELLS, MODES, VIEWS
 from harness.matrix import SUITES as ALL_SUITES
 from harness.records import pagemap_hpa, switched_cr3
 from harness.run import run_cell
@@ -331,6 +331,20 @@ def test_corrupt_kernel_state_is_named_and_the_rest_goes_on(cell_result):
     line, --stats and --list go on with the rest, --verify reports it, no
     traceback; every address --dump printed walks again to its SPTE."""
     problems = _problems(cell_result, "elf", checks.CORRUPT)
+    assert not problems, problems
+
+
+def test_live_changes_are_read_consistently_or_flagged(cell_result):
+    """The tool in a loop, live in L1 and over QMP, while the host keeps
+    changing a VM's memory (MADV_DONTNEED, mprotect, MADV_COLLAPSE, KSM,
+    the memslot deleted and added again): no traceback, no hang, JSON
+    output; every mapping not flagged "changed while read" is a host page
+    pagemap showed for that guest page during the run."""
+    if "churn" not in cell_result:
+        pytest.skip(
+            f"this cell has no live-change run: matrix.CHURN_CELLS runs it in {sorted(CHURN_CELLS)}"
+        )
+    problems = _problems(cell_result, None, checks.CHURN)
     assert not problems, problems
 
 

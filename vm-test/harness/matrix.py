@@ -125,6 +125,15 @@ MODES: Dict[str, Mode] = {
     ),
 }
 VIEWS = ["live", "qmp", "elf", "kdump"]
+# The cells with a live-change run: one more L2 VM (l2vmm --churn-log) whose
+# host keeps changing its memory while the tool runs in a loop, for
+# CHURN_SECONDS live inside L1 and then as long over QMP (checks/churn.py).
+# One kernel with every MMU mode: the run costs about 2.5 minutes a cell.
+CHURN_CELLS = {("trixie", "tdp_mmu"), ("trixie", "legacy"), ("trixie", "shadow")}
+CHURN_SECONDS = 60
+# The churn VM: 64-bit guest, 4K guest pages, slot 1 THP-backed (collapse
+# and split have something to do).
+CHURN_OPTS = ["--thp"]
 # The kernels the tests cover (Debian suites; see kernels.py).  experimental
 # carries the newest kernel while it has one (see kernels.OPTIONAL).
 SUITES = ["bullseye", "bookworm", "trixie", "sid", "experimental"]

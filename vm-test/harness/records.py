@@ -445,6 +445,8 @@ class CellResult(TypedDict, total=False):
     # vm-test/corrupt_dumps.py: kernel state corrupted in the same copy, one
     # change at a time, and what the tool said ({"error": ProcRun} if it failed)
     corrupt_dumps: Dict[str, Any]
+    # matrix.CHURN_CELLS: the live-change run (run.churn_phase)
+    churn: Dict[str, Any]
     seconds: float
     first_attempt_failure: str
 

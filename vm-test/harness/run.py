@@ -32,7 +32,8 @@ import kernels
 from l1 import L1, L1Error, agent_command, compress_dump
 
 from . import HERE, TOP
-from .matrix import MODES, addr_kind, dump_level
+from .churn import read_churn_log
+from .matrix import CHURN_CELLS, CHURN_OPTS, CHURN_SECONDS, MODES, addr_kind, dump_level
 from .records import (
     AddrKind,
     CellResult,
@@ -167,6 +168,36 @@ def run_cell(
         "live-one": shlex.join(one_walk_cmd(["-k"])),
         "live-console": shlex.join(console_cmd(["-k"])),
     }
+    churn = (suite, mode) in CHURN_CELLS
+    if churn:
+        # Last of the checks in L1: the churn VM starts, the loop runs
+        # live; the VM goes on changing for the QMP loop from here after.
+        churn_vmm = l2vmm_command(
+            shared / "truth-churn.json",
+            shared / "churn-stop",
+            1800,
+            [*CHURN_OPTS, "--churn-log", str(shared / "churn.log")],
+        )
+        checks["live-churn"] = shlex.join(
+            [
+                sys.executable,
+                str(HERE / "churn_live.py"),
+                "--l2vmm",
+                churn_vmm,
+                "--truth",
+                str(shared / "truth-churn.json"),
+                "--addr-kind",
+                kind,
+                "--seconds",
+                str(CHURN_SECONDS),
+                "--out",
+                str(shared / "churn-live.json"),
+                "--",
+                drgn,
+                "-k",
+                *syms,
+            ]
+        )
     result: CellResult = {
         "suite": suite,
         "mode": mode,
@@ -217,6 +248,8 @@ def run_cell(
             else:
                 result["console"]["live"] = entry
         qmp = ["--qemu", str(l1.qmp_drgn)]
+        if churn:
+            result["churn"] = churn_phase([drgn, *qmp, *syms], shared, workdir, kind, ready, log)
         r = run_command(views_cmd(qmp, "qmp", workdir / "qmp.json"), 600)
         result["views"]["qmp"] = _view_result(r, workdir / "qmp.json")
         result["one_walk"]["qmp"] = run_command(one_walk_cmd(qmp), 600)
@@ -289,6 +322,59 @@ def run_cell(
     result["seconds"] = round(time.monotonic() - t_cell, 1)
     (workdir / "cell.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def churn_phase(
+    qmp_drgn: List[str],
+    shared: Path,
+    workdir: Path,
+    kind: AddrKind,
+    ready: Dict[str, Any],
+    log: Callable[[str], None],
+) -> Dict[str, Any]:
+    """The live-change run: the loop in L1 ran already (check live-churn);
+    now the same loop over QMP while the churn VM goes on, then the VM is
+    stopped and its log read.  Everything the checks judge is returned:
+    each loop's runs, the VMM's log (the PFNs pagemap showed), KSM's
+    counters."""
+    got: Dict[str, Any] = {"seconds": CHURN_SECONDS}
+    check = {c["name"]: c for c in ready.get("checks", [])}.get("live-churn", {})
+    err_file = shared / "check-live-churn.err"
+    got["live_check"] = {
+        "rc": check.get("rc"),
+        "seconds": check.get("seconds"),
+        "stderr": err_file.read_text()[-4000:] if err_file.exists() else "",
+    }
+    live = shared / "churn-live.json"
+    got["live"] = load_json(live) if live.exists() else None
+    truth = shared / "truth-churn.json"
+    out = workdir / "churn-qmp.json"
+    t0 = time.monotonic()
+    if truth.exists():
+        cmd = [*qmp_drgn, str(HERE / "live_loop.py"), "--truth", str(truth)]
+        cmd += ["--addr-kind", kind, "--seconds", str(CHURN_SECONDS), "--out", str(out)]
+        r = run_command(cmd, CHURN_SECONDS + 600)
+        got["qmp_run"] = {k: r[k] for k in ("rc", "seconds")}
+        got["qmp_run"]["stderr"] = r["stderr"][-4000:]
+        got["qmp"] = load_json(out) if out.exists() else None
+        got["truth"] = load_truth(truth)
+    (shared / "churn-stop").touch()
+    churn_log = shared / "churn.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if churn_log.exists() and '"end": true' in churn_log.read_text()[-4000:]:
+            break
+        time.sleep(0.5)
+    got["log"] = read_churn_log(churn_log) if churn_log.exists() else None
+    ksm = Path(str(live) + ".ksm")
+    got["ksm"] = load_json(ksm) if ksm.exists() else None
+    vmm_err = live.with_suffix(".vmm.err")
+    got["vmm_stderr"] = vmm_err.read_text()[-4000:] if vmm_err.exists() else ""
+    log(
+        f"[cell] live-change run: live {got['live_check']['seconds']} s, "
+        f"QMP {time.monotonic() - t0:.0f} s"
+    )
+    return got
 
 
 def fault_dumps(

@@ -20,6 +20,8 @@ records.Problem(view, check, message); tests/vm select them by ``view`` and
 - verify.py: --verify of every VM and --hpa of every tagged page (VERIFY, HPA),
   and --verify of faults made in a copy of the ELF dump (VERIFY_FAULTS);
 - corrupt.py: kernel state corrupted in a copy of the ELF dump (CORRUPT);
+- churn.py: the tool in a loop on a host that keeps changing the VM's
+  memory, live and over QMP (CHURN: matrix.CHURN_CELLS only);
 - errors.py: contrib/kvmwalk.py on wrong input (ERRORS).
 """
 
@@ -29,6 +31,7 @@ from typing import List, Optional
 
 from ..records import CellResult, Problem
 from .annotate import ANNOTATE, MAP_ANNOTATE
+from .churn import CHURN, check_churn
 from .corrupt import CORRUPT, check_corrupt_dumps
 from .entry import CONSOLE, PLUGIN, check_entry_points
 from .errors import ERRORS, check_errors
@@ -71,6 +74,7 @@ CHECKS = (
     HOST_CHANGES,
     VERIFY_FAULTS,
     CORRUPT,
+    CHURN,
     ERRORS,
 )
 
@@ -89,6 +93,7 @@ def check_cell(result: CellResult) -> List[Problem]:
         + check_host_changes(result)
         + check_fault_dumps(result)
         + check_corrupt_dumps(result)
+        + check_churn(result)
         + check_errors(result)
     )
 
