@@ -633,14 +633,17 @@ def changed_line(c: ReadChange, name: str) -> str:
     now = "cannot be read now" if c.gone else "reads differently now"
     where = ""
     if c.places:
+        plural = "addresses" if name == "address" else f"{name}s"
         spans = ", ".join(
-            f"level {lv} every address" if end >= 1 << 64 else f"level {lv} {name}s {s:#x}-{end:#x}"
+            f"level {lv} every address"
+            if end >= 1 << 64
+            else f"level {lv} {plural} {s:#x}-{end:#x}"
             for lv, s, end in c.places
         )
         where = f" ({spans})"
     return (
         f"changed while read: {what} at host physical {c.address:#x}{where} {now}; "
-        "what was printed from it may mix old and new entries"
+        "what was made from it may mix old and new entries"
     )
 
 

@@ -11,7 +11,9 @@ the reads through the guest Programs, the leaf SPTEs --verify checked (all
 VMs) and the problems it reported, the HPAs asked of --hpa, and the walks of
 the pages the host changed (l2vmm --host-changes); per cell, the faults
 made in a copy of the ELF dump and how many --verify found, and the
-corrupt kernel state and bit flips made there.  The checks themselves are
+corrupt kernel state and bit flips made there, and the live-change run
+(matrix.CHURN_CELLS: runs, flagged answers, pages compared with pagemap,
+the host's changes).  The checks themselves are
 harness/checks; this only counts what they were given.
 """
 
@@ -23,6 +25,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 TOP = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TOP / "vm-test"))
+
+from harness.checks.churn import churn_counts  # noqa: E402
+
 COLUMNS = [
     "walks",
     "gvas",
@@ -112,6 +118,9 @@ def main(argv: List[str]) -> None:
             print(f"{d.name:24} {view:6} " + " ".join(f"{c[k]:>13}" for k in COLUMNS))
         print(f"{d.name:24} faults made in a copy of the ELF dump, found: {faults_found(cell)}")
         print(f"{d.name:24} corrupt kernel state: {corrupt_counts(cell)}")
+        churn = churn_counts(cell)
+        if churn is not None:
+            print(f"{d.name:24} live-change run: {json.dumps(churn)}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ RUN_LIMIT = 120
 _STDERR_KEPT = 4000
 # "changed while read: table page at host physical 0x... (level 1 GPAs 0x..-0x.., ...)"
 _RANGE = re.compile(
-    r"level (\d+) (?:(?:GPA|GVA|address)s (0x[0-9a-f]+)-(0x[0-9a-f]+)|every address)"
+    r"level (\d+) (?:(?:GPAs|GVAs|addresses) (0x[0-9a-f]+)-(0x[0-9a-f]+)|every address)"
 )
 
 

@@ -127,6 +127,23 @@ def test_tracebacks_hangs_bad_json_and_exits_are_found():
         assert [p.view for p in problems] == ["live"] and words in problems[0].message, words
 
 
+def test_a_vcpu_without_a_root_at_that_moment_is_an_answer():
+    cell = _cell()
+    line = (
+        "kvmwalk: the vCPU's MMU has no valid root (the vCPU has not run, or its root "
+        "is being reloaded)\n"
+    )
+    cell["churn"]["live"]["runs"][1].update(rc=2, stderr=line)
+    assert check_churn(cell) == [] and churn_counts(cell)["live"]["no_root"] == 1
+    cell["churn"]["live"]["runs"][1].update(stderr=line + "and more\n")
+    (p,) = check_churn(cell)
+    assert "exit 2" in p.message
+    cell = _cell()
+    cell["churn"]["live"]["runs"][3].update(rc=2, stderr=line)  # --stats needs no root
+    (p,) = check_churn(cell)
+    assert "exit 2" in p.message
+
+
 def test_a_verify_problem_must_be_flagged_as_changed():
     cell = _cell()
     run = cell["churn"]["live"]["runs"][4]
