@@ -15,7 +15,7 @@ TOP = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TOP / "vm-test"))
 
 from harness import checks  # noqa: E402
-from harness.checks.churn import OPS, churn_counts, check_churn  # noqa: E402
+from harness.checks.churn import OPS, check_churn, churn_counts  # noqa: E402
 from harness.churn import read_churn_log  # noqa: E402
 from live_loop import flagged_ranges  # noqa: E402
 
