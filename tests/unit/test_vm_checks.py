@@ -934,6 +934,22 @@ def _fault_error_unmapped(c):
     c["errors"]["unmapped"]["stdout"] = WANT
 
 
+def _fault_churn_page(c):
+    """The live-change run (its own faults: test_churn_check.py): a --dump
+    leaf not flagged as changed, onto a page pagemap never showed."""
+    from .test_churn_check import _cell
+
+    c["churn"] = _cell()["churn"]
+    c["churn"]["live"]["runs"][1]["leaves"] = [[0x4000_0000, 0x9999 << 12, 1]]
+
+
+def _fault_churn_traceback(c):
+    from .test_churn_check import _cell
+
+    c["churn"] = _cell()["churn"]
+    c["churn"]["qmp"]["runs"][0]["traceback"] = "Traceback (most recent call last): ..."
+
+
 FAULTS = {
     _fault_dumps_missed: {("elf", checks.VERIFY_FAULTS)},
     _fault_dumps_wrong_place: {("elf", checks.VERIFY_FAULTS)},
@@ -1014,6 +1030,8 @@ FAULTS = {
     _fault_error_rc: {("qmp", checks.ERRORS)},
     _fault_error_traceback: {("qmp", checks.ERRORS)},
     _fault_error_unmapped: {("qmp", checks.ERRORS)},
+    _fault_churn_page: {(None, checks.CHURN)},
+    _fault_churn_traceback: {("qmp", checks.CHURN)},
 }
 
 
