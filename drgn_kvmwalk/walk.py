@@ -140,32 +140,60 @@ class ReadWatch:
     again after the answer is made: on a live host KVM changes its tables
     while the tool reads them, and a table page that reads the same twice
     is a snapshot the tables really held, while one that changed may mix
-    old and new entries.  Only a hash of each read is kept (8 bytes per
-    table page).
+    old and new entries.  Only a hash of each read is kept, and where each
+    table page sits (about 200 bytes per table page in all).
 
     The walks of :mod:`drgn_kvmwalk.leaves` tell it where each table page
     sits (:meth:`place`); :func:`placer` finds it under other wrappers."""
 
     def __init__(self, mem: PhysMem) -> None:
         self.mem = mem
-        self._reads: Dict[Tuple[int, int], int] = {}
-        self._changed: Dict[Tuple[int, int], bool] = {}  # seen to differ while reading
-        self._places: Dict[int, List[Tuple[int, int, int]]] = {}
+        # What each read gave, as its hash; keyed by the address alone for
+        # a table page (the common case: less memory), else (address, size).
+        self._reads: Dict[object, int] = {}
+        self._changed: Dict[object, bool] = {}  # seen to differ while reading
+        # Where each table page sits, packed (see _pack); more than one place
+        # (a shadow page with several parents) in _more.
+        self._places: Dict[int, int] = {}
+        self._more: Dict[int, List[int]] = {}
 
     def read(self, address: int, size: int) -> bytes:
         data = self.mem.read(address, size)
-        key = (address, size)
+        key: object = address if size == PAGE_SIZE else (address, size)
         h = hash(data)
         first = self._reads.setdefault(key, h)
         if first != h:
             self._changed[key] = False
         return data
 
+    @staticmethod
+    def _pack(level: int, start: int, end: int) -> int:
+        whole = end >= 1 << 64
+        return (start << 4) | (level << 1) | int(whole)
+
+    @staticmethod
+    def _unpack(packed: int) -> Tuple[int, int, int]:
+        level, start = (packed >> 1) & 7, packed >> 4
+        end = 1 << 64 if packed & 1 else start + (level_size(level) << 9)
+        return level, start, end
+
     def place(self, table: int, level: int, start: int, end: int) -> None:
-        """The table page at ``table`` translates ``[start, end)`` at ``level``."""
-        places = self._places.setdefault(table, [])
-        if len(places) < 8 and (level, start, end) not in places:
-            places.append((level, start, end))
+        """The table page at ``table`` translates ``[start, end)`` at ``level``
+        (``end`` 2**64 for every address, else ``start`` plus the span of a
+        table at ``level``)."""
+        packed = self._pack(level, start, end)
+        first = self._places.setdefault(table, packed)
+        if first != packed:
+            more = self._more.setdefault(table, [])
+            if len(more) < 7 and packed not in more:
+                more.append(packed)
+
+    def _where(self, address: int) -> Tuple[Tuple[int, int, int], ...]:
+        for table in (address, address & ~(PAGE_SIZE - 1)):
+            if table in self._places:
+                packed = [self._places[table], *self._more.get(table, ())]
+                return tuple(self._unpack(p) for p in packed)
+        return ()
 
     @property
     def reads(self) -> int:
@@ -176,8 +204,11 @@ class ReadWatch:
         """Read everything again, in address order; what differs now (or
         differed between two reads of the walk itself)."""
         changed: List[ReadChange] = []
-        for key in sorted(self._reads):
-            address, size = key
+        keys: List[Tuple[int, int]] = [
+            (k, PAGE_SIZE) if isinstance(k, int) else cast(Tuple[int, int], k) for k in self._reads
+        ]
+        for address, size in sorted(keys):
+            key: object = address if size == PAGE_SIZE else (address, size)
             gone = False
             if key not in self._changed:
                 try:
@@ -186,10 +217,7 @@ class ReadWatch:
                     same, gone = False, True
                 if same:
                     continue
-            places = tuple(
-                self._places.get(address) or self._places.get(address & ~(PAGE_SIZE - 1)) or ()
-            )
-            changed.append(ReadChange(address, size, places, gone))
+            changed.append(ReadChange(address, size, self._where(address), gone))
         return changed
 
 
