@@ -262,6 +262,17 @@ def churn_counts(result: CellResult) -> Optional[Dict[str, Any]]:
             "flagged_answers": judge.flagged - before,
             "flagged_runs": sum(r.get("changed_lines", 0) > 0 for r in runs),
             "no_root": sum(no_root(r) for r in runs),
+            # 2M leaves while slot 1 is a THP, 4K ones after a split
+            "dump_leaves": {
+                f"level {lv}": sum(
+                    1
+                    for r in runs
+                    if r["action"] == "dump"
+                    for x in r.get("leaves", [])
+                    if x[2] == lv
+                )
+                for lv in (1, 2)
+            },
             "slowest": max((r.get("seconds", 0) for r in runs), default=0),
         }
     log = churn.get("log") or {}
