@@ -1060,6 +1060,8 @@ def _verify(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
         mem = _mem(prog)
         live = isinstance(mem, ReadWatch)
         records = verify_vm(kvm, roots_of[kvm.value_()], mem, max_tables=args.max_tables)
+        changes: List[ReadChange] = []
+        extra: Dict[str, object]
         if live:
             # Read again before anything is said: on a live kernel what
             # disagrees may be a change made while it was read.
@@ -1068,21 +1070,18 @@ def _verify(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -
         for rec in records:
             if isinstance(rec, Problem):
                 found = True
-                if args.json:
-                    record = problem_json(rec)
-                    if live:
-                        record["changed"] = bool(changes)
-                    line = json.dumps(record)
-                else:
-                    line = problem_text(rec)
-            elif args.json:
-                record = verify_summary_json(rec)
-                if live:
-                    record["changed_pages"] = len(changes)
-                line = json.dumps(record)
+                if not args.json:
+                    out.write(problem_text(rec) + "\n")
+                    continue
+                record, extra = problem_json(rec), {"changed": bool(changes)}
+            elif not args.json:
+                out.write("\n".join(verify_summary_text(rec)) + "\n")
+                continue
             else:
-                line = "\n".join(verify_summary_text(rec))
-            out.write(line + "\n")
+                record, extra = verify_summary_json(rec), {"changed_pages": len(changes)}
+            if live:
+                record.update(extra)
+            out.write(json.dumps(record) + "\n")
         if live and changes:
             pid = vm_pid(kvm)
             _warn(

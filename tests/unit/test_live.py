@@ -164,3 +164,42 @@ def test_stats_says_how_many_pages_changed(monkeypatch, flips):
     assert ("changed while read" in err) == bool(flips)
     if flips:
         assert "(level 1 addresses 0x40000000-0x40200000)" in err
+
+
+@pytest.mark.parametrize("flips", [0, 100])
+def test_verify_flags_its_problems_when_pages_changed(monkeypatch, flips):
+    from drgn_kvmwalk import verify as verify_mod
+
+    tables = Drifting(flips=flips)
+    prog = host_with(tables, True, monkeypatch)
+
+    def verify_vm(kvm, roots, mem, *, max_tables):
+        mem.read(tables.pt, 4096)  # what the problem was found in
+        yield verify_mod.Problem(
+            4242,
+            tables.root.hpa,
+            tables.addr,
+            0x40000,
+            1,
+            tables.pt,
+            0,
+            0x1234_5000,
+            "hpa_mismatch",
+            0x7777_0000,
+            "made up",
+        )
+        yield verify_mod.VerifySummary(4242, 1, 1, {}, 1, 0, [])
+
+    monkeypatch.setattr(verify_mod, "verify_vm", verify_vm)
+    rc, out, err = run(prog, "--verify", "--json")
+    problem, summary = (json.loads(line) for line in out.splitlines())
+    assert rc == 1 and problem["changed"] is bool(flips)
+    assert summary["changed_pages"] == (1 if flips else 0)
+    assert (
+        err.endswith(
+            "warning: VM pid 4242: changed while read: 1 pages read differently the second "
+            "time; the problems above may be changes made while reading\n"
+        )
+        if flips
+        else err == ""
+    )
