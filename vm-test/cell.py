@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels  # noqa: E402
 from harness import HERE, TOP  # noqa: E402
 from harness.checks import check_cell  # noqa: E402
-from harness.matrix import MODES, SUITES, VIEWS, addr_kind  # noqa: E402
+from harness.matrix import CHURN_CELLS, CHURN_SECONDS, MODES, SUITES, VIEWS, addr_kind  # noqa: E402
 from harness.run import drgn_bin, run_cell, symbol_args, use_project_venv  # noqa: E402
 
 __all__ = [
@@ -45,6 +45,14 @@ def main() -> int:
     ap.add_argument("mode", choices=sorted(MODES), help="KVM MMU mode in L1")
     ap.add_argument("--workdir", type=Path, help="default: build/vm/<suite>-<mode>")
     ap.add_argument("--keep-dumps", action="store_true", help="keep l1.elf and l1.kdump")
+    ap.add_argument(
+        "--churn-seconds",
+        type=float,
+        help="run the live-change run (the tool in a loop while the host keeps changing a "
+        "VM's memory) for this long live and as long over QMP; default: "
+        f"{CHURN_SECONDS:g} s in {', '.join(sorted(f'{s}/{m}' for s, m in CHURN_CELLS))}, "
+        "none elsewhere; 0: none",
+    )
     args = ap.parse_args()
     workdir = args.workdir or TOP / "build" / "vm" / f"{args.suite}-{args.mode}"
     result = run_cell(
@@ -53,6 +61,7 @@ def main() -> int:
         workdir.resolve(),
         log=lambda m: print(m, file=sys.stderr),
         keep_dumps=args.keep_dumps,
+        churn_seconds=args.churn_seconds,
     )
     problems = check_cell(result)
     for view, w in result["one_walk"].items():

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import kernels
 from l1 import L1, L1Error, agent_command, compress_dump
@@ -104,7 +104,13 @@ def run_cell(
     workdir: Path,
     log: Callable[[str], None] = print,
     keep_dumps: bool = False,
+    churn_seconds: Optional[float] = None,
 ) -> CellResult:
+    """One cell; its result is also written to ``<workdir>/cell.json``.
+
+    ``churn_seconds``: the live-change run's time per loop (live, then QMP),
+    in any cell; by default matrix.CHURN_SECONDS in matrix.CHURN_CELLS and
+    none elsewhere (0: none)."""
     kernel = kernels.fetch(suite, log=log)
     spec = MODES[mode]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -168,14 +174,16 @@ def run_cell(
         "live-one": shlex.join(one_walk_cmd(["-k"])),
         "live-console": shlex.join(console_cmd(["-k"])),
     }
-    churn = (suite, mode) in CHURN_CELLS
+    if churn_seconds is None:
+        churn_seconds = CHURN_SECONDS if (suite, mode) in CHURN_CELLS else 0
+    churn = churn_seconds > 0
     if churn:
         # Last of the checks in L1: the churn VM starts, the loop runs
         # live; the VM goes on changing for the QMP loop from here after.
         churn_vmm = l2vmm_command(
             shared / "truth-churn.json",
             shared / "churn-stop",
-            1800,
+            int(1800 + 3 * churn_seconds),
             [*CHURN_OPTS, "--churn-log", str(shared / "churn.log")],
         )
         checks["live-churn"] = shlex.join(
@@ -189,7 +197,7 @@ def run_cell(
                 "--addr-kind",
                 kind,
                 "--seconds",
-                str(CHURN_SECONDS),
+                str(churn_seconds),
                 "--out",
                 str(shared / "churn-live.json"),
                 "--",
@@ -219,9 +227,16 @@ def run_cell(
         workdir=workdir,
         memory=spec.memory,
         log=log,
-        agent_cmd=agent_command(workloads, checks, python=sys.executable),
+        agent_cmd=agent_command(
+            workloads,
+            checks,
+            python=sys.executable,
+            # the agent's defaults, and the live-change run's time on top
+            timeout=900 + 3 * churn_seconds,
+            check_timeout=600 + churn_seconds,
+        ),
     ) as l1:
-        ready = l1.wait_ready(900)
+        ready = l1.wait_ready(900 + churn_seconds)
         result["ready"] = ready
         missing = [name for name, path in truths.items() if not path.exists()]
         if missing:
@@ -249,7 +264,9 @@ def run_cell(
                 result["console"]["live"] = entry
         qmp = ["--qemu", str(l1.qmp_drgn)]
         if churn:
-            result["churn"] = churn_phase([drgn, *qmp, *syms], shared, workdir, kind, ready, log)
+            result["churn"] = churn_phase(
+                [drgn, *qmp, *syms], shared, workdir, kind, ready, churn_seconds, log
+            )
         r = run_command(views_cmd(qmp, "qmp", workdir / "qmp.json"), 600)
         result["views"]["qmp"] = _view_result(r, workdir / "qmp.json")
         result["one_walk"]["qmp"] = run_command(one_walk_cmd(qmp), 600)
@@ -330,6 +347,7 @@ def churn_phase(
     workdir: Path,
     kind: AddrKind,
     ready: Dict[str, Any],
+    seconds: float,
     log: Callable[[str], None],
 ) -> Dict[str, Any]:
     """The live-change run: the loop in L1 ran already (check live-churn);
@@ -337,7 +355,7 @@ def churn_phase(
     stopped and its log read.  Everything the checks judge is returned:
     each loop's runs, the VMM's log (the PFNs pagemap showed), KSM's
     counters."""
-    got: Dict[str, Any] = {"seconds": CHURN_SECONDS}
+    got: Dict[str, Any] = {"seconds": seconds}
     check = {c["name"]: c for c in ready.get("checks", [])}.get("live-churn", {})
     err_file = shared / "check-live-churn.err"
     got["live_check"] = {
@@ -352,8 +370,8 @@ def churn_phase(
     t0 = time.monotonic()
     if truth.exists():
         cmd = [*qmp_drgn, str(HERE / "live_loop.py"), "--truth", str(truth)]
-        cmd += ["--addr-kind", kind, "--seconds", str(CHURN_SECONDS), "--out", str(out)]
-        r = run_command(cmd, CHURN_SECONDS + 600)
+        cmd += ["--addr-kind", kind, "--seconds", str(seconds), "--out", str(out)]
+        r = run_command(cmd, seconds + 600)
         got["qmp_run"] = {k: r[k] for k in ("rc", "seconds")}
         got["qmp_run"]["stderr"] = r["stderr"][-4000:]
         got["qmp"] = load_json(out) if out.exists() else None
