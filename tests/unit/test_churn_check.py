@@ -208,13 +208,22 @@ def test_the_log_gives_every_pfn_each_gpa_had(tmp_path):
         {"t": 1.3, "op": "ksm_merge", "errno": 0, "gpas": [GPA]},
         {"t": 1.4, "gpa": GPA, "pfn": 0x42},  # merged with its neighbour
         {"t": 1.5, "op": "madv_collapse", "errno": 22, "gpas": [GPA]},
+        {"t": 1.6, "hold": 0.25},
+        {"t": 1.7, "hold": 0.5},
+        {"t": 1.8, "op": "hold_timeout", "errno": 110, "gpas": []},
         {"t": 3.0, "end": True, "mmio_exits": 4, "passes": [9, 8]},
     ]
     path = tmp_path / "churn.log"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"t": 3.1, "cut')
     log = read_churn_log(path)
     assert log["history"] == {str(GPA): [0x42, PFN_OLD, PFN_NEW], str(GPA + 4096): [0x42]}
-    assert log["ops"] == {"madv_dontneed": 1, "ksm_merge": 1, "madv_collapse": 1}
-    assert log["op_errors"] == {"madv_collapse": [22]}
+    assert log["ops"] == {
+        "madv_dontneed": 1,
+        "ksm_merge": 1,
+        "madv_collapse": 1,
+        "hold_timeout": 1,
+    }
+    assert log["op_errors"] == {"madv_collapse": [22], "hold_timeout": [110]}
+    assert log["hold_max"] == 0.5
     assert (log["ksm_shared"], log["pfn_changes"], log["bad_lines"]) == (2, 2, 1)
     assert log["ended"] and log["passes"] == [9, 8] and log["seconds"] == 2.0

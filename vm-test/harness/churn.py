@@ -13,8 +13,10 @@ from typing import Any, Dict, List, Set
 
 def read_churn_log(path: Path) -> Dict[str, Any]:
     """``{"pages", "history" {gpa: [pfn...]}, "ops" {op: n}, "op_errors"
-    {op: [errno...]}, "pfn_changes", "ksm_shared", "thp_blocks_changed",
-    "ended", "mmio_exits", "passes", "bad_lines", "seconds"}``.
+    {op: [errno...]}, "pfn_changes", "ksm_shared", "hold_max", "ended",
+    "mmio_exits", "passes", "bad_lines", "seconds"}``.  ``hold_max``: the
+    longest the vCPUs took to come to a halt before slot 1 was deleted (an
+    op ``hold_timeout`` when they did not within 30 s).
 
     ``ksm_shared`` is the most GPAs that one PFN backed at once (above 1:
     KSM merged pages); ``pfn_changes`` counts the lines where a GPA got a
@@ -57,6 +59,8 @@ def read_churn_log(path: Path) -> Dict[str, Any]:
                     op_errors.setdefault(rec["op"], [])
                     if rec["errno"] not in op_errors[rec["op"]]:
                         op_errors[rec["op"]].append(rec["errno"])
+            elif "hold" in rec:
+                out["hold_max"] = max(out.get("hold_max", 0.0), rec["hold"])
             elif rec.get("end"):
                 out["ended"] = True
                 out["mmio_exits"] = rec["mmio_exits"]
