@@ -399,6 +399,7 @@ static long opt_prefault_mib;
 static bool opt_switch_cr3;
 static bool opt_host_changes;
 static const char *opt_churn_log;
+static bool opt_churn_ksm;
 
 static volatile sig_atomic_t stop_signal;
 static struct timespec start_ts;
@@ -1740,9 +1741,12 @@ static void *churn_thread(void *arg)
 			   churn_pages(vm, CK_MPROTECT, "mprotect_write", -1,
 				       PROT_READ | PROT_WRITE));
 		CHURN_STEP(vm, "madv_collapse", churn_slot1(vm, "madv_collapse", MADV_COLLAPSE));
-		CHURN_STEP(vm, "ksm_merge", churn_slot1(vm, "ksm_merge", MADV_MERGEABLE));
-		usleep(CHURN_PAUSE_US * 4); /* ksmd's time to merge */
-		CHURN_STEP(vm, "ksm_unmerge", churn_slot1(vm, "ksm_unmerge", MADV_UNMERGEABLE));
+		if (opt_churn_ksm) {
+			CHURN_STEP(vm, "ksm_merge", churn_slot1(vm, "ksm_merge", MADV_MERGEABLE));
+			usleep(CHURN_PAUSE_US * 4); /* ksmd's time to merge */
+			CHURN_STEP(vm, "ksm_unmerge",
+				   churn_slot1(vm, "ksm_unmerge", MADV_UNMERGEABLE));
+		}
 		if (!churn_hold(vm, true))
 			continue;
 		CHURN_STEP(vm, "memslot_delete", churn_memslot(vm, false));
@@ -1769,8 +1773,8 @@ static void churn_start(struct vm *vm)
 	churn_last = calloc((size_t)churn_npages(vm), sizeof(*churn_last));
 	if (!churn_last)
 		die("out of memory");
-	fprintf(churn_log, "{\"t\": %.6f, \"start\": true, \"pid\": %d, \"pages\": [", churn_now(),
-		(int)getpid());
+	fprintf(churn_log, "{\"t\": %.6f, \"start\": true, \"pid\": %d, \"ksm\": %s, \"pages\": [",
+		churn_now(), (int)getpid(), opt_churn_ksm ? "true" : "false");
 	for (int p = 0; p < vm->nr_pages; p++) {
 		struct tagged_page *tp = &vm->pages[p];
 		static const char *const kinds[] = {"write", "madv_dontneed", "mprotect", "ksm"};
@@ -1779,12 +1783,8 @@ static void churn_start(struct vm *vm)
 
 		if (kind == CK_KSM)
 			memset((void *)(uintptr_t)tp->hva, CHURN_KSM_BYTE, PAGE_SIZE);
-		/* bit 0: the guest loads instead of storing.  During the churn it
-		 * only loads: with stores, the guest triple-faulted and once L1
-		 * panicked with a corrupted kernel stack in the vCPU thread (a
-		 * store through a translation of a page the host had freed would
-		 * do that); see l2vmm-notes.md */
-		wr64(vm, ent, tp->gva | 1);
+		/* bit 0: the guest loads instead of storing */
+		wr64(vm, ent, tp->gva | (kind == CK_MPROTECT || kind == CK_KSM ? 1 : 0));
 		wr64(vm, ent + 8, tp->tag);
 		fprintf(churn_log, "%s{\"vcpu\": %d, \"gva\": %llu, \"gpa\": %llu, \"kind\": \"%s\"}",
 			p ? ", " : "", tp->vcpu, (unsigned long long)tp->gva,
@@ -2179,9 +2179,11 @@ static void usage(FILE *f)
 		"                       the changed pages are listed in \"host_changes\"\n"
 		"  --churn-log FILE     (64, anon, no --host-changes) after READY, run the guest\n"
 		"                       over and over while the host keeps changing slot 1\n"
-		"                       (MADV_DONTNEED, mprotect, MADV_COLLAPSE, KSM, memslot\n"
-		"                       deleted and added); every change and every PFN seen in\n"
+		"                       (MADV_DONTNEED, mprotect, MADV_COLLAPSE, memslot deleted\n"
+		"                       and added); every change and every PFN seen in\n"
 		"                       pagemap go to FILE as JSON lines\n"
+		"  --churn-ksm          with --churn-log: KSM merging and unmerging in the cycle\n"
+		"                       too (L1 crashed with it: see l2vmm-notes.md)\n"
 		"  --prefault-mib N     add slot 2 (N MiB of 4K anon pages at GPA 4 GiB), write\n"
 		"                       every page, then map all of it into KVM's TDP tables\n"
 		"                       with KVM_PRE_FAULT_MEMORY (Linux 6.10+, TDP only): a\n"
@@ -2207,6 +2209,7 @@ static void parse_args(int argc, char **argv)
 		{ "switch-cr3", no_argument, NULL, 'C' },
 		{ "host-changes", no_argument, NULL, 'X' },
 		{ "churn-log", required_argument, NULL, 'L' },
+		{ "churn-ksm", no_argument, NULL, 'K' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -2247,6 +2250,7 @@ static void parse_args(int argc, char **argv)
 		case 'C': opt_switch_cr3 = true; break;
 		case 'X': opt_host_changes = true; break;
 		case 'L': opt_churn_log = optarg; break;
+		case 'K': opt_churn_ksm = true; break;
 		case 'P':
 			errno = 0;
 			opt_prefault_mib = strtol(optarg, &end, 0);

@@ -159,7 +159,7 @@ def test_the_host_must_have_changed():
         cell = _cell()
         log = cell["churn"]["log"]
         if fault == "no_op":
-            del log["ops"]["ksm_merge"]
+            del log["ops"]["memslot_add"]
         elif fault == "bad_errno":
             log["op_errors"]["mprotect_read"] = [12]
         elif fault == "no_pfn_change":
@@ -169,6 +169,15 @@ def test_the_host_must_have_changed():
         else:
             cell["churn"]["log"] = None
         assert check_churn(cell), fault
+
+
+def test_ksm_changes_are_asked_for_only_when_the_vmm_made_them():
+    cell = _cell()
+    log = cell["churn"]["log"]
+    del log["ops"]["ksm_merge"]
+    assert check_churn(cell)
+    log["ksm"] = False
+    assert check_churn(cell) == []
 
 
 def test_a_loop_that_never_ran_an_action_or_wrote_nothing():

@@ -42,6 +42,7 @@ def read_churn_log(path: Path) -> Dict[str, Any]:
                 t_last = t
             if rec.get("start"):
                 out["pages"] = rec["pages"]
+                out["ksm"] = rec.get("ksm", True)
             elif "gpa" in rec:
                 gpa, pfn = rec["gpa"], rec["pfn"]
                 old = now.get(gpa, 0)
