@@ -1505,7 +1505,7 @@ static void *vcpu_thread(void *arg)
 /*
  * After READY the vCPUs run over their tag tables again and again, while
  * one thread changes slot 1 on the host in a cycle (MADV_DONTNEED, mprotect
- * there and back, MADV_COLLAPSE, KSM merging and unmerging, slot 1 deleted
+ * there and back, MADV_COLLAPSE, KSM merging and unmerging (--churn-ksm), slot 1 deleted
  * and added again) and another samples /proc/self/pagemap for every page of
  * slots 0 and 1 every CHURN_SAMPLE_US.  Each change and each PFN seen goes
  * to the log as one JSON line (see l2vmm-notes.md, "Host that keeps

@@ -336,8 +336,8 @@ def test_corrupt_kernel_state_is_named_and_the_rest_goes_on(cell_result):
 
 def test_live_changes_are_read_consistently_or_flagged(cell_result):
     """The tool in a loop, live in L1 and over QMP, while the host keeps
-    changing a VM's memory (MADV_DONTNEED, mprotect, MADV_COLLAPSE, KSM,
-    the memslot deleted and added again): no traceback, no hang, JSON
+    changing a VM's memory (MADV_DONTNEED, mprotect, MADV_COLLAPSE, the
+    memslot deleted and added again): no traceback, no hang, JSON
     output; every mapping not flagged "changed while read" is a host page
     pagemap showed for that guest page during the run."""
     if "churn" not in cell_result:
