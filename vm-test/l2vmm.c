@@ -400,6 +400,7 @@ static bool opt_switch_cr3;
 static bool opt_host_changes;
 static const char *opt_churn_log;
 static bool opt_churn_ksm;
+static bool opt_churn_collapse;
 
 static volatile sig_atomic_t stop_signal;
 static struct timespec start_ts;
@@ -1740,7 +1741,9 @@ static void *churn_thread(void *arg)
 		CHURN_STEP(vm, "mprotect_write",
 			   churn_pages(vm, CK_MPROTECT, "mprotect_write", -1,
 				       PROT_READ | PROT_WRITE));
-		CHURN_STEP(vm, "madv_collapse", churn_slot1(vm, "madv_collapse", MADV_COLLAPSE));
+		if (opt_churn_collapse)
+			CHURN_STEP(vm, "madv_collapse",
+				   churn_slot1(vm, "madv_collapse", MADV_COLLAPSE));
 		if (opt_churn_ksm) {
 			CHURN_STEP(vm, "ksm_merge", churn_slot1(vm, "ksm_merge", MADV_MERGEABLE));
 			usleep(CHURN_PAUSE_US * 4); /* ksmd's time to merge */
@@ -1773,8 +1776,11 @@ static void churn_start(struct vm *vm)
 	churn_last = calloc((size_t)churn_npages(vm), sizeof(*churn_last));
 	if (!churn_last)
 		die("out of memory");
-	fprintf(churn_log, "{\"t\": %.6f, \"start\": true, \"pid\": %d, \"ksm\": %s, \"pages\": [",
-		churn_now(), (int)getpid(), opt_churn_ksm ? "true" : "false");
+	fprintf(churn_log,
+		"{\"t\": %.6f, \"start\": true, \"pid\": %d, \"ksm\": %s, \"collapse\": %s, "
+		"\"pages\": [",
+		churn_now(), (int)getpid(), opt_churn_ksm ? "true" : "false",
+		opt_churn_collapse ? "true" : "false");
 	for (int p = 0; p < vm->nr_pages; p++) {
 		struct tagged_page *tp = &vm->pages[p];
 		static const char *const kinds[] = {"write", "madv_dontneed", "mprotect", "ksm"};
@@ -2179,11 +2185,13 @@ static void usage(FILE *f)
 		"                       the changed pages are listed in \"host_changes\"\n"
 		"  --churn-log FILE     (64, anon, no --host-changes) after READY, run the guest\n"
 		"                       over and over while the host keeps changing slot 1\n"
-		"                       (MADV_DONTNEED, mprotect, MADV_COLLAPSE, memslot deleted\n"
+		"                       (MADV_DONTNEED, mprotect, memslot deleted\n"
 		"                       and added); every change and every PFN seen in\n"
 		"                       pagemap go to FILE as JSON lines\n"
 		"  --churn-ksm          with --churn-log: KSM merging and unmerging in the cycle\n"
-		"                       too (L1 crashed with it: see l2vmm-notes.md)\n"
+		"                       too\n"
+		"  --churn-collapse     with --churn-log: MADV_COLLAPSE of slot 1 in the cycle\n"
+		"                       too (L2 and L1 crashed with it: see l2vmm-notes.md)\n"
 		"  --prefault-mib N     add slot 2 (N MiB of 4K anon pages at GPA 4 GiB), write\n"
 		"                       every page, then map all of it into KVM's TDP tables\n"
 		"                       with KVM_PRE_FAULT_MEMORY (Linux 6.10+, TDP only): a\n"
@@ -2210,6 +2218,7 @@ static void parse_args(int argc, char **argv)
 		{ "host-changes", no_argument, NULL, 'X' },
 		{ "churn-log", required_argument, NULL, 'L' },
 		{ "churn-ksm", no_argument, NULL, 'K' },
+		{ "churn-collapse", no_argument, NULL, 'Q' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -2251,6 +2260,7 @@ static void parse_args(int argc, char **argv)
 		case 'X': opt_host_changes = true; break;
 		case 'L': opt_churn_log = optarg; break;
 		case 'K': opt_churn_ksm = true; break;
+		case 'Q': opt_churn_collapse = true; break;
 		case 'P':
 			errno = 0;
 			opt_prefault_mib = strtol(optarg, &end, 0);

@@ -43,6 +43,7 @@ def read_churn_log(path: Path) -> Dict[str, Any]:
             if rec.get("start"):
                 out["pages"] = rec["pages"]
                 out["ksm"] = rec.get("ksm", True)
+                out["collapse"] = rec.get("collapse", True)
             elif "gpa" in rec:
                 gpa, pfn = rec["gpa"], rec["pfn"]
                 old = now.get(gpa, 0)

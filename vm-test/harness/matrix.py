@@ -11,7 +11,7 @@ Debian kernel it booted and what that kernel gives."""
 from __future__ import annotations
 
 import re
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .records import AddrKind
 
@@ -128,8 +128,13 @@ VIEWS = ["live", "qmp", "elf", "kdump"]
 # The cells with a live-change run: one more L2 VM (l2vmm --churn-log) whose
 # host keeps changing its memory while the tool runs in a loop, for
 # CHURN_SECONDS live inside L1 and then as long over QMP (checks/churn.py).
-# One kernel with every MMU mode: the run costs about 2.5 minutes a cell.
-CHURN_CELLS = {("trixie", "tdp_mmu"), ("trixie", "legacy"), ("trixie", "shadow")}
+# None in CI for now: under TCG the churn crashed the L2 guest (a triple
+# fault) or L1 itself (a kernel panic, "corrupted stack end detected inside
+# scheduler", in the vCPU thread) in 5 of 8 runs, 30 to 251 s into it, with
+# and without KSM, every time within a second after a MADV_COLLAPSE; the
+# cause is not found (vm-test/l2vmm-notes.md).  vm-test/cell.py
+# --churn-seconds runs it in any cell.
+CHURN_CELLS: Set[Tuple[str, str]] = set()
 CHURN_SECONDS = 60
 # The churn VM: 64-bit guest, 4K guest pages, slot 1 THP-backed (collapse
 # and split have something to do).
