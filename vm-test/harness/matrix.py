@@ -129,15 +129,16 @@ VIEWS = ["live", "qmp", "elf", "kdump"]
 # host keeps changing its memory while the tool runs in a loop, for
 # CHURN_SECONDS live inside L1 and then as long over QMP (checks/churn.py).
 # None in CI for now: under TCG the churn crashed the L2 guest (a triple
-# fault) or L1 itself (a kernel panic, "corrupted stack end detected inside
-# scheduler", in the vCPU thread) in 5 of 8 runs, 30 to 251 s into it, with
-# and without KSM, every time within a second after a MADV_COLLAPSE; the
-# cause is not found (vm-test/l2vmm-notes.md).  vm-test/cell.py
-# --churn-seconds runs it in any cell.
+# fault, or a vCPU that stopped coming back from KVM_RUN) and often L1
+# itself (a kernel panic, "corrupted stack end detected inside scheduler",
+# in that vCPU's thread) in 6 of 9 runs, 30 to 251 s into it, with and
+# without KSM and MADV_COLLAPSE; the cause is not found (see
+# vm-test/l2vmm-notes.md).  vm-test/cell.py --churn-seconds runs it in any
+# cell.
 CHURN_CELLS: Set[Tuple[str, str]] = set()
 CHURN_SECONDS = 60
-# The churn VM: 64-bit guest, 4K guest pages, slot 1 THP-backed (collapse
-# and split have something to do).
+# The churn VM: 64-bit guest, 4K guest pages, slot 1 THP-backed (so that
+# MADV_DONTNEED and mprotect of single pages split THPs).
 CHURN_OPTS = ["--thp"]
 # The kernels the tests cover (Debian suites; see kernels.py).  experimental
 # carries the newest kernel while it has one (see kernels.OPTIONAL).

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The live-change run (matrix.CHURN_CELLS): the tool in a loop, live in L1
 and over QMP, on a VM whose host keeps changing its memory (l2vmm
---churn-log: MADV_DONTNEED, mprotect there and back, MADV_COLLAPSE, slot 1
-deleted and added again, and KSM merging and unmerging with --churn-ksm,
-which the VM tests leave out; while the guest keeps touching its pages).
+--churn-log: MADV_DONTNEED, mprotect there and back, slot 1 deleted and
+added again, and MADV_COLLAPSE and KSM merging and unmerging with
+--churn-collapse and --churn-ksm, which the VM tests leave out; while the
+guest keeps touching its pages).
 
 What must hold, per loop (view "live" and "qmp"):
 
@@ -22,8 +23,8 @@ What must hold, per loop (view "live" and "qmp"):
   guest_maps);
 - --verify's problems are all flagged as changed (on a host that changes,
   a problem the second read does not confirm is no finding);
-- the host did change: each change was made (KSM's only when the VMM was
-  asked for them) (and MADV_COLLAPSE did not fail
+- the host did change: each change was made (collapse and KSM's only when
+  the VMM was asked for them) (and MADV_COLLAPSE did not fail
   but for EINVAL/EAGAIN, which say it could not collapse then), PFNs
   changed while the loops ran, the log ended with the VMM's counts.
 
