@@ -80,7 +80,6 @@ from .walk import (
     ReadWatch,
     Root,
     TableCache,
-    Walk,
     walk_addr,
 )
 
@@ -647,11 +646,6 @@ def changed_line(c: ReadChange, name: str) -> str:
     )
 
 
-def _changed_steps(w: Walk, changes: List[ReadChange]) -> bool:
-    pages = {c.address & ~0xFFF for c in changes}
-    return any(step.table & ~0xFFF in pages for step in w.steps)
-
-
 def _walk(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     changes: List[ReadChange] = []
     for _ in range(_WALK_TRIES):
@@ -680,18 +674,15 @@ def _walk(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
         if not args.json:
             lines.append(_root_header(vm, args, lr, fmt))
         for w in ws:
-            changed = bool(changes) and _changed_steps(w, changes)
+            pages = {st.table & ~0xFFF for st in w.steps}
+            hit = [c for c in changes if c.address & ~0xFFF in pages]
+            changed = bool(hit)
             if changed:
                 name = "GPA" if w.root.direct else "GVA"
-                tables = ", ".join(
-                    f"{c.address:#x}"
-                    for c in changes
-                    if c.address & ~0xFFF in {st.table & ~0xFFF for st in w.steps}
-                )
                 warnings.append(
                     f"changed while read: the walk of {name} {w.addr:#x} read table pages "
-                    f"({tables}) that read differently again, {_WALK_TRIES} times; "
-                    "its answer may mix old and new entries"
+                    f"({', '.join(f'{c.address:#x}' for c in hit)}) that read differently "
+                    f"again, {_WALK_TRIES} times; its answer may mix old and new entries"
                 )
             if args.json:
                 record = walk_json(w, vm.pid, args.vcpu, lr.kind, lr.tdp_mmu, fmt, sps)

@@ -13,7 +13,7 @@ Nothing here imports drgn: the drgn side supplies a :class:`PhysMem` and a
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, cast
+from typing import Callable, Dict, List, NamedTuple, Optional, Set, Tuple, cast
 
 try:
     from typing import Protocol
@@ -46,8 +46,8 @@ __all__ = [
     "TableCache",
     "Walk",
     "addr_bits",
-    "placer",
     "check_addr",
+    "placer",
     "root_start_level",
     "walk_addr",
 ]
@@ -151,7 +151,7 @@ class ReadWatch:
         # What each read gave, as its hash; keyed by the address alone for
         # a table page (the common case: less memory), else (address, size).
         self._reads: Dict[object, int] = {}
-        self._changed: Dict[object, bool] = {}  # seen to differ while reading
+        self._changed: Set[object] = set()  # seen to differ while reading
         # Where each table page sits, packed (see _pack); more than one place
         # (a shadow page with several parents) in _more.
         self._places: Dict[int, int] = {}
@@ -163,7 +163,7 @@ class ReadWatch:
         h = hash(data)
         first = self._reads.setdefault(key, h)
         if first != h:
-            self._changed[key] = False
+            self._changed.add(key)
         return data
 
     @staticmethod

@@ -4,15 +4,17 @@
 changing its memory (l2vmm --churn-log), then the kvmwalk command line in a
 loop on the live kernel (vm-test/live_loop.py under ``drgn -k``).
 
-    churn_live.py --l2vmm CMD --truth FILE --ksm --seconds S --out FILE -- DRGN [ARGS...]
+    churn_live.py --l2vmm CMD --truth FILE --addr-kind gpa|gva --seconds S --out FILE \\
+        -- DRGN [ARGS...]
 
 The VMM is left running in its own session when this exits, so that the
 host can go on over QMP; it stops when its --stop-file appears.  Exit
 status: the loop's (2 when the VMM did not get ready).
 
-KSM is switched on first (``/sys/kernel/mm/ksm``: run 1, 1000 pages per
-scan, 10 ms between scans) so that the VMM's MADV_MERGEABLE pages merge
-while the loop runs; its counters before and after go to FILE.ksm.
+When the VMM's command has --churn-ksm, KSM is switched on first
+(``/sys/kernel/mm/ksm``: run 1, 1000 pages per scan, 10 ms between scans)
+so that its MADV_MERGEABLE pages merge while the loop runs.  KSM's
+counters before and after go to FILE.ksm.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def main() -> int:
     args = ap.parse_args()
     drgn = args.drgn[1:] if args.drgn[:1] == ["--"] else args.drgn
     before = ksm_counters()
-    for name, value in (("pages_to_scan", "1000"), ("sleep_millisecs", "10"), ("run", "1")):
+    settings = [("pages_to_scan", "1000"), ("sleep_millisecs", "10"), ("run", "1")]
+    for name, value in settings if "--churn-ksm" in shlex.split(args.l2vmm) else []:
         try:
             (KSM / name).write_text(value)
         except OSError as e:
