@@ -21,7 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels  # noqa: E402
 from harness import HERE, TOP  # noqa: E402
 from harness.checks import check_cell  # noqa: E402
-from harness.matrix import CHURN_CELLS, CHURN_SECONDS, MODES, SUITES, VIEWS, addr_kind  # noqa: E402
+from harness.matrix import (  # noqa: E402
+    CHURN_CELLS,
+    CHURN_SECONDS,
+    MODES,
+    SUITES,
+    TCG_SINGLE_CELLS,
+    VIEWS,
+    addr_kind,
+)
 from harness.run import drgn_bin, run_cell, symbol_args, use_project_venv  # noqa: E402
 
 __all__ = [
@@ -53,6 +61,14 @@ def main() -> int:
         f"{CHURN_SECONDS:g} s in {', '.join(sorted(f'{s}/{m}' for s, m in CHURN_CELLS))}, "
         "none elsewhere; 0: none",
     )
+    ap.add_argument(
+        "--tcg-threads",
+        choices=["single", "multi"],
+        help="under TCG, QEMU's vCPU threads: one for all (single) or one per vCPU (multi); "
+        "default: single in "
+        f"{', '.join(sorted(f'{s}/{m}' for s, m in TCG_SINGLE_CELLS)) or 'no cell'}, "
+        "else QEMU's default (multi)",
+    )
     args = ap.parse_args()
     workdir = args.workdir or TOP / "build" / "vm" / f"{args.suite}-{args.mode}"
     result = run_cell(
@@ -62,6 +78,7 @@ def main() -> int:
         log=lambda m: print(m, file=sys.stderr),
         keep_dumps=args.keep_dumps,
         churn_seconds=args.churn_seconds,
+        tcg_threads=args.tcg_threads,
     )
     problems = check_cell(result)
     for view, w in result["one_walk"].items():

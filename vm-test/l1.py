@@ -15,7 +15,9 @@ directory.  QEMU gets, through ``--qemu-opts``:
 * ``-pidfile`` so that QEMU itself can be killed by pid;
 * ``-cpu max`` with TCG (gives L1 AMD SVM + NPT, so KVM works inside L1), or
   ``-cpu host`` when the host's KVM can run a nested hypervisor
-  (:func:`kvm_usable`).
+  (:func:`kvm_usable`);
+* with ``tcg_threads="single"``, ``-accel tcg,thread=single``: one host
+  thread runs every vCPU (see matrix.TCG_SINGLE_CELLS for why).
 
 Every run has its own work directory (``tempfile.mkdtemp`` unless one is
 given)::
@@ -302,11 +304,18 @@ class L1:
         exit_timeout: float = 60.0,
         vng: str | None = None,
         cpu_features: Iterable[str] = (),
+        tcg_threads: str | None = None,
     ) -> None:
         self.kernel = kernel
         self.append = list(append)
         # Appended to -cpu (e.g. "la57=off" for 4-level host paging).
         self.cpu_features = list(cpu_features)
+        # Under TCG: "single" runs every vCPU on one host thread
+        # (-accel tcg,thread=single), "multi" or None one thread per vCPU
+        # (QEMU's default).  Left out when the boot uses KVM.
+        if tcg_threads not in (None, "single", "multi"):
+            raise L1Error(f"tcg_threads must be 'single' or 'multi', not {tcg_threads!r}")
+        self.tcg_threads = tcg_threads
         self.memory = memory
         self.cpus = cpus
         self.agent_cmd = list(agent_cmd)
@@ -317,6 +326,9 @@ class L1:
             kvm, why = kvm_usable()
             log(f"l1: accel={'kvm' if kvm else 'tcg'} ({why})")
         self.kvm = kvm
+        if kvm and tcg_threads:
+            log(f"l1: tcg_threads={tcg_threads} left out: this boot uses KVM")
+            self.tcg_threads = None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="l1-"))
         self.workdir = self.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -355,6 +367,8 @@ class L1:
             "-cpu",
             ",".join(["host" if self.kvm else "max", *self.cpu_features]),
         ]
+        if self.tcg_threads:
+            qopts += ["-accel", f"tcg,thread={self.tcg_threads}"]
         cmd = [
             self.vng,
             "-v",

@@ -420,6 +420,7 @@ class CellResult(TypedDict, total=False):
 
     suite: str
     mode: str
+    tcg_threads: str  # "single", "multi", or "default" (QEMU's: one thread per vCPU)
     release: str
     addr_kind: AddrKind
     root_levels: Dict[str, int]  # per workload, what the kernel must give

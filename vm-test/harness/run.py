@@ -33,7 +33,15 @@ from l1 import L1, L1Error, agent_command, compress_dump
 
 from . import HERE, TOP
 from .churn import read_churn_log
-from .matrix import CHURN_CELLS, CHURN_OPTS, CHURN_SECONDS, MODES, addr_kind, dump_level
+from .matrix import (
+    CHURN_CELLS,
+    CHURN_OPTS,
+    CHURN_SECONDS,
+    MODES,
+    TCG_SINGLE_CELLS,
+    addr_kind,
+    dump_level,
+)
 from .records import (
     AddrKind,
     CellResult,
@@ -105,12 +113,15 @@ def run_cell(
     log: Callable[[str], None] = print,
     keep_dumps: bool = False,
     churn_seconds: Optional[float] = None,
+    tcg_threads: Optional[str] = None,
 ) -> CellResult:
     """One cell; its result is also written to ``<workdir>/cell.json``.
 
     ``churn_seconds``: the live-change run's time per loop (live, then QMP),
     in any cell; by default matrix.CHURN_SECONDS in matrix.CHURN_CELLS and
-    none elsewhere (0: none)."""
+    none elsewhere (0: none).  ``tcg_threads``: "single" or "multi" under
+    TCG; by default "single" in matrix.TCG_SINGLE_CELLS, else QEMU's
+    default (multi)."""
     kernel = kernels.fetch(suite, log=log)
     spec = MODES[mode]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -206,9 +217,12 @@ def run_cell(
                 *syms,
             ]
         )
+    if tcg_threads is None and (suite, mode) in TCG_SINGLE_CELLS:
+        tcg_threads = "single"
     result: CellResult = {
         "suite": suite,
         "mode": mode,
+        "tcg_threads": tcg_threads or "default",
         "release": kernel.release,
         "addr_kind": kind,
         "root_levels": {
@@ -224,6 +238,7 @@ def run_cell(
         kernel,
         append=spec.append,
         cpu_features=spec.cpu_features,
+        tcg_threads=tcg_threads,
         workdir=workdir,
         memory=spec.memory,
         log=log,

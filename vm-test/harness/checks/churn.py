@@ -2,9 +2,9 @@
 """The live-change run (matrix.CHURN_CELLS): the tool in a loop, live in L1
 and over QMP, on a VM whose host keeps changing its memory (l2vmm
 --churn-log: MADV_DONTNEED, mprotect there and back, slot 1 deleted and
-added again, and MADV_COLLAPSE and KSM merging and unmerging with
---churn-collapse and --churn-ksm, which the VM tests leave out; while the
-guest keeps touching its pages).
+added again, MADV_COLLAPSE with --churn-collapse, KSM merging and unmerging
+with --churn-ksm (both in matrix.CHURN_OPTS); while the guest keeps
+touching its pages).
 
 What must hold, per loop (view "live" and "qmp"):
 
