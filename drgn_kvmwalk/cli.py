@@ -1098,11 +1098,13 @@ def _hpa(prog: Program, args: argparse.Namespace, out: TextIO, err: TextIO) -> i
 
     found: List[Union[HpaMapping, HpaTable]] = []
     skipped: List[str] = []
-    for r in find_hpa(prog, args.hpa, _every_vm(prog, args, err), args.max_tables):
+    watch = _mem(prog)
+    for r in find_hpa(prog, args.hpa, _every_vm(prog, args, err), args.max_tables, watch):
         if isinstance(r, HpaSkipped):
             skipped.append(f"VM pid {r.vm}: {r.what}")
         else:
             found.append(r)
+    skipped += [changed_line(c, "address") for c in _recheck(watch)]
     _warn(out, err, skipped)
     lines: List[str] = []
     for x in dict.fromkeys(args.hpa):

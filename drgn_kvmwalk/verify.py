@@ -1206,6 +1206,7 @@ def find_hpa(
     hpas: List[int],
     kvms: Optional[List[Object]] = None,
     max_tables: int = MAX_TABLES,
+    mem: Optional[PhysMem] = None,
 ) -> Iterator[Union[HpaMapping, HpaTable, HpaSkipped]]:
     """Every leaf SPTE of every root of every VM that maps one of ``hpas``
     (KVM keeps no PFN -> GFN index: each root is walked once for all of
@@ -1219,11 +1220,14 @@ def find_hpa(
     :param hpas: host physical addresses
     :param kvms: ``struct kvm *`` objects; every VM by default
     :param max_tables: table pages read under one root, at most
+    :param mem: where table pages are read (the program's memory by
+        default; a :class:`~drgn_kvmwalk.walk.ReadWatch` to read them again)
     :raises MissingDebugInfo: kvm.ko's debug info is missing
     """
     targets = sorted(set(hpas))
     pages = {h & ~(PAGE_SIZE - 1) for h in targets}
-    mem = DrgnPhysMem(prog)
+    if mem is None:
+        mem = DrgnPhysMem(prog)
     tables: Dict[int, Tuple[Optional[int], List[int]]] = {}
     for kvm in list(for_each_vm(prog)) if kvms is None else kvms:
         fmt = spte_format(kvm)

@@ -110,6 +110,11 @@ def _compact(action: str, records: List[Dict[str, Any]], stderr: str) -> Dict[st
             "ranges": [[r["start"], r["end"], r["hpa"]] for r in records],
             "flagged": flagged_ranges(stderr),
         }
+    if action == "hpa":
+        return {
+            "mappings": [[r["addr"], r["hpa"]] for r in records if "addr" in r],
+            "flagged": flagged_ranges(stderr),
+        }
     if action == "stats":
         return {"stats": [{k: r.get(k) for k in ("vm", "match", "changed_pages")} for r in records]}
     if action == "verify":

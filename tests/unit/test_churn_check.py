@@ -38,7 +38,7 @@ def _loop():
         _run("stats", stats=[{"vm": 42, "match": True, "changed_pages": 0}]),
         _run("verify", problems=[], problem_count=0, summaries=[]),
         _run("list", records=1),
-        _run("hpa", records=1),
+        _run("hpa", records=1, mappings=[[GPA + 0x123, (PFN_OLD << 12) + 0x123]], flagged=[]),
     ]
     return {"live": True, "seconds": 60, "rounds": 1, "runs": runs}
 
@@ -70,7 +70,7 @@ def _cell():
 def test_a_consistent_run_has_no_problem():
     assert check_churn(_cell()) == []
     counts = churn_counts(_cell())
-    assert counts["compared"] == 6 and counts["wrong"] == 0
+    assert counts["compared"] == 8 and counts["wrong"] == 0
     assert counts["live"]["runs"] == 7 and counts["live"]["flagged_answers"] == 0
 
 
@@ -87,6 +87,17 @@ def test_a_mapping_to_a_page_pagemap_never_showed_is_wrong():
     cell["churn"]["qmp"]["runs"][1]["flagged"] = [[GPA, GPA + 0x200000]]
     assert check_churn(cell) == []
     assert churn_counts(cell)["qmp"]["flagged_answers"] == 1
+
+
+def test_an_hpa_mapping_is_judged_unless_flagged():
+    cell = _cell()
+    hpa = cell["churn"]["live"]["runs"][6]
+    hpa["mappings"] = [[GPA + 0x123, (0x9999 << 12) + 0x123]]
+    (p,) = check_churn(cell)
+    assert "live --hpa" in p.message and "a host page pagemap never showed" in p.message
+    hpa["flagged"] = [[GPA, GPA + 0x1000]]
+    assert check_churn(cell) == []
+    assert churn_counts(cell)["live"]["flagged_answers"] == 1
 
 
 def test_a_walk_flagged_as_changed_is_not_judged_and_one_without_the_key_is_wrong():
@@ -107,6 +118,7 @@ def test_under_shadow_paging_the_gva_goes_through_the_guests_tables():
             r.pop("walks", None) and r.update(walks=[[0x7F00_0000_0000, PFN_NEW << 12, 4096, 0]])
             r.pop("leaves", None) and r.update(leaves=[[0x7F00_0000_0000, PFN_OLD << 12, 1]])
             r.pop("ranges", None) and r.update(ranges=[])
+            r.pop("mappings", None) and r.update(mappings=[])
     assert check_churn(cell) == []
     cell["churn"]["live"]["runs"][0]["walks"] = [[0x7F00_0000_1000, PFN_NEW << 12, 4096, 0]]
     (p,) = check_churn(cell)

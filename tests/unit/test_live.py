@@ -203,3 +203,28 @@ def test_verify_flags_its_problems_when_pages_changed(monkeypatch, flips):
         if flips
         else err == ""
     )
+
+
+@pytest.mark.parametrize("live,flips", [(True, 0), (True, 100), (False, 100)])
+def test_hpa_names_the_table_pages_that_changed(monkeypatch, live, flips):
+    from drgn_kvmwalk import verify as verify_mod
+
+    tables = Drifting(flips=flips)
+    prog = host_with(tables, live, monkeypatch)
+
+    def find_hpa(prog, hpas, kvms, max_tables, mem):
+        mem.read(tables.pt, 4096)  # the leaf's table, as the search reads it
+        yield verify_mod.HpaMapping(
+            hpas[0], 4242, tables.root.hpa, tables.addr, 0x40000, 1, tables.pt, 0, False
+        )
+
+    monkeypatch.setattr(verify_mod, "find_hpa", find_hpa)
+    rc, out, err = run(prog, "--hpa", "0x12345000", "--json")
+    assert rc == 0 and json.loads(out)["addr"] == tables.addr
+    if live and flips:
+        assert err == (
+            f"warning: changed while read: table page at host physical {tables.pt:#x} "
+            "reads differently now; what was made from it may mix old and new entries\n"
+        )
+    else:
+        assert err == ""

@@ -14,8 +14,8 @@ What must hold, per loop (view "live" and "qmp"):
   invalidates the roots when slot 1 is deleted; counted as ``no_root``);
 - nothing is presented as a mapping the tables never held: every host page
   that an answer not flagged as changed maps (--addr walks whose record says
-  ``"changed": false``; --dump leaves and --map ranges outside the ranges of
-  the "changed while read" lines) is a PFN that pagemap showed for that
+  ``"changed": false``; --dump leaves, --map ranges and --hpa mappings
+  outside the ranges of the "changed while read" lines) is a PFN that pagemap showed for that
   guest page at some time during the run (the VMM sampled every page of
   slots 0 and 1 every 20 ms, and before and after each change).  The PFNs
   are the VMM's; the tool computed none of them.  Under shadow paging the
@@ -237,6 +237,13 @@ def _judge_run(judge: _Judge, view: str, r: Dict[str, Any], problem: Any) -> Non
                 judge.flagged += 1
             else:
                 judge.mapping(start, end, hpa, what)
+    elif action == "hpa":
+        spans = r.get("flagged", [])
+        for addr, hpa in r.get("mappings", []):
+            if _overlaps(spans, addr, addr + 1):
+                judge.flagged += 1
+            else:
+                judge.page(addr & ~(PAGE - 1), hpa & ~(PAGE - 1), what)
     elif action == "verify":
         for p in r.get("problems", []):
             if not p.get("changed"):
