@@ -7,7 +7,9 @@ changing the VM's memory (l2vmm --churn-log), for a given time.
 
 Each round runs, in one drgn process and as a user would type them:
 ``--addr`` of every tagged page (both vCPUs), ``--dump``, ``--map``,
-``--stats``, ``--verify``, ``--list`` and ``--hpa``.  Each run has a time
+``--stats``, ``--verify``, ``--list`` and ``--hpa`` (of the first page's
+host page before the churn and of the one the round's last ``--addr`` walk
+found; who maps those now).  Each run has a time
 limit (a run over it is a hang); an exception out of ``cli.main`` is a
 traceback.  What each run answered is kept in a compact form (mappings,
 the lines flagged "changed while read") for checks/churn.py, which judges
@@ -112,7 +114,8 @@ def _compact(action: str, records: List[Dict[str, Any]], stderr: str) -> Dict[st
         }
     if action == "hpa":
         return {
-            "mappings": [[r["addr"], r["hpa"]] for r in records if "addr" in r],
+            # (an HPA no SPTE maps has a record too, its "addr" null)
+            "mappings": [[r["addr"], r["hpa"]] for r in records if r.get("addr") is not None],
             "flagged": flagged_ranges(stderr),
         }
     if action == "stats":
@@ -169,9 +172,15 @@ def main(prog: Program, argv: List[str]) -> int:
     runs: List[Dict[str, Any]] = []
     t0 = time.monotonic()
     rounds = 0
+    now: Optional[int] = None  # the host page the last --addr found for the first page
     while time.monotonic() - t0 < args.seconds:
         for action, a in todo:
+            if action == "hpa" and now is not None:
+                a = a + ["--hpa", hex(now)]
             runs.append(one_run(prog, action, a))
+            walks = runs[-1].get("walks") or []
+            if action == "addr" and walks and walks[0][1] is not None:
+                now = walks[0][1] & ~0xFFF
         rounds += 1
     result = {
         "live": bool(prog.flags & ProgramFlags.IS_LIVE),

@@ -240,6 +240,8 @@ def _judge_run(judge: _Judge, view: str, r: Dict[str, Any], problem: Any) -> Non
     elif action == "hpa":
         spans = r.get("flagged", [])
         for addr, hpa in r.get("mappings", []):
+            if addr is None:
+                continue  # the answer "no SPTE maps it" (so written before live_loop left it out)
             if _overlaps(spans, addr, addr + 1):
                 judge.flagged += 1
             else:
