@@ -4,7 +4,8 @@
 environment stable under a host that keeps changing a guest's memory?
 
     churn_soak.py SUITE MODE [--runs N] [--seconds S] [--tcg-threads single|multi]
-                  [--no-collapse] [--no-ksm] [--workdir DIR]
+                  [--append ARG ...] [--host-load N] [--no-collapse] [--no-ksm]
+                  [--workdir DIR]
 
 Each run starts ``l2vmm --churn-log`` (matrix.CHURN_OPTS: MADV_DONTNEED,
 mprotect, memslot delete and add, MADV_COLLAPSE and KSM unless left out),
@@ -110,6 +111,18 @@ def main() -> int:
         choices=["single", "multi"],
         help="under TCG: one host thread for all vCPUs, or one per vCPU (QEMU's default)",
     )
+    ap.add_argument(
+        "--append",
+        action="append",
+        help="L1 kernel command line instead of the mode's (repeat for more words)",
+    )
+    ap.add_argument(
+        "--host-load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N busy processes on this host while L1 runs (QEMU's threads then get less CPU)",
+    )
     ap.add_argument("--no-collapse", dest="collapse", action="store_false", help="no MADV_COLLAPSE")
     ap.add_argument("--no-ksm", dest="ksm", action="store_false", help="no KSM merging")
     ap.add_argument("--workdir", type=Path, help="default: build/vm/soak-<suite>-<mode>")
@@ -142,30 +155,39 @@ def main() -> int:
     inner += [] if args.ksm else ["--no-ksm"]
     budget = args.runs * (args.seconds + 400) + 300
     runs: List[Dict[str, Any]] = []
-    with L1(
-        kernel,
-        append=spec.append,
-        cpu_features=spec.cpu_features,
-        memory=spec.memory,
-        workdir=workdir,
-        tcg_threads=args.tcg_threads,
-        log=lambda m: print(m, file=sys.stderr),
-        agent_cmd=agent_command(
-            [],
-            {"soak": shlex.join(inner)},
-            python=sys.executable,
-            timeout=budget + 300,
-            check_timeout=budget,
-        ),
-    ) as l1:
-        try:
-            l1.wait_ready(budget + 200)
-        except Exception as e:  # L1 died or hung: what the runs said so far still counts
-            print(f"churn_soak: L1: {e}".splitlines()[0], file=sys.stderr)
-        out = shared / "check-soak.out"
-        if out.exists():
-            runs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-        console = l1.console_tail(10**7)
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(args.host_load)
+    ]
+    try:
+        with L1(
+            kernel,
+            append=spec.append if args.append is None else args.append,
+            cpu_features=spec.cpu_features,
+            memory=spec.memory,
+            workdir=workdir,
+            tcg_threads=args.tcg_threads,
+            log=lambda m: print(m, file=sys.stderr),
+            agent_cmd=agent_command(
+                [],
+                {"soak": shlex.join(inner)},
+                python=sys.executable,
+                timeout=budget + 300,
+                check_timeout=budget,
+            ),
+        ) as l1:
+            try:
+                l1.wait_ready(budget + 200)
+            except Exception as e:  # L1 died or hung: what the runs said so far still counts
+                print(f"churn_soak: L1: {e}".splitlines()[0], file=sys.stderr)
+            out = shared / "check-soak.out"
+            if out.exists():
+                runs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+            console = l1.console_tail(10**7)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
     trouble = sorted({m.group(0) for m in CONSOLE_TROUBLE.finditer(console)})
     for r in runs:
         extra = f": {r['error']}" if r.get("error") else ""
@@ -175,7 +197,8 @@ def main() -> int:
         )
     bad = [r for r in runs if r["outcome"] != "ok"]
     print(
-        f"{args.suite} {args.mode}, TCG threads {args.tcg_threads or 'default'}, "
+        f"{args.suite} {args.mode} ({' '.join(args.append or spec.append)}), "
+        f"TCG threads {args.tcg_threads or 'default'}, host load {args.host_load}, "
         f"collapse {'on' if args.collapse else 'off'}, KSM {'on' if args.ksm else 'off'}: "
         f"{len(bad)} of {len(runs)} runs not ok ({args.runs} asked); "
         f"L1 console: {', '.join(trouble) or 'nothing'}"

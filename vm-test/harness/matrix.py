@@ -138,12 +138,13 @@ CHURN_SECONDS = 60
 CHURN_OPTS = ["--thp", "--churn-collapse", "--churn-ksm"]
 # The cells whose L1 runs on one TCG thread (-accel tcg,thread=single; see
 # l1.L1).  With nested paging and QEMU's default of one thread per vCPU,
-# the churn crashes the L2 guest (triple fault), hangs an L1 CPU in guest
-# mode, or panics L1 ("corrupted stack end detected inside scheduler"),
-# with the tool not running at all: vm-test/churn_soak.py, 60 s runs of the
-# churn VM alone under Debian's 6.1, crashed 3 of 5 (TDP MMU) with one
-# thread per vCPU and 0 of 5 with one thread for all; under shadow paging
-# 0 of 5 with one thread per vCPU.  See vm-test/l2vmm-notes.md.
+# the churn crashed the L2 guest (triple fault), hung an L1 CPU in guest
+# mode, or panicked L1 ("corrupted stack end detected inside scheduler"):
+# in stop 22's cells with the tool reading (6 of 9 runs), and with the
+# churn VM alone (7 of 16 runs, then 0 of 15 with vm-test/churn_soak.py:
+# the rate changes with something not found); never on one thread (5 runs
+# and a cell) nor under shadow paging (6 runs and a cell).  See
+# vm-test/l2vmm-notes.md.
 TCG_SINGLE_CELLS: Set[Tuple[str, str]] = {("trixie", "tdp_mmu")}
 # The kernels the tests cover (Debian suites; see kernels.py).  experimental
 # carries the newest kernel while it has one (see kernels.OPTIONAL).
