@@ -248,3 +248,38 @@ def test_the_log_gives_every_pfn_each_gpa_had(tmp_path):
     assert log["hold_max"] == 0.5
     assert (log["ksm_shared"], log["pfn_changes"], log["bad_lines"]) == (2, 2, 1)
     assert log["ended"] and log["passes"] == [9, 8] and log["seconds"] == 2.0
+
+
+def test_a_ksm_page_may_be_mapped_to_a_ksm_page_pagemap_showed_for_others():
+    ksm_pfn, other = 0x7777, 0x4000_1000
+    cell = _cell()
+    log = cell["churn"]["log"]
+    log["pages"] = [{"vcpu": 0, "gva": 0, "gpa": GPA, "kind": "ksm"}]
+    log["history"][str(other)] = [ksm_pfn]
+    log["ksm_pfns"] = [ksm_pfn]
+    dump = cell["churn"]["live"]["runs"][1]
+    dump["leaves"] = [[GPA, ksm_pfn << 12, 1]]
+    assert check_churn(cell) == [] and churn_counts(cell)["ksm_other"] == 1
+    # Not a page KSM merges: wrong.
+    log["pages"][0]["kind"] = "madv_dontneed"
+    (p,) = check_churn(cell)
+    assert "a host page pagemap never showed" in p.message
+    # A page KSM merges, but a PFN that never backed two pages at once: wrong.
+    log["pages"][0]["kind"] = "ksm"
+    log["ksm_pfns"] = []
+    (p,) = check_churn(cell)
+    assert "a host page pagemap never showed" in p.message
+
+
+def test_the_log_names_the_pfns_that_backed_two_pages_at_once(tmp_path):
+    log = tmp_path / "churn.log"
+    lines = [
+        {"t": 0, "start": True, "pid": 1, "pages": []},
+        {"t": 1, "gpa": GPA, "pfn": 5},
+        {"t": 1, "gpa": GPA + 4096, "pfn": 6},
+        {"t": 2, "gpa": GPA + 4096, "pfn": 5},
+        {"t": 3, "gpa": GPA, "pfn": 6},
+    ]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = read_churn_log(log)
+    assert got["ksm_pfns"] == [5] and got["ksm_shared"] == 2

@@ -19,12 +19,14 @@ def read_churn_log(path: Path) -> Dict[str, Any]:
     op ``hold_timeout`` when they did not within 30 s).
 
     ``ksm_shared`` is the most GPAs that one PFN backed at once (above 1:
-    KSM merged pages); ``pfn_changes`` counts the lines where a GPA got a
+    KSM merged pages), ``ksm_pfns`` the PFNs that backed two or more at
+    once; ``pfn_changes`` counts the lines where a GPA got a
     PFN other than its last (absent pages are PFN 0 in the log and are
     not in ``history``)."""
     history: Dict[int, Set[int]] = {}
     now: Dict[int, int] = {}
     holders: Dict[int, int] = {}  # pfn -> GPAs it backs now
+    shared: Set[int] = set()  # PFNs that backed two GPAs or more at once (KSM pages)
     ops: Dict[str, int] = {}
     op_errors: Dict[str, List[int]] = {}
     out: Dict[str, Any] = {"ended": False, "bad_lines": 0, "pfn_changes": 0, "ksm_shared": 1}
@@ -55,6 +57,8 @@ def read_churn_log(path: Path) -> Dict[str, Any]:
                     history.setdefault(gpa, set()).add(pfn)
                     holders[pfn] = holders.get(pfn, 0) + 1
                     out["ksm_shared"] = max(out["ksm_shared"], holders[pfn])
+                    if holders[pfn] > 1:
+                        shared.add(pfn)
             elif "op" in rec:
                 ops[rec["op"]] = ops.get(rec["op"], 0) + 1
                 if rec["errno"]:
@@ -68,6 +72,7 @@ def read_churn_log(path: Path) -> Dict[str, Any]:
                 out["mmio_exits"] = rec["mmio_exits"]
                 out["passes"] = rec["passes"]
     out["history"] = {str(g): sorted(p) for g, p in history.items()}
+    out["ksm_pfns"] = sorted(shared)
     out["ops"] = ops
     out["op_errors"] = op_errors
     out["seconds"] = round((t_last or 0) - (t_first or 0), 1)
