@@ -39,6 +39,17 @@ def ksm_counters() -> Dict[str, str]:
     return {p.name: p.read_text().strip() for p in KSM.iterdir() if p.is_file()}
 
 
+def switch_ksm_on(who: str) -> None:
+    """KSM on, scanning fast (1000 pages per scan, 10 ms between scans), so
+    that MADV_MERGEABLE pages merge within the churn's cycle; a setting that
+    cannot be made is said on stderr."""
+    for name, value in (("pages_to_scan", "1000"), ("sleep_millisecs", "10"), ("run", "1")):
+        try:
+            (KSM / name).write_text(value)
+        except OSError as e:
+            print(f"{who}: cannot set ksm {name}: {e}", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--l2vmm", required=True, help="the VMM's command line")
@@ -50,12 +61,8 @@ def main() -> int:
     args = ap.parse_args()
     drgn = args.drgn[1:] if args.drgn[:1] == ["--"] else args.drgn
     before = ksm_counters()
-    settings = [("pages_to_scan", "1000"), ("sleep_millisecs", "10"), ("run", "1")]
-    for name, value in settings if "--churn-ksm" in shlex.split(args.l2vmm) else []:
-        try:
-            (KSM / name).write_text(value)
-        except OSError as e:
-            print(f"churn_live: cannot set ksm {name}: {e}", file=sys.stderr)
+    if "--churn-ksm" in shlex.split(args.l2vmm):
+        switch_ksm_on("churn_live")
     out = Path(args.out)
     vmm_out = out.with_suffix(".vmm.out")
     vmm_err = out.with_suffix(".vmm.err")

@@ -7,7 +7,8 @@ environment stable under a host that keeps changing a guest's memory?
                   [--append ARG ...] [--host-load N] [--no-collapse] [--no-ksm]
                   [--workdir DIR]
 
-Each run starts ``l2vmm --churn-log`` (matrix.CHURN_OPTS: MADV_DONTNEED,
+Each run starts the cells' churn VM (harness.workload.l2vmm_command with
+matrix.CHURN_OPTS and --churn-log: MADV_DONTNEED,
 mprotect, memslot delete and add, MADV_COLLAPSE and KSM unless left out),
 lets it churn for S seconds and stops it.  Nothing reads the host: no drgn,
 no QMP.  A run ends as "ok" (the VMM stopped cleanly), "crashed" (it exited
@@ -40,7 +41,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 READY = "L2VMM READY"
-KSM = Path("/sys/kernel/mm/ksm")
 CONSOLE_TROUBLE = re.compile(
     r"Kernel panic|BUG:|Oops|blocked for more than|soft lockup|corrupted stack end"
 )
@@ -48,18 +48,25 @@ CONSOLE_TROUBLE = re.compile(
 
 def in_l1(args: argparse.Namespace) -> int:
     """Inside L1: the runs; one JSON object per run on stdout."""
+    from churn_live import switch_ksm_on
+    from harness.matrix import CHURN_OPTS
+    from harness.workload import l2vmm_command
+
     out = Path(args.dir)
-    if args.ksm and KSM.is_dir():
-        for name, value in (("pages_to_scan", "1000"), ("sleep_millisecs", "10"), ("run", "1")):
-            (KSM / name).write_text(value)
+    # The cells' churn VM, less what was left out.
+    left_out = {"--churn-collapse": not args.collapse, "--churn-ksm": not args.ksm}
+    opts = [o for o in CHURN_OPTS if not left_out.get(o)]
+    if "--churn-ksm" in opts:
+        switch_ksm_on("churn_soak")
     for i in range(1, args.runs + 1):
         stop = out / f"stop.{i}"
         log = out / f"churn.{i}"
         vmm_out, vmm_err = out / f"vmm.{i}.out", out / f"vmm.{i}.err"
-        cmd = [args.l2vmm, "--truth", str(out / f"truth.{i}"), "--thp", "--churn-log", str(log)]
-        cmd += ["--churn-collapse"] if args.collapse else []
-        cmd += ["--churn-ksm"] if args.ksm else []
-        cmd += ["--stop-file", str(stop), "--timeout", str(int(args.seconds + 600))]
+        cmd = shlex.split(
+            l2vmm_command(
+                out / f"truth.{i}", stop, int(args.seconds + 600), [*opts, "--churn-log", str(log)]
+            )
+        )
         with open(vmm_out, "wb") as fo, open(vmm_err, "wb") as fe:
             vmm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
         run: Dict[str, Any] = {"run": i}
@@ -127,7 +134,6 @@ def main() -> int:
     ap.add_argument("--no-ksm", dest="ksm", action="store_false", help="no KSM merging")
     ap.add_argument("--workdir", type=Path, help="default: build/vm/soak-<suite>-<mode>")
     ap.add_argument("--in-l1", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--l2vmm", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.in_l1:
@@ -137,7 +143,6 @@ def main() -> int:
     from harness import TOP
     from harness.matrix import MODES
     from harness.run import use_project_venv
-    from harness.workload import L2VMM
     from l1 import L1, agent_command
 
     use_project_venv()
@@ -149,7 +154,7 @@ def main() -> int:
     shared = workdir / "shared"
     spec = MODES[args.mode]
     kernel = kernels.fetch(args.suite, log=lambda m: print(m, file=sys.stderr))
-    inner = [sys.executable, str(Path(__file__).resolve()), "--in-l1", "--l2vmm", str(L2VMM)]
+    inner = [sys.executable, str(Path(__file__).resolve()), "--in-l1"]
     inner += ["--dir", str(shared), "--runs", str(args.runs), "--seconds", str(args.seconds)]
     inner += [] if args.collapse else ["--no-collapse"]
     inner += [] if args.ksm else ["--no-ksm"]
